@@ -1,0 +1,121 @@
+"""What `samsweep run` does over HTTP: submit, follow with a progress bar, print results."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from samsweep.spec import StudySpec
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """Read a YAML or JSON spec and check it locally, so typos fail before any server starts."""
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        StudySpec.model_validate(data)
+    except Exception as e:
+        raise ValueError(f"{path}: invalid spec:\n{e}") from None
+    return data
+
+
+def is_up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def run_study(url: str, spec: dict[str, Any], follow: bool = True, poll: float = 1.0) -> int:
+    with httpx.Client(base_url=url, timeout=30) as http:
+        r = http.post("/studies", json=spec)
+        if r.status_code not in (200, 201):
+            print(f"samsweep: the API refused the study ({r.status_code}): {r.text}", file=sys.stderr)
+            return 1
+        study_id = r.json()["id"]
+        print(f"study {study_id}: {r.json()['n_trials']} trials", file=sys.stderr)
+        if not follow:
+            print(study_id)
+            return 0
+        started = time.monotonic()
+        while True:
+            detail = http.get(f"/studies/{study_id}").raise_for_status().json()
+            _progress(detail, time.monotonic() - started)
+            if detail["status"] in ("complete", "cancelled"):
+                break
+            time.sleep(poll)
+        print(file=sys.stderr)
+        trials = http.get(f"/studies/{study_id}/trials").raise_for_status().json()["trials"]
+        best = http.get(f"/studies/{study_id}/best").raise_for_status().json()
+    print(format_results(trials, best, time.monotonic() - started))
+    return 0 if best["best"] is not None else 1
+
+
+def _progress(detail: dict[str, Any], elapsed: float) -> None:
+    p, c = detail["progress"], detail["counts"]
+    width = 30
+    done = int(width * p["fraction"])
+    line = (
+        f"\r[{'#' * done}{'.' * (width - done)}] {p['finished']}/{p['total']} trials"
+        f"  running {c['RUNNING']}  failed {c['FAILED']}  {elapsed:5.0f}s"
+    )
+    print(line, end="" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
+
+
+def _pct(x: float | None) -> str:
+    return "   -  " if x is None else f"{100 * x:6.2f}"
+
+
+def format_results(trials: list[dict[str, Any]], best: dict[str, Any], seconds: float) -> str:
+    """One row per trial, then mean ± std per grid cell over seeds, then the best."""
+    out = ["trials (accuracies in %):",
+           f"{'optimizer':>9} {'batch':>5} {'rho':>6} {'seed':>4} {'state':>9} "
+           f"{'train':>6} {'test':>6} {'gap':>6} {'secs':>6}"]
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for t in sorted(trials, key=lambda t: _cell(t) + (t["params"]["seed"],)):
+        p, m = t["params"], t["metrics"] or {}
+        out.append(
+            f"{p['base_optimizer']:>9} {p['batch_size']:>5} {p['rho']:>6g} {p['seed']:>4} "
+            f"{t['state']:>9} {_pct(m.get('train_accuracy'))} {_pct(m.get('test_accuracy'))} "
+            f"{_pct(m.get('gap'))} {m.get('wall_seconds', 0):6.1f}"
+            + (f"  {t['error']}" if t["error"] else "")
+        )
+        if t["state"] == "COMPLETE":
+            cells.setdefault(_cell(t), []).append(m)
+    out += ["", "per cell, mean ± std over seeds (%):",
+            f"{'optimizer':>9} {'batch':>5} {'rho':>6} {'n':>2} {'train':>13} {'test':>13} {'gap':>13}"]
+    for (opt, batch, rho), ms in sorted(cells.items()):
+        out.append(
+            f"{opt:>9} {batch:>5} {rho:>6g} {len(ms):>2} "
+            + " ".join(_mean_std([m[k] for m in ms]) for k in ("train_accuracy", "test_accuracy", "gap"))
+        )
+    b = best["best"]
+    out.append("")
+    if b is None:
+        out.append(f"no complete trial; counts: {best['counts']}")
+    else:
+        p, m = b["params"], b["metrics"]
+        out.append(
+            f"best by {best['objective']}: {p['base_optimizer']} batch {p['batch_size']} "
+            f"rho {p['rho']:g} seed {p['seed']}: test {100 * m['test_accuracy']:.2f}%  "
+            f"train {100 * m['train_accuracy']:.2f}%  gap {100 * m['gap']:.2f}"
+        )
+    out.append(f"{len(trials)} trials, {best['counts']['COMPLETE']} complete, in {seconds:.0f}s")
+    return "\n".join(out)
+
+
+def _cell(t: dict[str, Any]) -> tuple:
+    p = t["params"]
+    return (p["base_optimizer"], p["batch_size"], p["rho"])
+
+
+def _mean_std(xs: list[float]) -> str:
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{100 * statistics.fmean(xs):6.2f}±{100 * sd:5.2f}"

@@ -1,0 +1,149 @@
+"""The service's tables and engine. Migrations (Alembic) own the schema.
+
+The database is the source of truth for every trial's state: the broker only
+carries ids, and a task re-reads (and claims) its trial row before training.
+Optuna's tables live elsewhere (samsweep.optuna_store).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UtcDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite would return naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class TrialState(enum.StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.FAILED, TrialState.CANCELLED)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JsonType, list[Any]: JsonType, datetime: UtcDateTime}
+
+
+class Study(Base):
+    __tablename__ = "samsweep_studies"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]]
+    n_trials: Mapped[int] = mapped_column(Integer)
+    optuna_study_name: Mapped[str] = mapped_column(String(100), unique=True)
+    owner: Mapped[str | None] = mapped_column(String(200), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    cancelled_at: Mapped[datetime | None]
+
+    trials: Mapped[list[Trial]] = relationship(back_populates="study", order_by="Trial.number")
+
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_study_idempotency"),)
+
+
+class Trial(Base):
+    """One (grid cell, seed). Unique per study: a cell is trained and recorded once."""
+
+    __tablename__ = "samsweep_trials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("samsweep_studies.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)  # position in the study's grid order
+    cell_key: Mapped[str] = mapped_column(String(300))
+    seed: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(16), default=TrialState.QUEUED, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    enqueued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    epoch: Mapped[int] = mapped_column(Integer, default=0)  # epochs done so far
+    optuna_trial_id: Mapped[int | None] = mapped_column(Integer)
+    optuna_trial_number: Mapped[int | None] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)  # the study's objective
+    metrics: Mapped[dict[str, Any] | None]
+    curves: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    study: Mapped[Study] = relationship(back_populates="trials")
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "cell_key", "seed", name="uq_trial_cell_seed"),
+        UniqueConstraint("study_id", "number", name="uq_trial_number"),
+    )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the API read while a worker writes; busy_timeout waits instead of
+    # failing with "database is locked" when two processes write at once.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+@lru_cache
+def engine_for(url: str) -> Engine:
+    return make_engine(url)
+
+
+@lru_cache
+def session_factory(url: str) -> sessionmaker:
+    return sessionmaker(bind=engine_for(url), expire_on_commit=False)

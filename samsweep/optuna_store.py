@@ -1,0 +1,109 @@
+"""Optuna's RDB storage, kept apart from the service's tables (DESIGN.md §4, §7).
+
+Grid cells are recorded by creating each Optuna trial directly with its params
+(`create_new_trial` with a RUNNING template): `enqueue_trial` + `ask()` can hand
+one cell to two processes on SQLite and cannot choose a cell (DESIGN.md §7).
+Everything Optuna sees (params, per-epoch values, final value, metrics as user
+attributes) is therefore what optuna-dashboard shows.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+from sqlalchemy import text
+
+from samsweep.db import engine_for
+from samsweep.settings import OPTUNA_SCHEMA, Settings
+from samsweep.spec import Cell, StudySpec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True}
+
+
+@lru_cache
+def get_storage(url: str) -> optuna.storages.RDBStorage:
+    """The storage for a URL, created once per process. Tables must already exist."""
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs=_engine_kwargs(url), skip_table_creation=True
+    )
+
+
+def prepare_storage(settings: Settings) -> None:
+    """Create Optuna's schema (PostgreSQL) and tables; `samsweep migrate` calls this."""
+    url = settings.resolved_optuna_url
+    db_url = settings.resolved_database_url
+    if url.startswith("postgresql") and settings.optuna_url is None:
+        with engine_for(db_url).begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{OPTUNA_SCHEMA}"'))
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+    storage.engine.dispose()
+
+
+def distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
+    s = spec.search
+    return {
+        "rho": CategoricalDistribution(tuple(s.rho)),
+        "batch_size": CategoricalDistribution(tuple(s.batch_size)),
+        "base_optimizer": CategoricalDistribution(tuple(s.base_optimizer)),
+        "seed": CategoricalDistribution(tuple(spec.seeds)),
+    }
+
+
+def create_study(url: str, name: str, samsweep_id: str, spec: StudySpec) -> None:
+    study = optuna.create_study(storage=get_storage(url), study_name=name, direction="maximize")
+    study.set_user_attr("samsweep_study_id", samsweep_id)
+    study.set_user_attr("objective", spec.objective)
+    study.set_user_attr("spec_name", spec.name)
+
+
+def delete_study(url: str, name: str) -> None:
+    optuna.delete_study(study_name=name, storage=get_storage(url))
+
+
+def study_id(url: str, name: str) -> int:
+    return get_storage(url).get_study_id_from_name(name)
+
+
+def start_trial(url: str, study_name: str, spec: StudySpec, cell: Cell) -> tuple[int, int]:
+    """Create this cell's Optuna trial, RUNNING, with its params; returns (id, number)."""
+    storage = get_storage(url)
+    template = optuna.trial.create_trial(
+        state=TrialState.RUNNING, params=cell.params(), distributions=distributions(spec)
+    )
+    trial_id = storage.create_new_trial(storage.get_study_id_from_name(study_name), template)
+    return trial_id, storage.get_trial_number_from_id(trial_id)
+
+
+def report(url: str, trial_id: int, step: int, value: float | None) -> None:
+    """Intermediate value for live curves (and pruners)."""
+    if value is not None and math.isfinite(value):
+        get_storage(url).set_trial_intermediate_value(trial_id, step, value)
+
+
+def complete_trial(url: str, trial_id: int, value: float, attrs: dict[str, Any]) -> None:
+    storage = get_storage(url)
+    for key, v in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, v)
+    storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [value])
+
+
+def fail_trial(url: str, trial_id: int, reason: str) -> None:
+    storage = get_storage(url)
+    if storage.get_trial(trial_id).state == TrialState.RUNNING:
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+def get_trial(url: str, trial_id: int) -> optuna.trial.FrozenTrial:
+    return get_storage(url).get_trial(trial_id)

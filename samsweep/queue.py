@@ -1,0 +1,60 @@
+"""The Celery app configuration shared by the API (producer) and the worker (consumer).
+
+Delivery is at-least-once (late acks, redelivery of a lost worker's task), so the
+task itself must be idempotent: it claims its trial row in the database first
+(worker/runner.py). The broker carries only trial ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from celery import Celery
+
+from samsweep.settings import Settings
+from samsweep.tasks import RUN_TRIAL
+
+# kombu's SQLAlchemy transport passes every transport option to create_engine, so
+# its polling interval is set on the class (DESIGN.md §7); 0.1 s gives ~60 ms latency.
+EMBEDDED_POLLING_INTERVAL = 0.1
+# Redis re-delivers an unacked task after this; trials can run for hours, and the
+# database claim makes a re-delivery harmless anyway.
+REDIS_VISIBILITY_TIMEOUT = 24 * 3600
+
+
+def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
+    app = Celery("samsweep", broker=settings.resolved_broker_url, include=list(include))
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_routes={RUN_TRIAL: {"queue": settings.queue}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    if settings.is_embedded_broker:
+        from kombu.transport import sqlalchemy as sqla_transport
+
+        sqla_transport.Transport.polling_interval = EMBEDDED_POLLING_INTERVAL
+        app.conf.broker_transport_options = {"connect_args": {"timeout": 30}}
+    else:
+        app.conf.broker_transport_options = {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT}
+    return app
+
+
+def declare_queue(app: Celery, name: str) -> None:
+    """Declare the trial queue once, before workers start.
+
+    Workers started together on a fresh embedded broker can otherwise race on
+    `UNIQUE constraint failed: kombu_queue.name` (DESIGN.md §7).
+    """
+    with app.connection_for_write() as conn:
+        app.amqp.queues[name](conn.default_channel).declare()
+
+
+def enqueue_trial(app: Celery, queue: str, trial_id: int) -> None:
+    app.send_task(RUN_TRIAL, args=[trial_id], queue=queue)

@@ -1,0 +1,83 @@
+"""Process settings, read from `SAMSWEEP_*` environment variables or a `.env` file.
+
+With nothing set, the embedded default applies: SQLite files and an embedded
+(SQLite-backed) broker under one state directory, so `samsweep up` needs no server.
+In production set at least `SAMSWEEP_DATABASE_URL` (PostgreSQL) and
+`SAMSWEEP_BROKER_URL` (Redis).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OPTUNA_SCHEMA = "optuna"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SAMSWEEP_", env_file=".env", extra="ignore")
+
+    state_dir: Path = Field(Path(".samsweep"), description="embedded default's files")
+    database_url: str | None = Field(None, description="service tables; default SQLite")
+    optuna_url: str | None = Field(None, description="Optuna storage; derived if unset")
+    broker_url: str | None = Field(None, description="Celery broker; default embedded")
+    queue: str = Field("samsweep", description="Celery queue the trials go to")
+    data_dir: Path = Field(Path("data"), description="root every dataset.path resolves under")
+    max_grid_trials: int = Field(2000, ge=1, description="largest grid x seeds accepted")
+    device: str = Field("auto", description="worker's torch device: auto | cpu | cuda[:N]")
+    heartbeat_seconds: float = Field(5.0, gt=0, description="worker heartbeat period")
+    max_attempts: int = Field(3, ge=1, description="runs of a trial whose worker died")
+    sweep_seconds: float = Field(10.0, gt=0, description="API re-sends never-queued trials")
+    api_url: str = Field("http://127.0.0.1:8000", description="where `samsweep run` submits")
+
+    # --- derived URLs -------------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir.resolve()}/samsweep.sqlite"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.state_dir.resolve()}/broker.sqlite"
+
+    @property
+    def resolved_optuna_url(self) -> str:
+        """Optuna's storage, kept apart from the service's tables (DESIGN.md §4, §7).
+
+        SQLite: its own file beside the service's. PostgreSQL: the same database,
+        in its own schema via the connection's search_path.
+        """
+        if self.optuna_url:
+            return self.optuna_url
+        url = self.resolved_database_url
+        if url.startswith("sqlite"):
+            path = Path(url.split("///", 1)[1])
+            return f"sqlite:///{path.with_name('optuna.sqlite')}"
+        if url.startswith("postgresql"):
+            return with_search_path(url, OPTUNA_SCHEMA)
+        raise ValueError(f"unsupported SAMSWEEP_DATABASE_URL scheme: {url.split(':', 1)[0]}")
+
+    @property
+    def stale_after_seconds(self) -> float:
+        """A RUNNING trial with no heartbeat for this long has lost its worker."""
+        return max(30.0, 6 * self.heartbeat_seconds)
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("sqla+")
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """Add `options=-csearch_path=<schema>` to a PostgreSQL URL."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    query.append(("options", f"-csearch_path={schema}"))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

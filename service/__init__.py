@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI). Never imports torch, the worker or the trainer."""

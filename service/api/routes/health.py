@@ -1,0 +1,30 @@
+"""/health: liveness with its dependencies (database, broker)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from sqlalchemy import text
+
+from service.api.deps import CeleryDep, SessionDep
+from service.models import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=Health)
+def health(session: SessionDep, celery: CeleryDep, response: Response) -> Health:
+    """200 when the database and the broker answer, 503 naming the one that does not."""
+    database = broker = "ok"
+    try:
+        session.execute(text("SELECT 1"))
+    except Exception as e:  # any failure here means "not healthy", never a 500
+        database = f"unavailable: {type(e).__name__}"
+    try:
+        with celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as e:
+        broker = f"unavailable: {type(e).__name__}"
+    ok = database == "ok" and broker == "ok"
+    if not ok:
+        response.status_code = 503
+    return Health(status="ok" if ok else "unavailable", database=database, broker=broker)

@@ -1,0 +1,100 @@
+"""Response models: what the API promises to return (and what /docs shows)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class Links(BaseModel):
+    self: str
+    trials: str
+    best: str
+
+
+class StudyCreated(BaseModel):
+    id: str
+    name: str
+    n_trials: int
+    links: Links
+
+
+class Progress(BaseModel):
+    total: int
+    finished: int
+    fraction: float
+
+
+class Timings(BaseModel):
+    created_at: datetime
+    started_at: datetime | None
+    last_finished_at: datetime | None
+    elapsed_seconds: float | None
+
+
+class StudySummary(BaseModel):
+    id: str
+    name: str
+    status: str
+    n_trials: int
+    created_at: datetime
+    links: Links
+
+
+class StudyPage(BaseModel):
+    items: list[StudySummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class StudyDetail(StudySummary):
+    counts: dict[str, int]
+    progress: Progress
+    timings: Timings
+    spec: dict[str, Any]
+
+
+class TrialPublic(BaseModel):
+    number: int
+    params: dict[str, Any]
+    state: str
+    attempts: int
+    value: float | None
+    metrics: dict[str, Any] | None
+    curves: list[dict[str, Any]]
+    error: str | None
+    epoch: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    optuna_trial_number: int | None
+
+
+class TrialList(BaseModel):
+    study_id: str
+    trials: list[TrialPublic]
+
+
+class BestTrial(BaseModel):
+    number: int
+    params: dict[str, Any]
+    value: float
+    metrics: dict[str, Any]
+    optuna_trial_number: int | None
+
+
+class Best(BaseModel):
+    study_id: str
+    objective: str
+    status: str
+    counts: dict[str, int]
+    complete: bool
+    best: BestTrial | None
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    broker: str

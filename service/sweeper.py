@@ -1,0 +1,70 @@
+"""The API's background sweep: the database is the source of truth for the queue.
+
+Each round it (1) returns to the queue every RUNNING trial whose worker stopped
+heartbeating (a killed worker, a lost host), up to `max_attempts`, after which the
+trial FAILs with the reason; and (2) hands the broker every QUEUED trial it has
+not received (it was down, or the trial was just returned to the queue).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from celery import Celery
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from samsweep.db import Trial, TrialState, session_factory, utcnow
+from samsweep.settings import Settings
+from service.studies import enqueue_pending
+
+log = logging.getLogger(__name__)
+
+
+def requeue_stale(session: Session, stale_after: float, max_attempts: int) -> int:
+    """Release trials whose heartbeat is older than `stale_after` seconds."""
+    cutoff = utcnow() - timedelta(seconds=stale_after)
+    stale = list(
+        session.scalars(
+            select(Trial).where(
+                Trial.state == TrialState.RUNNING,
+                or_(Trial.heartbeat_at.is_(None), Trial.heartbeat_at < cutoff),
+            )
+        )
+    )
+    for t in stale:
+        last_attempt = t.attempts >= max_attempts
+        values = (
+            {"state": TrialState.FAILED, "finished_at": utcnow(),
+             "error": f"worker lost: no heartbeat for {stale_after:.0f}s after {t.attempts} attempts"}
+            if last_attempt
+            else {"state": TrialState.QUEUED, "enqueued_at": None}
+        )
+        # Guarded by the claim token: if the worker beat in the meantime, nothing changes.
+        session.execute(
+            update(Trial)
+            .where(Trial.id == t.id, Trial.claim_token == t.claim_token, Trial.state == TrialState.RUNNING)
+            .values(claim_token=None, **values)
+        )
+        log.warning("trial %s: worker %s lost; %s", t.id, t.worker,
+                    "failed" if last_attempt else "re-queued")
+    session.commit()
+    return len(stale)
+
+
+def sweep_once(session: Session, celery: Celery, settings: Settings) -> None:
+    requeue_stale(session, settings.stale_after_seconds, settings.max_attempts)
+    if n := enqueue_pending(session, celery, settings.queue):
+        log.info("sent %d queued trial(s) to the broker", n)
+
+
+def sweep_forever(settings: Settings, celery: Celery, stop: threading.Event) -> None:
+    sessions = session_factory(settings.resolved_database_url)
+    while not stop.wait(settings.sweep_seconds):
+        try:
+            with sessions() as session:
+                sweep_once(session, celery, settings)
+        except Exception as e:  # the database may be down for a while: next round
+            log.warning("sweep failed: %s", e)

@@ -1,0 +1,14 @@
+"""Celery tasks: like web views, they take ids and hand the work to the runner."""
+
+from __future__ import annotations
+
+from samsweep.settings import get_settings
+from samsweep.tasks import RUN_TRIAL
+from worker.app import app
+
+
+@app.task(name=RUN_TRIAL, acks_late=True, reject_on_worker_lost=True)
+def run_trial(trial_id: int) -> str:
+    from worker.runner import run_trial as run
+
+    return run(trial_id, get_settings())
