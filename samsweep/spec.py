@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 DATASETS = ("digits", "cifar10", "synthetic")
 MODELS = ("cnn", "resnet18")
@@ -37,20 +37,24 @@ def _unique(values: list[Any]) -> list[Any]:
 
 class DatasetSpec(_Strict):
     name: Literal["digits", "cifar10", "synthetic"]
-    path: str | None = Field(None, description="directory under the data root (cifar10)")
+    path: str | None = Field(
+        None, validate_default=True, description="directory under the data root (cifar10)"
+    )
     val_fraction: float = Field(0.0, ge=0.0, lt=0.5, allow_inf_nan=False)
     label_noise: float = Field(
         0.0, ge=0.0, lt=1.0, allow_inf_nan=False,
         description="fraction of training labels flipped to another class (seeded)",
     )
 
-    @model_validator(mode="after")
-    def _path_matches_dataset(self) -> DatasetSpec:
-        if self.name == "cifar10" and not self.path:
-            raise ValueError("dataset.path is required for cifar10 (a directory under the data root)")
-        if self.name != "cifar10" and self.path is not None:
-            raise ValueError(f"dataset {self.name!r} is built in: omit dataset.path")
-        return self
+    @field_validator("path")
+    @classmethod
+    def _path_matches_dataset(cls, path: str | None, info: ValidationInfo) -> str | None:
+        name = info.data.get("name")
+        if name == "cifar10" and not path:
+            raise ValueError("required for cifar10: a directory under the data root")
+        if name in ("digits", "synthetic") and path is not None:
+            raise ValueError(f"dataset {name!r} is built in: omit dataset.path")
+        return path
 
 
 class ModelSpec(_Strict):
@@ -76,6 +80,13 @@ class TrainSpec(_Strict):
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
 
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_needs_momentum(cls, nesterov: bool, info: ValidationInfo) -> bool:
+        if nesterov and info.data.get("momentum") == 0:
+            raise ValueError("nesterov needs train.momentum > 0")
+        return nesterov
+
 
 class StudySpec(_Strict):
     name: str = Field(min_length=1, max_length=200)
@@ -88,13 +99,13 @@ class StudySpec(_Strict):
 
     _unique_seeds = field_validator("seeds")(_unique)
 
-    @model_validator(mode="after")
-    def _objective_has_data(self) -> StudySpec:
-        if self.objective == "val_accuracy" and self.dataset.val_fraction <= 0:
-            raise ValueError("objective val_accuracy needs dataset.val_fraction > 0")
-        if self.train.nesterov and "sgd" in self.search.base_optimizer and self.train.momentum == 0:
-            raise ValueError("train.nesterov needs train.momentum > 0")
-        return self
+    @field_validator("objective")
+    @classmethod
+    def _objective_has_data(cls, objective: str, info: ValidationInfo) -> str:
+        dataset = info.data.get("dataset")
+        if objective == "val_accuracy" and dataset is not None and dataset.val_fraction <= 0:
+            raise ValueError("val_accuracy needs dataset.val_fraction > 0")
+        return objective
 
     @property
     def n_trials(self) -> int:

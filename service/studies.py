@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -42,7 +42,7 @@ def create_study(
     try:
         check_spec(spec, settings.data_dir, settings.max_grid_trials)
     except SpecError as e:
-        raise InvalidSpec(e.message, field=e.field) from e
+        raise InvalidSpec(str(e), field=e.field) from e
 
     study_id = new_id()
     study = Study(
@@ -83,19 +83,28 @@ def enqueue_pending(session: Session, celery: Celery, queue: str, study_id: str 
 
     The database is the source of truth: if the broker is down now, the trials stay
     QUEUED with no `enqueued_at`, and a later call (the API's sweeper) sends them.
+    Each trial is marked with a compare-and-set before sending, so concurrent callers
+    (a create request and the sweeper) never send the same trial twice.
     """
-    query = select(Trial).where(Trial.state == TrialState.QUEUED, Trial.enqueued_at.is_(None))
+    query = select(Trial.id).where(Trial.state == TrialState.QUEUED, Trial.enqueued_at.is_(None))
     if study_id is not None:
         query = query.where(Trial.study_id == study_id)
     sent = 0
-    for trial in session.scalars(query.order_by(Trial.id)):
-        try:
-            enqueue_trial(celery, queue, trial.id)
-        except Exception as e:  # broker unreachable: leave it for the sweeper
-            log.warning("could not enqueue trial %s: %s", trial.id, e)
-            break
-        trial.enqueued_at = utcnow()
+    for trial_id in session.scalars(query.order_by(Trial.id)).all():
+        unsent = (Trial.id == trial_id, Trial.state == TrialState.QUEUED)
+        marked = session.execute(
+            update(Trial).where(*unsent, Trial.enqueued_at.is_(None)).values(enqueued_at=utcnow())
+        ).rowcount
         session.commit()
+        if not marked:
+            continue  # another caller is sending it
+        try:
+            enqueue_trial(celery, queue, trial_id)
+        except Exception as e:  # broker unreachable: unmark it for the sweeper
+            log.warning("could not enqueue trial %s: %s", trial_id, e)
+            session.execute(update(Trial).where(*unsent).values(enqueued_at=None))
+            session.commit()
+            break
         sent += 1
     return sent
 

@@ -1,0 +1,227 @@
+"""Fixtures that talk to real servers: PostgreSQL and Redis on this machine, and the
+API and workers as real subprocesses (uvicorn, Celery), as in production.
+
+Each test gets a fresh PostgreSQL database and its own Redis queue name, so tests
+never see each other's rows or messages. Server addresses come from
+SAMSWEEP_TEST_POSTGRES (an admin URL) and SAMSWEEP_TEST_REDIS.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+PG_ADMIN = os.environ.get("SAMSWEEP_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("SAMSWEEP_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _require(host: str, port: int, what: str) -> None:
+    if not _reachable(host, port):
+        message = f"{what} is not reachable at {host}:{port}"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must run these tests, never skip them
+        pytest.skip(message)
+
+
+@contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    _require("127.0.0.1", 5432, "PostgreSQL")
+    name = f"samsweep_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        from samsweep.db import engine_for
+
+        engine_for.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    _require("127.0.0.1", 6379, "Redis")
+    return REDIS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Deployment:
+    """Environment for one samsweep deployment, and the processes started for it."""
+
+    env: dict[str, str]
+    tmp: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    api_url: str | None = None
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "samsweep.cli", *args],
+            env=self.env, cwd=self.tmp, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "samsweep.cli", *args],
+            env=self.env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # so a test can signal the whole process group
+        )
+        proc.log_path = self.tmp / f"{name}.log"  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def start_api(self) -> str:
+        port = free_port()
+        proc = self.spawn("api", "api", "--port", str(port))
+        self.api_url = f"http://127.0.0.1:{port}"
+        wait_healthy(self.api_url, proc)
+        return self.api_url
+
+    def start_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen:
+        return self.spawn(name, "worker", *extra)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.log_path.name}\n{p.log_path.read_text()[-4000:]}"  # type: ignore[attr-defined]
+            for p in self.procs
+        )
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}: {proc.log_path.read_text()}")  # type: ignore[attr-defined]
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not healthy after {timeout}s")
+
+
+def base_env(tmp: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAMSWEEP_")}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        SAMSWEEP_STATE_DIR=str(tmp / "state"),
+        SAMSWEEP_DATA_DIR=str(SHARED_DATA),
+        SAMSWEEP_SWEEP_SECONDS="1",
+        SAMSWEEP_HEARTBEAT_SECONDS="1",
+        SAMSWEEP_DEVICE="cpu",
+    )
+    env.update({f"SAMSWEEP_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+@pytest.fixture
+def deployment_factory(tmp_path: Path) -> Iterator:
+    made: list[Deployment] = []
+
+    def make(**settings: str) -> Deployment:
+        d = Deployment(env=base_env(tmp_path, **settings), tmp=tmp_path)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.stop()
+
+
+@pytest.fixture
+def server_deployment(deployment_factory, pg_url: str, redis_url: str) -> Deployment:
+    """PostgreSQL + Redis, migrated; start the API and workers in the test."""
+    d = deployment_factory(
+        database_url=pg_url, broker_url=redis_url, queue=f"samsweep-test-{uuid.uuid4().hex[:8]}"
+    )
+    result = d.run("migrate")
+    assert result.returncode == 0, result.stderr
+    return d
+
+
+def wait_study(api: str, study_id: str, timeout: float = 240, d: Deployment | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        detail = httpx.get(f"{api}/studies/{study_id}", timeout=10).json()
+        if detail["status"] in ("complete", "cancelled"):
+            return detail
+        time.sleep(0.5)
+    raise TimeoutError(f"study {study_id} not finished: {detail}\n{d.logs() if d else ''}")
+
+
+def digits_spec(rho=(0.0, 0.05), batch_size=(16, 64), epochs=2, seeds=(0,), **extra) -> dict:
+    spec = {
+        "name": "digits-test",
+        "dataset": {"name": "digits"},
+        "model": {"name": "cnn"},
+        "search": {"rho": list(rho), "batch_size": list(batch_size), "base_optimizer": ["sgd"]},
+        "train": {"epochs": epochs, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+        "seeds": list(seeds),
+        "objective": "test_accuracy",
+    }
+    spec.update(extra)
+    return spec
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_leak(monkeypatch):
+    """In-process code under test reads settings the tests pass explicitly."""
+    for k in list(os.environ):
+        if k.startswith("SAMSWEEP_") and not k.startswith("SAMSWEEP_TEST_"):
+            monkeypatch.delenv(k)
+    from samsweep.settings import get_settings
+
+    get_settings.cache_clear()
+
+

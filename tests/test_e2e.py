@@ -1,0 +1,142 @@
+"""The whole path on real parts: POST /studies -> Celery worker -> SAM training ->
+Optuna in SQL -> GET /studies/{id}/best.
+
+PostgreSQL + Redis with uvicorn and Celery as subprocesses, then the embedded
+default (SQLite + SQLite broker) through `samsweep run`, then two workers racing
+over one study whose every task is delivered twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from samsweep.queue import enqueue_trial, make_celery
+from samsweep.settings import Settings
+from tests.conftest import digits_spec, free_port, wait_study
+
+pytestmark = pytest.mark.e2e
+
+
+def _optuna_trials(optuna_url: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=study_name, storage=optuna_url)
+    return study.get_trials(deepcopy=False)
+
+
+def _check_complete_study(api: str, study_id: str, optuna_url: str, n: int) -> dict:
+    """Shared assertions: n COMPLETE trials in the API and in Optuna, values equal,
+    best is their maximum."""
+    trials = httpx.get(f"{api}/studies/{study_id}/trials").json()["trials"]
+    assert [t["state"] for t in trials] == ["COMPLETE"] * n
+    best = httpx.get(f"{api}/studies/{study_id}/best").json()
+    assert best["complete"] and best["counts"]["COMPLETE"] == n
+
+    frozen = _optuna_trials(optuna_url, f"samsweep-{study_id}")
+    assert len(frozen) == n and all(f.state == TrialState.COMPLETE for f in frozen)
+    by_number = {f.number: f for f in frozen}
+    for t in trials:
+        f = by_number[t["optuna_trial_number"]]
+        m = t["metrics"]
+        assert f.value == pytest.approx(m["test_accuracy"], abs=0) and t["value"] == f.value
+        assert f.params == t["params"]
+        # each epoch's test accuracy was reported to Optuna
+        assert f.intermediate_values == {c["epoch"]: c["test_accuracy"] for c in t["curves"]}
+        assert m["gap"] == pytest.approx(m["train_accuracy"] - m["test_accuracy"])
+        for key in ("train_loss", "test_loss", "epochs", "wall_seconds", "samples_per_second"):
+            assert key in m and f.user_attrs[key] == m[key]
+    assert best["best"]["value"] == max(f.value for f in frozen)
+    assert best["best"]["metrics"]["test_accuracy"] == best["best"]["value"]
+    return best
+
+
+def test_postgres_redis_end_to_end(server_deployment):
+    d = server_deployment
+    api = d.start_api()
+    d.start_worker()
+    r = httpx.post(f"{api}/studies", json=digits_spec())
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["n_trials"] == 4 and r.headers["location"] == f"/studies/{body['id']}"
+
+    detail = wait_study(api, body["id"], d=d)
+    assert detail["status"] == "complete" and detail["progress"]["fraction"] == 1.0
+    assert detail["counts"]["COMPLETE"] == 4 and detail["timings"]["elapsed_seconds"] > 0
+    optuna_url = Settings(database_url=d.env["SAMSWEEP_DATABASE_URL"]).resolved_optuna_url
+    best = _check_complete_study(api, body["id"], optuna_url, 4)
+    assert best["best"]["metrics"]["test_accuracy"] > 0.5  # 2 epochs on digits learn something
+
+    listed = httpx.get(f"{api}/studies").json()
+    assert listed["total"] == 1 and listed["items"][0]["status"] == "complete"
+
+
+def test_embedded_default_through_samsweep_run(deployment_factory, tmp_path: Path):
+    """`samsweep run` with no servers: it starts `samsweep up` (SQLite files and the
+    embedded broker under the state directory), follows the study and prints it."""
+
+    d = deployment_factory()
+    d.env["SAMSWEEP_API_URL"] = f"http://127.0.0.1:{free_port()}"
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(digits_spec()))
+    result = d.run("run", str(spec_path), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr + (tmp_path / "state" / "up.log").read_text()
+    out = result.stdout
+    assert re.search(r"best by test_accuracy: sgd batch (16|64) rho (0|0\.05) seed 0: test \d+\.\d\d%", out)
+    assert out.count("COMPLETE") == 4 and "4 trials, 4 complete" in out
+
+    state = tmp_path / "state"
+    assert {"samsweep.sqlite", "optuna.sqlite", "broker.sqlite"} <= {p.name for p in state.iterdir()}
+    from sqlalchemy import create_engine, text
+
+    with create_engine(f"sqlite:///{state}/samsweep.sqlite").connect() as conn:
+        study_id = conn.execute(text("SELECT id FROM samsweep_studies")).scalar_one()
+        rows = conn.execute(text("SELECT value FROM samsweep_trials WHERE state='COMPLETE'")).all()
+    frozen = _optuna_trials(f"sqlite:///{state}/optuna.sqlite", f"samsweep-{study_id}")
+    assert sorted(f.value for f in frozen) == sorted(v for (v,) in rows)
+    best_line = next(line for line in out.splitlines() if line.startswith("best by"))
+    assert f"test {100 * max(f.value for f in frozen):.2f}%" in best_line
+
+
+def test_two_workers_every_task_delivered_twice(server_deployment):
+    """Two workers race over one study whose every task is sent twice: each cell is
+    trained exactly once and Optuna holds exactly one COMPLETE trial per cell."""
+    d = server_deployment
+    api = d.start_api()
+    d.start_worker("worker-a")
+    d.start_worker("worker-b")
+    spec = digits_spec(rho=(0.0, 0.05, 0.1), batch_size=(32, 128), epochs=1, seeds=(0, 1))
+    study_id = httpx.post(f"{api}/studies", json=spec).json()["id"]
+    settings = Settings(broker_url=d.env["SAMSWEEP_BROKER_URL"], queue=d.env["SAMSWEEP_QUEUE"])
+    celery = make_celery(settings)
+    ids = _trial_ids(d.env["SAMSWEEP_DATABASE_URL"], study_id)
+    for trial_id in ids:  # the duplicate deliveries
+        enqueue_trial(celery, settings.queue, trial_id)
+
+    wait_study(api, study_id, d=d)
+    optuna_url = Settings(database_url=d.env["SAMSWEEP_DATABASE_URL"]).resolved_optuna_url
+    _check_complete_study(api, study_id, optuna_url, 12)
+    trials = httpx.get(f"{api}/studies/{study_id}/trials").json()["trials"]
+    assert all(t["attempts"] == 1 for t in trials)
+    cells = {(t["params"]["rho"], t["params"]["batch_size"], t["params"]["seed"]) for t in trials}
+    assert len(cells) == 12
+    frozen = _optuna_trials(optuna_url, f"samsweep-{study_id}")
+    assert len({tuple(sorted(f.params.items())) for f in frozen}) == 12
+    worker_logs = "".join(p.log_path.read_text() for p in d.procs[1:])
+    assert worker_logs.count(": 'complete'") == 12 and worker_logs.count(": 'skipped'") == 12
+
+
+def _trial_ids(db_url: str, study_id: str) -> list[int]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        ids = conn.execute(
+            text("SELECT id FROM samsweep_trials WHERE study_id = :s ORDER BY id"), {"s": study_id}
+        ).scalars().all()
+    engine.dispose()
+    return list(ids)
