@@ -1,0 +1,74 @@
+"""The API's sweep on PostgreSQL: a RUNNING trial whose worker stopped heartbeating goes
+back to the queue (or FAILs after the last attempt); a live one is left alone; trials
+the broker never received are sent."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from samsweep.db import Study, Trial, TrialState, session_factory, utcnow
+from samsweep.migrate import migrate
+from samsweep.settings import Settings
+from samsweep.spec import StudySpec
+from service.studies import enqueue_pending
+from service.sweeper import requeue_stale
+from tests.conftest import digits_spec
+
+
+@pytest.fixture
+def session(pg_url):
+    migrate(Settings(database_url=pg_url))
+    with session_factory(pg_url)() as s:
+        spec = StudySpec.model_validate(digits_spec())
+        s.add(Study(id="s1", name="t", spec=spec.model_dump(mode="json"), n_trials=4,
+                    optuna_study_name="samsweep-s1"))
+        s.add_all(Trial(study_id="s1", number=i, cell_key=c.key, seed=c.seed, params=c.params())
+                  for i, c in enumerate(spec.cells()))
+        s.commit()
+        yield s
+
+
+def _running(session, number: int, beat_age: float, attempts: int) -> Trial:
+    t = session.scalar(select(Trial).where(Trial.number == number))
+    t.state, t.attempts, t.claim_token = TrialState.RUNNING, attempts, f"tok{number}"
+    t.heartbeat_at = utcnow() - timedelta(seconds=beat_age)
+    session.commit()
+    return t
+
+
+def test_requeue_stale_trials(session):
+    alive = _running(session, 0, beat_age=2, attempts=1)
+    dead = _running(session, 1, beat_age=120, attempts=1)
+    exhausted = _running(session, 2, beat_age=120, attempts=3)
+    assert requeue_stale(session, stale_after=30, max_attempts=3) == 2
+    for t in (alive, dead, exhausted):
+        session.refresh(t)
+    assert alive.state == TrialState.RUNNING and alive.claim_token == "tok0"
+    assert dead.state == TrialState.QUEUED and dead.enqueued_at is None and dead.claim_token is None
+    assert exhausted.state == TrialState.FAILED
+    assert exhausted.error.startswith("worker lost: no heartbeat for 30s after 3 attempts")
+
+
+class _RecordingCelery:
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.sent: list[int] = []
+        self.fail_after = fail_after
+
+    def send_task(self, name, args, queue):
+        if self.fail_after is not None and len(self.sent) >= self.fail_after:
+            raise ConnectionError("broker down")
+        self.sent.append(args[0])
+
+
+def test_enqueue_pending_sends_each_trial_once_and_survives_a_broker_outage(session):
+    down = _RecordingCelery(fail_after=1)
+    assert enqueue_pending(session, down, "q") == 1
+    pending = session.scalars(select(Trial).where(Trial.enqueued_at.is_(None))).all()
+    assert len(pending) == 3  # the refused one was unmarked, the rest never tried
+    up = _RecordingCelery()
+    assert enqueue_pending(session, up, "q") == 3
+    assert enqueue_pending(session, up, "q") == 0
+    assert sorted(down.sent + up.sent) == sorted(t.id for t in session.scalars(select(Trial)))
