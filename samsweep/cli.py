@@ -65,7 +65,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = get_settings()
     migrate(settings)
     declare_queue(make_celery(settings), settings.queue)
-    worker_cmd = [sys.executable, "-m", "samsweep.cli", "worker", f"--concurrency={args.concurrency}"]
+    worker_cmd = [
+        sys.executable,
+        "-m",
+        "samsweep.cli",
+        "worker",
+        f"--concurrency={args.concurrency}",
+    ]
     worker = subprocess.Popen(worker_cmd)
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port)
@@ -114,9 +120,16 @@ def _start_embedded(url: str, state_dir: Path) -> subprocess.Popen:
     print(f"starting the embedded samsweep at {url} (log: {log_path})", file=sys.stderr)
     with open(log_path, "ab") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "samsweep.cli", "up",
-             f"--host={parts.hostname}", f"--port={parts.port or 80}"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "samsweep.cli",
+                "up",
+                f"--host={parts.hostname}",
+                f"--port={parts.port or 80}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 120
     while not client.is_up(url):

@@ -37,17 +37,19 @@ def run_study(url: str, spec: dict[str, Any], follow: bool = True, poll: float =
     with httpx.Client(base_url=url, timeout=30) as http:
         r = http.post("/studies", json=spec)
         if r.status_code not in (200, 201):
-            print(f"samsweep: the API refused the study ({r.status_code}): {r.text}", file=sys.stderr)
+            print(
+                f"samsweep: the API refused the study ({r.status_code}): {r.text}", file=sys.stderr
+            )
             return 1
         study_id = r.json()["id"]
         print(f"study {study_id}: {r.json()['n_trials']} trials", file=sys.stderr)
         if not follow:
             print(study_id)
             return 0
-        started = time.monotonic()
+        started, last = time.monotonic(), None
         while True:
             detail = http.get(f"/studies/{study_id}").raise_for_status().json()
-            _progress(detail, time.monotonic() - started)
+            last = _progress(detail, time.monotonic() - started, last)
             if detail["status"] in ("complete", "cancelled"):
                 break
             time.sleep(poll)
@@ -58,15 +60,20 @@ def run_study(url: str, spec: dict[str, Any], follow: bool = True, poll: float =
     return 0 if best["best"] is not None else 1
 
 
-def _progress(detail: dict[str, Any], elapsed: float) -> None:
+def _progress(detail: dict[str, Any], elapsed: float, last: tuple | None) -> tuple:
+    """Redraw the bar in place on a terminal; elsewhere (logs, CI) print a line per change."""
     p, c = detail["progress"], detail["counts"]
-    width = 30
-    done = int(width * p["fraction"])
-    line = (
-        f"\r[{'#' * done}{'.' * (width - done)}] {p['finished']}/{p['total']} trials"
-        f"  running {c['RUNNING']}  failed {c['FAILED']}  {elapsed:5.0f}s"
-    )
-    print(line, end="" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
+    state = (p["finished"], c["RUNNING"], c["FAILED"])
+    tty = sys.stderr.isatty()
+    if tty or state != last:
+        width = 30
+        done = int(width * p["fraction"])
+        line = (
+            f"[{'#' * done}{'.' * (width - done)}] {p['finished']}/{p['total']} trials"
+            f"  running {c['RUNNING']}  failed {c['FAILED']}  {elapsed:5.0f}s"
+        )
+        print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+    return state
 
 
 def _pct(x: float | None) -> str:
@@ -75,9 +82,11 @@ def _pct(x: float | None) -> str:
 
 def format_results(trials: list[dict[str, Any]], best: dict[str, Any], seconds: float) -> str:
     """One row per trial, then mean ± std per grid cell over seeds, then the best."""
-    out = ["trials (accuracies in %):",
-           f"{'optimizer':>9} {'batch':>5} {'rho':>6} {'seed':>4} {'state':>9} "
-           f"{'train':>6} {'test':>6} {'gap':>6} {'secs':>6}"]
+    out = [
+        "trials (accuracies in %):",
+        f"{'optimizer':>9} {'batch':>5} {'rho':>6} {'seed':>4} {'state':>9} "
+        f"{'train':>6} {'test':>6} {'gap':>6} {'secs':>6}",
+    ]
     cells: dict[tuple, list[dict[str, Any]]] = {}
     for t in sorted(trials, key=lambda t: _cell(t) + (t["params"]["seed"],)):
         p, m = t["params"], t["metrics"] or {}
@@ -89,12 +98,17 @@ def format_results(trials: list[dict[str, Any]], best: dict[str, Any], seconds: 
         )
         if t["state"] == "COMPLETE":
             cells.setdefault(_cell(t), []).append(m)
-    out += ["", "per cell, mean ± std over seeds (%):",
-            f"{'optimizer':>9} {'batch':>5} {'rho':>6} {'n':>2} {'train':>13} {'test':>13} {'gap':>13}"]
+    out += [
+        "",
+        "per cell, mean ± std over seeds (%):",
+        f"{'optimizer':>9} {'batch':>5} {'rho':>6} {'n':>2} {'train':>13} {'test':>13} {'gap':>13}",
+    ]
     for (opt, batch, rho), ms in sorted(cells.items()):
         out.append(
             f"{opt:>9} {batch:>5} {rho:>6g} {len(ms):>2} "
-            + " ".join(_mean_std([m[k] for m in ms]) for k in ("train_accuracy", "test_accuracy", "gap"))
+            + " ".join(
+                _mean_std([m[k] for m in ms]) for k in ("train_accuracy", "test_accuracy", "gap")
+            )
         )
     b = best["best"]
     out.append("")

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="root every dataset.path resolves under")
     max_grid_trials: int = Field(2000, ge=1, description="largest grid x seeds accepted")
     device: str = Field("auto", description="worker's torch device: auto | cpu | cuda[:N]")
+    torch_threads: int = Field(0, ge=0, description="CPU threads per trial; 0 = torch's default")
     heartbeat_seconds: float = Field(5.0, gt=0, description="worker heartbeat period")
     max_attempts: int = Field(3, ge=1, description="runs of a trial whose worker died")
     sweep_seconds: float = Field(10.0, gt=0, description="API re-sends never-queued trials")

@@ -42,7 +42,10 @@ class DatasetSpec(_Strict):
     )
     val_fraction: float = Field(0.0, ge=0.0, lt=0.5, allow_inf_nan=False)
     label_noise: float = Field(
-        0.0, ge=0.0, lt=1.0, allow_inf_nan=False,
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
         description="fraction of training labels flipped to another class (seeded)",
     )
 
@@ -75,10 +78,33 @@ class SearchSpec(_Strict):
 
 class TrainSpec(_Strict):
     epochs: int = Field(ge=1, le=10_000)
-    lr: FiniteFloat = Field(gt=0.0, le=100.0)
+    lr: FiniteFloat = Field(gt=0.0, le=100.0, description="learning rate at base_batch_size")
+    base_batch_size: int | None = Field(None, ge=1, description="batch size `lr` is given for")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="lr follows the batch size: none, linear (lr*B/B0), sqrt"
+    )
+    warmup_epochs: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="linear warmup")
+    schedule: Literal["constant", "cosine", "step"] = Field(
+        "cosine", description="decay after warmup; step = x0.1 at 50% and 75% of training"
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, allow_inf_nan=False)
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+
+    @field_validator("lr_scaling")
+    @classmethod
+    def _scaling_needs_base(cls, scaling: str, info: ValidationInfo) -> str:
+        if scaling != "none" and info.data.get("base_batch_size") is None:
+            raise ValueError(f"{scaling} scaling needs train.base_batch_size")
+        return scaling
+
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup_within_training(cls, warmup: float, info: ValidationInfo) -> float:
+        epochs = info.data.get("epochs")
+        if epochs is not None and warmup >= epochs:
+            raise ValueError(f"must be shorter than train.epochs ({epochs})")
+        return warmup
 
     @field_validator("nesterov")
     @classmethod

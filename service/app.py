@@ -12,7 +12,8 @@ from samsweep import __version__
 from samsweep.queue import make_celery
 from samsweep.settings import Settings, get_settings
 from service import errors
-from service.api.routes import health, studies as studies_routes
+from service.api.routes import health
+from service.api.routes import studies as studies_routes
 from service.sweeper import sweep_forever
 
 

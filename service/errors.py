@@ -57,7 +57,10 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     details = [
-        {"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid").removeprefix("Value error, ")}
+        {
+            "field": _field(tuple(e.get("loc", ()))),
+            "message": e.get("msg", "invalid").removeprefix("Value error, "),
+        }
         for e in exc.errors()
     ]
     first = details[0] if details else {"field": "body", "message": "invalid request"}

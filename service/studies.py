@@ -78,7 +78,9 @@ def create_study(
     return study, True
 
 
-def enqueue_pending(session: Session, celery: Celery, queue: str, study_id: str | None = None) -> int:
+def enqueue_pending(
+    session: Session, celery: Celery, queue: str, study_id: str | None = None
+) -> int:
     """Send a task for every QUEUED trial never handed to the broker; returns how many.
 
     The database is the source of truth: if the broker is down now, the trials stay
@@ -161,7 +163,9 @@ def list_studies(
     count = select(func.count()).select_from(Study)
     if owner is not None:
         query, count = query.where(Study.owner == owner), count.where(Study.owner == owner)
-    rows = session.scalars(query.order_by(Study.created_at.desc(), Study.id).limit(limit).offset(offset))
+    rows = session.scalars(
+        query.order_by(Study.created_at.desc(), Study.id).limit(limit).offset(offset)
+    )
     return list(rows), session.scalar(count) or 0
 
 

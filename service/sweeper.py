@@ -37,19 +37,31 @@ def requeue_stale(session: Session, stale_after: float, max_attempts: int) -> in
     for t in stale:
         last_attempt = t.attempts >= max_attempts
         values = (
-            {"state": TrialState.FAILED, "finished_at": utcnow(),
-             "error": f"worker lost: no heartbeat for {stale_after:.0f}s after {t.attempts} attempts"}
+            {
+                "state": TrialState.FAILED,
+                "finished_at": utcnow(),
+                "error": f"worker lost: no heartbeat for {stale_after:.0f}s "
+                f"after {t.attempts} attempts",
+            }
             if last_attempt
             else {"state": TrialState.QUEUED, "enqueued_at": None}
         )
         # Guarded by the claim token: if the worker beat in the meantime, nothing changes.
         session.execute(
             update(Trial)
-            .where(Trial.id == t.id, Trial.claim_token == t.claim_token, Trial.state == TrialState.RUNNING)
+            .where(
+                Trial.id == t.id,
+                Trial.claim_token == t.claim_token,
+                Trial.state == TrialState.RUNNING,
+            )
             .values(claim_token=None, **values)
         )
-        log.warning("trial %s: worker %s lost; %s", t.id, t.worker,
-                    "failed" if last_attempt else "re-queued")
+        log.warning(
+            "trial %s: worker %s lost; %s",
+            t.id,
+            t.worker,
+            "failed" if last_attempt else "re-queued",
+        )
     session.commit()
     return len(stale)
 

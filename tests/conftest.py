@@ -26,7 +26,9 @@ from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-PG_ADMIN = os.environ.get("SAMSWEEP_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_ADMIN = os.environ.get(
+    "SAMSWEEP_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 REDIS = os.environ.get("SAMSWEEP_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
@@ -95,16 +97,23 @@ class Deployment:
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "samsweep.cli", *args],
-            env=self.env, cwd=self.tmp, capture_output=True, text=True, timeout=timeout,
+            env=self.env,
+            cwd=self.tmp,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "samsweep.cli", *args],
-            env=self.env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # so a test can signal the whole process group
-        )
+        with open(self.tmp / f"{name}.log", "ab") as log:  # the child keeps its own fd
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "samsweep.cli", *args],
+                env=self.env,
+                cwd=self.tmp,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # so a test can signal the whole process group
+            )
         proc.log_path = self.tmp / f"{name}.log"  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
@@ -141,7 +150,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}: {proc.log_path.read_text()}")  # type: ignore[attr-defined]
+            raise RuntimeError(
+                f"{proc.args} exited with {proc.returncode}: {proc.log_path.read_text()}"
+            )  # type: ignore[attr-defined]
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return
@@ -160,6 +171,7 @@ def base_env(tmp: Path, **settings: str) -> dict[str, str]:
         SAMSWEEP_SWEEP_SECONDS="1",
         SAMSWEEP_HEARTBEAT_SECONDS="1",
         SAMSWEEP_DEVICE="cpu",
+        SAMSWEEP_TORCH_THREADS="1",
     )
     env.update({f"SAMSWEEP_{k.upper()}": v for k, v in settings.items()})
     return env
@@ -223,5 +235,3 @@ def _no_settings_leak(monkeypatch):
     from samsweep.settings import get_settings
 
     get_settings.cache_clear()
-
-

@@ -24,8 +24,13 @@ def api(tmp_path_factory) -> tuple[str, Deployment]:
     with fresh_pg_database() as db_url:
         queue = f"samsweep-test-{uuid.uuid4().hex[:8]}"
         d = Deployment(
-            env=base_env(tmp, database_url=db_url, broker_url=REDIS, queue=queue,
-                         max_grid_trials=str(MAX_GRID)),
+            env=base_env(
+                tmp,
+                database_url=db_url,
+                broker_url=REDIS,
+                queue=queue,
+                max_grid_trials=str(MAX_GRID),
+            ),
             tmp=tmp,
         )
         assert d.run("migrate").returncode == 0
@@ -61,8 +66,16 @@ BAD_SPECS = [
     ("unknown dataset", _with("dataset", {"name": "imagenet"}), "dataset.name"),
     ("unknown model", _with("model.name", "vit"), "model.name"),
     ("unknown optimizer", _with("search.base_optimizer", ["lion"]), "search.base_optimizer.0"),
-    ("path leaves data root", _with("dataset", {"name": "cifar10", "path": "../../etc"}), "dataset.path"),
-    ("absolute path outside root", _with("dataset", {"name": "cifar10", "path": "/etc"}), "dataset.path"),
+    (
+        "path leaves data root",
+        _with("dataset", {"name": "cifar10", "path": "../../etc"}),
+        "dataset.path",
+    ),
+    (
+        "absolute path outside root",
+        _with("dataset", {"name": "cifar10", "path": "/etc"}),
+        "dataset.path",
+    ),
     ("cifar10 without path", _with("dataset", {"name": "cifar10"}), "dataset.path"),
     ("not a cifar directory", _with("dataset", {"name": "cifar10", "path": "."}), "dataset.path"),
     ("grid above maximum", _with("search.rho", [i / 100 for i in range(MAX_GRID + 1)]), "search"),
@@ -70,6 +83,9 @@ BAD_SPECS = [
     ("missing train", _with("train", ...), "train"),
     ("unknown field", _with("pruner", "median"), "pruner"),
     ("val objective without val split", _with("objective", "val_accuracy"), "objective"),
+    ("scaling without base batch", _with("train.lr_scaling", "linear"), "train.lr_scaling"),
+    ("warmup as long as training", _with("train.warmup_epochs", 2), "train.warmup_epochs"),
+    ("unknown schedule", _with("train.schedule", "onecycle"), "train.schedule"),
     ("label noise 1", _with("dataset.label_noise", 1.0), "dataset.label_noise"),
     ("string rho", _with("search.rho", ["big"]), "search.rho.0"),
 ]
@@ -134,8 +150,13 @@ def test_refused_specs_created_nothing(api):
 def test_openapi_and_docs_are_served(api):
     url, _ = api
     schema = httpx.get(f"{url}/openapi.json").json()
-    assert {"/studies", "/studies/{study_id}", "/studies/{study_id}/trials",
-            "/studies/{study_id}/best", "/health"} <= set(schema["paths"])
+    assert {
+        "/studies",
+        "/studies/{study_id}",
+        "/studies/{study_id}/trials",
+        "/studies/{study_id}/best",
+        "/health",
+    } <= set(schema["paths"])
     assert httpx.get(f"{url}/docs").status_code == 200
     health = httpx.get(f"{url}/health").json()
     assert health == {"status": "ok", "database": "ok", "broker": "ok"}

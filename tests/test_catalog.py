@@ -11,7 +11,9 @@ from tests.conftest import SHARED_DATA, digits_spec
 
 
 @pytest.mark.parametrize("val_fraction", [0.0, 0.1, 0.25])
-@pytest.mark.parametrize("name,path", [("digits", None), ("synthetic", None), ("cifar10", "cifar10-subset")])
+@pytest.mark.parametrize(
+    "name,path", [("digits", None), ("synthetic", None), ("cifar10", "cifar10-subset")]
+)
 def test_train_size_matches_trainer(name, path, val_fraction):
     spec = StudySpec.model_validate(
         digits_spec(dataset={"name": name, "path": path, "val_fraction": val_fraction})

@@ -61,7 +61,11 @@ def test_no_default_secret_and_shared_settings(compose):
     db_url = s["api"]["environment"]["SAMSWEEP_DATABASE_URL"]
     for name in ("migrate", "worker"):
         assert s[name]["environment"]["SAMSWEEP_DATABASE_URL"] == db_url
-        assert s[name]["environment"]["SAMSWEEP_BROKER_URL"] == s["api"]["environment"]["SAMSWEEP_BROKER_URL"]
+        assert (
+            s[name]["environment"]["SAMSWEEP_BROKER_URL"]
+            == s["api"]["environment"]["SAMSWEEP_BROKER_URL"]
+        )
+
     # optuna-dashboard reads exactly the storage the workers write
     def interpolate(value: str) -> str:
         return re.sub(r"\$\{POSTGRES_PASSWORD[^}]*\}", "s3cret", value)
@@ -81,7 +85,9 @@ def test_build_targets_exist(compose):
 
 
 def _samsweep_commands(compose) -> list[list[str]]:
-    cmds = [s["command"] for s in compose["services"].values() if isinstance(s.get("command"), list)]
+    cmds = [
+        s["command"] for s in compose["services"].values() if isinstance(s.get("command"), list)
+    ]
     for line in re.findall(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.M):
         cmds.append(json.loads(line))
     return [c for c in cmds if c[0] == "samsweep"]

@@ -84,13 +84,19 @@ def test_embedded_default_through_samsweep_run(deployment_factory, tmp_path: Pat
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(digits_spec()))
     result = d.run("run", str(spec_path), timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr + (tmp_path / "state" / "up.log").read_text()
+    assert result.returncode == 0, (
+        result.stdout + result.stderr + (tmp_path / "state" / "up.log").read_text()
+    )
     out = result.stdout
-    assert re.search(r"best by test_accuracy: sgd batch (16|64) rho (0|0\.05) seed 0: test \d+\.\d\d%", out)
+    assert re.search(
+        r"best by test_accuracy: sgd batch (16|64) rho (0|0\.05) seed 0: test \d+\.\d\d%", out
+    )
     assert out.count("COMPLETE") == 4 and "4 trials, 4 complete" in out
 
     state = tmp_path / "state"
-    assert {"samsweep.sqlite", "optuna.sqlite", "broker.sqlite"} <= {p.name for p in state.iterdir()}
+    assert {"samsweep.sqlite", "optuna.sqlite", "broker.sqlite"} <= {
+        p.name for p in state.iterdir()
+    }
     from sqlalchemy import create_engine, text
 
     with create_engine(f"sqlite:///{state}/samsweep.sqlite").connect() as conn:
@@ -135,8 +141,13 @@ def _trial_ids(db_url: str, study_id: str) -> list[int]:
 
     engine = create_engine(db_url)
     with engine.connect() as conn:
-        ids = conn.execute(
-            text("SELECT id FROM samsweep_trials WHERE study_id = :s ORDER BY id"), {"s": study_id}
-        ).scalars().all()
+        ids = (
+            conn.execute(
+                text("SELECT id FROM samsweep_trials WHERE study_id = :s ORDER BY id"),
+                {"s": study_id},
+            )
+            .scalars()
+            .all()
+        )
     engine.dispose()
     return list(ids)

@@ -14,15 +14,31 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FORBIDDEN = {
-    "trainer": {"optuna", "celery", "kombu", "fastapi", "starlette", "sqlalchemy", "alembic",
-                "pydantic", "redis", "samsweep", "service", "worker", "migrations"},
+    "trainer": {
+        "optuna",
+        "celery",
+        "kombu",
+        "fastapi",
+        "starlette",
+        "sqlalchemy",
+        "alembic",
+        "pydantic",
+        "redis",
+        "samsweep",
+        "service",
+        "worker",
+        "migrations",
+    },
     "service": {"torch", "trainer", "worker", "migrations", "sklearn"},
     "samsweep": {"torch", "trainer", "fastapi", "starlette", "service", "sklearn"},
     "worker": {"service", "fastapi", "migrations"},
 }
 # The CLI is the composition root: it starts the API or the worker, inside functions.
-LAZY_ONLY = {("samsweep", "cli.py"): {"worker", "service"}, ("worker", "runner.py"): {"trainer", "torch"},
-             ("worker", "tasks.py"): {"worker"}}
+LAZY_ONLY = {
+    ("samsweep", "cli.py"): {"worker", "service"},
+    ("worker", "runner.py"): {"trainer", "torch"},
+    ("worker", "tasks.py"): {"worker"},
+}
 
 
 def _imports(path: Path, top_level_only: bool) -> set[str]:
@@ -42,7 +58,9 @@ def test_packages_import_only_what_their_layer_allows(package):
     for path in sorted((ROOT / package).rglob("*.py")):
         lazy_ok = LAZY_ONLY.get((package, path.name), set())
         everywhere = _imports(path, top_level_only=False) - lazy_ok
-        assert not everywhere & FORBIDDEN[package], f"{path.relative_to(ROOT)} imports {everywhere & FORBIDDEN[package]}"
+        assert not everywhere & FORBIDDEN[package], (
+            f"{path.relative_to(ROOT)} imports {everywhere & FORBIDDEN[package]}"
+        )
         top = _imports(path, top_level_only=True)
         assert not top & (FORBIDDEN[package] | lazy_ok) - {package}, path
 

@@ -23,10 +23,19 @@ def session(pg_url):
     migrate(Settings(database_url=pg_url))
     with session_factory(pg_url)() as s:
         spec = StudySpec.model_validate(digits_spec())
-        s.add(Study(id="s1", name="t", spec=spec.model_dump(mode="json"), n_trials=4,
-                    optuna_study_name="samsweep-s1"))
-        s.add_all(Trial(study_id="s1", number=i, cell_key=c.key, seed=c.seed, params=c.params())
-                  for i, c in enumerate(spec.cells()))
+        s.add(
+            Study(
+                id="s1",
+                name="t",
+                spec=spec.model_dump(mode="json"),
+                n_trials=4,
+                optuna_study_name="samsweep-s1",
+            )
+        )
+        s.add_all(
+            Trial(study_id="s1", number=i, cell_key=c.key, seed=c.seed, params=c.params())
+            for i, c in enumerate(spec.cells())
+        )
         s.commit()
         yield s
 

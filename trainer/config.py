@@ -33,6 +33,11 @@ class TrialConfig:
     momentum: float = 0.9  # SGD momentum; Adam/AdamW use it as beta1
     nesterov: bool = False
     weight_decay: float = 5e-4  # applied by the base optimizer
+    # learning rate: `lr` is given at `base_batch_size` and scaled to `batch_size`
+    lr_scaling: str = "none"  # "none" | "linear" | "sqrt"
+    base_batch_size: int | None = None
+    warmup_epochs: float = 0.0  # linear warmup, in epochs
+    schedule: str = "constant"  # "constant" | "cosine" | "step" (decay after warmup)
     seed: int = 0
     device: str = "cpu"  # chosen by the worker
 
@@ -68,6 +73,7 @@ class TrialResult:
     samples_per_second: float  # training samples processed per second of training
     val_accuracy: float | None = None
     val_loss: float | None = None
+    effective_lr: float | None = None  # lr after batch-size scaling, before the schedule
     history: list[EpochMetrics] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from trainer.config import (
 from trainer.data import Dataset, load_dataset
 from trainer.models import build_model
 from trainer.sam import SAM
+from trainer.schedule import effective_lr, lr_multiplier
 
 EVAL_BATCH_SIZE = 512  # inference only: larger than training batches, bounded memory
 
@@ -45,26 +46,24 @@ StepFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def build_base_optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
-    """SGD, Adam or AdamW at config.lr; weight decay is the base optimizer's.
+    """SGD, Adam or AdamW at the effective lr; weight decay is the base optimizer's.
 
     Adam and AdamW take ``config.momentum`` as β₁ and keep the usual β₂ = 0.999,
     so a study has one "momentum" knob whatever the optimizer. Adam's weight decay
     is L2 added to the gradient; AdamW's is decoupled (Loshchilov & Hutter, 2019).
     """
-    params, name = model.parameters(), config.base_optimizer
+    params, name, lr = model.parameters(), config.base_optimizer, effective_lr(config)
     if name == "sgd":
         return torch.optim.SGD(
             params,
-            lr=config.lr,
+            lr=lr,
             momentum=config.momentum,
             nesterov=config.nesterov,
             weight_decay=config.weight_decay,
         )
     if name in ("adam", "adamw"):
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(
-            params, lr=config.lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay
-        )
+        return cls(params, lr=lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
     raise ValueError(f"unknown base_optimizer {name!r}; expected 'sgd', 'adam' or 'adamw'")
 
 
@@ -181,15 +180,6 @@ def train_epoch(
     return loss_sum / n, correct.item() / n
 
 
-def constant_lr(step: int) -> float:
-    """Learning-rate multiplier at optimizer step ``step``: constant for now.
-
-    Warmup and decay go here (a LambdaLR on the base optimizer, stepped once per
-    batch), so SAM's two passes never count as two scheduler steps.
-    """
-    return 1.0
-
-
 def seed_everything(seed: int) -> torch.Generator:
     """Seeds torch (CPU and CUDA), numpy's and Python's global generators.
 
@@ -222,7 +212,8 @@ def fit(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResu
     model = build_model(config.model, data.in_channels, data.num_classes, data.image_size)
     model = model.to(config.device)
     step, base = build_step(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(base, constant_lr)
+    steps_per_epoch = math.ceil(len(data.train_x) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(base, lr_multiplier(config, steps_per_epoch))
 
     history: list[EpochMetrics] = []
     train_seconds = 0.0
@@ -285,5 +276,6 @@ def _final_result(
         samples_per_second=len(data.train_x) * len(history) / max(train_seconds, 1e-9),
         val_accuracy=last.val_accuracy,
         val_loss=last.val_loss,
+        effective_lr=effective_lr(config),
         history=history,
     )

@@ -154,14 +154,20 @@ def trial_config(c: Claim, settings: Settings, device: str):
         momentum=spec.train.momentum,
         nesterov=spec.train.nesterov,
         weight_decay=spec.train.weight_decay,
+        lr_scaling=spec.train.lr_scaling,
+        base_batch_size=spec.train.base_batch_size,
+        warmup_epochs=spec.train.warmup_epochs,
+        schedule=spec.train.schedule,
         seed=cell.seed,
         device=device,
     )
 
 
-def resolve_device(setting: str) -> str:
+def resolve_device(setting: str, threads: int = 0) -> str:
     import torch
 
+    if threads:  # several CPU slots on one host must not each take every core
+        torch.set_num_threads(threads)
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return setting
@@ -208,7 +214,7 @@ def _train_and_record(c, settings, sessions, optuna_url, optuna_id, heartbeat) -
             if session.scalar(select(Study.cancelled_at).where(Study.id == c.study_id)):
                 raise Stop("cancelled")
 
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, settings.torch_threads)
     try:
         result = trainer.fit(trial_config(c, settings, device), on_epoch=on_epoch)
     except Stop as e:

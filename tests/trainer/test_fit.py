@@ -9,7 +9,7 @@ import torch
 
 from trainer import DivergedError, EpochMetrics, TrialConfig, fit
 from trainer.data import Dataset
-from trainer.loop import build_base_optimizer, constant_lr, train_epoch
+from trainer.loop import build_base_optimizer, train_epoch
 from trainer.models import build_model
 
 
@@ -94,7 +94,7 @@ def test_epoch_visits_every_example_once_including_the_partial_batch() -> None:
     seen: list[torch.Tensor] = []
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.SGD(model.parameters(), 0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seen.append(y)

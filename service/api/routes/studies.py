@@ -60,7 +60,9 @@ def create_study(
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/studies/{study.id}"
-    return StudyCreated(id=study.id, name=study.name, n_trials=study.n_trials, links=_links(study.id))
+    return StudyCreated(
+        id=study.id, name=study.name, n_trials=study.n_trials, links=_links(study.id)
+    )
 
 
 @router.get("", response_model=StudyPage)
@@ -71,7 +73,9 @@ def list_studies(
 ) -> StudyPage:
     """The studies, newest first."""
     rows, total = studies.list_studies(session, limit, offset)
-    return StudyPage(items=[_summary(session, s) for s in rows], total=total, limit=limit, offset=offset)
+    return StudyPage(
+        items=[_summary(session, s) for s in rows], total=total, limit=limit, offset=offset
+    )
 
 
 @router.get("/{study_id}", response_model=StudyDetail)
@@ -85,7 +89,9 @@ def get_study(study_id: str, session: SessionDep) -> StudyDetail:
     return StudyDetail(
         **_summary(session, study).model_dump(),
         counts=counts,
-        progress=Progress(total=study.n_trials, finished=finished, fraction=finished / study.n_trials),
+        progress=Progress(
+            total=study.n_trials, finished=finished, fraction=finished / study.n_trials
+        ),
         timings=Timings(**t, elapsed_seconds=studies.elapsed_seconds(t["started_at"], end)),
         spec=study.spec,
     )
