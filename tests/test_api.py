@@ -1,0 +1,52 @@
+"""API behaviour beyond validation, on a real uvicorn: idempotent create, listing,
+and 503 (never 500) while the database is unreachable."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import REDIS, digits_spec, free_port
+
+
+def test_idempotency_key_returns_the_first_study(server_deployment):
+    api = server_deployment.start_api()
+    headers = {"Idempotency-Key": "run-42"}
+    first = httpx.post(f"{api}/studies", json=digits_spec(), headers=headers)
+    again = httpx.post(f"{api}/studies", json=digits_spec(epochs=5), headers=headers)
+    other = httpx.post(f"{api}/studies", json=digits_spec(), headers={"Idempotency-Key": "x"})
+    assert first.status_code == 201 and again.status_code == 200 and other.status_code == 201
+    assert again.json()["id"] == first.json()["id"] != other.json()["id"]
+    listed = httpx.get(f"{api}/studies").json()
+    assert listed["total"] == 2
+    assert [s["id"] for s in listed["items"]] == [other.json()["id"], first.json()["id"]]
+    page = httpx.get(f"{api}/studies", params={"limit": 1, "offset": 1}).json()
+    assert [s["id"] for s in page["items"]] == [first.json()["id"]]
+
+
+def test_database_unreachable_is_503(deployment_factory):
+    # A database that does not exist: every connection attempt is refused.
+    d = deployment_factory(
+        database_url="postgresql+psycopg://postgres@127.0.0.1:5432/samsweep_no_such_db",
+        broker_url=REDIS,
+    )
+    port = free_port()
+    d.spawn("api", "api", "--port", str(port))
+    api = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            health = httpx.get(f"{api}/health")
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                pytest.fail(d.logs())
+            time.sleep(0.3)
+    assert health.status_code == 503
+    assert health.json()["database"].startswith("unavailable") and health.json()["broker"] == "ok"
+    for r in (httpx.get(f"{api}/studies"), httpx.post(f"{api}/studies", json=digits_spec())):
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "database_unavailable"
+        assert r.headers["retry-after"] == "5"
