@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -73,6 +74,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"--concurrency={args.concurrency}",
     ]
     worker = subprocess.Popen(worker_cmd)
+    # uvicorn shuts down on SIGTERM, then re-raises it into the handler that was there
+    # before it started. With the default handler that kills this process before the
+    # `finally` below, orphaning the worker; this handler turns it into SystemExit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port)
     finally:
