@@ -59,9 +59,15 @@ class TrialState(enum.StrEnum):
     COMPLETE = "COMPLETE"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    INFEASIBLE = "INFEASIBLE"  # e.g. out of memory at this batch size: not retried
 
 
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.FAILED, TrialState.CANCELLED)
+FINISHED_STATES = (
+    TrialState.COMPLETE,
+    TrialState.FAILED,
+    TrialState.CANCELLED,
+    TrialState.INFEASIBLE,
+)
 
 
 class Base(DeclarativeBase):

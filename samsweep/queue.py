@@ -17,9 +17,6 @@ from samsweep.tasks import RUN_TRIAL
 # kombu's SQLAlchemy transport passes every transport option to create_engine, so
 # its polling interval is set on the class (DESIGN.md §7); 0.1 s gives ~60 ms latency.
 EMBEDDED_POLLING_INTERVAL = 0.1
-# Redis re-delivers an unacked task after this; trials can run for hours, and the
-# database claim makes a re-delivery harmless anyway.
-REDIS_VISIBILITY_TIMEOUT = 24 * 3600
 
 
 def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
@@ -42,7 +39,11 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
         sqla_transport.Transport.polling_interval = EMBEDDED_POLLING_INTERVAL
         app.conf.broker_transport_options = {"connect_args": {"timeout": 30}}
     else:
-        app.conf.broker_transport_options = {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT}
+        # Redis re-delivers an unacked task after this; trials run for hours, and the
+        # database claim makes a re-delivery harmless (it is skipped), so it is long.
+        app.conf.broker_transport_options = {
+            "visibility_timeout": settings.broker_visibility_timeout
+        }
     return app
 
 
@@ -54,6 +55,19 @@ def declare_queue(app: Celery, name: str) -> None:
     """
     with app.connection_for_write() as conn:
         app.amqp.queues[name](conn.default_channel).declare()
+
+
+def broker_identity(app: Celery) -> str | None:
+    """An id that changes when the broker restarts (Redis's run_id); None if unknown.
+
+    A Redis restarted without its data has lost every queued message: the sweeper
+    compares this id between rounds and re-sends all QUEUED trials when it changes.
+    """
+    with app.connection_for_write() as conn:
+        client = getattr(conn.default_channel, "client", None)
+        if client is None or not hasattr(client, "info"):
+            return None  # the embedded broker: its messages live in a file
+        return str(client.info("server")["run_id"])
 
 
 def enqueue_trial(app: Celery, queue: str, trial_id: int) -> None:

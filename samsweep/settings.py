@@ -34,6 +34,18 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="runs of a trial whose worker died")
     sweep_seconds: float = Field(10.0, gt=0, description="API re-sends never-queued trials")
     api_url: str = Field("http://127.0.0.1:8000", description="where `samsweep run` submits")
+    api_token: str | None = Field(None, description="bearer token `samsweep run` sends")
+    # Credentials. With tokens configured, every write needs `Authorization: Bearer <token>`;
+    # with private_studies, reads need one too and each owner sees only their studies.
+    api_tokens: str | None = Field(None, description="comma-separated owner:token pairs")
+    private_studies: bool = Field(False, description="studies visible to their owner only")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body")
+    broker_visibility_timeout: float = Field(
+        24 * 3600, gt=0, description="Redis re-delivers an unacked task after this"
+    )
+    checkpoint_dir: Path | None = Field(
+        None, description="per-epoch checkpoints (shared by all workers); default state_dir"
+    )
 
     # --- derived URLs -------------------------------------------------------------------
     @property
@@ -60,6 +72,22 @@ class Settings(BaseSettings):
         if url.startswith("postgresql"):
             return with_search_path(url, OPTUNA_SCHEMA)
         raise ValueError(f"unsupported SAMSWEEP_DATABASE_URL scheme: {url.split(':', 1)[0]}")
+
+    @property
+    def resolved_checkpoint_dir(self) -> Path:
+        return self.checkpoint_dir or self.state_dir / "checkpoints"
+
+    def tokens(self) -> dict[str, str]:
+        """owner -> token, from `api_tokens`; empty when no credentials are configured."""
+        pairs: dict[str, str] = {}
+        for item in filter(None, (p.strip() for p in (self.api_tokens or "").split(","))):
+            owner, sep, token = item.partition(":")
+            if not sep or not owner or len(token) < 16:
+                raise ValueError(
+                    "SAMSWEEP_API_TOKENS must be owner:token pairs, tokens of 16+ characters"
+                )
+            pairs[owner] = token
+        return pairs
 
     @property
     def stale_after_seconds(self) -> float:

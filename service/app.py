@@ -14,11 +14,14 @@ from samsweep.settings import Settings, get_settings
 from service import errors
 from service.api.routes import health
 from service.api.routes import studies as studies_routes
+from service.limits import BodySizeLimit
 from service.sweeper import sweep_forever
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    if settings.private_studies and not settings.tokens():
+        raise ValueError("SAMSWEEP_PRIVATE_STUDIES needs SAMSWEEP_API_TOKENS")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.celery = make_celery(settings)
     errors.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(studies_routes.router)
     app.include_router(health.router)
     return app

@@ -118,6 +118,28 @@ def get_study(session: Session, study_id: str, owner: str | None = None) -> Stud
     return study
 
 
+def cancel_study(session: Session, study: Study) -> None:
+    """Mark the study cancelled and its QUEUED trials CANCELLED, in one transaction.
+
+    Running trials see `cancelled_at` at their next epoch boundary (worker/runner.py)
+    and stop; a queued task delivered later finds its trial no longer QUEUED.
+    Finished trials keep their results. Cancelling twice changes nothing more.
+    """
+    now = utcnow()
+    session.execute(
+        update(Study)
+        .where(Study.id == study.id, Study.cancelled_at.is_(None))
+        .values(cancelled_at=now)
+    )
+    session.execute(
+        update(Trial)
+        .where(Trial.study_id == study.id, Trial.state == TrialState.QUEUED)
+        .values(state=TrialState.CANCELLED, finished_at=now, error="cancelled", claim_token=None)
+    )
+    session.commit()
+    session.refresh(study)
+
+
 def state_counts(session: Session, study_id: str) -> dict[str, int]:
     rows = session.execute(
         select(Trial.state, func.count()).where(Trial.study_id == study_id).group_by(Trial.state)

@@ -50,3 +50,24 @@ def test_database_unreachable_is_503(deployment_factory):
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "database_unavailable"
         assert r.headers["retry-after"] == "5"
+
+
+def test_oversized_body_is_413_before_any_work(deployment_factory, pg_url):
+    d = deployment_factory(database_url=pg_url, broker_url=REDIS, max_body_bytes="2048")
+    assert d.run("migrate").returncode == 0
+    api = d.start_api()
+    big = digits_spec(name="x" * 100)
+    big["padding"] = "y" * 5000
+    declared = httpx.post(f"{api}/studies", json=big)
+
+    def chunks():
+        yield b'{"name": "'
+        for _ in range(10):
+            yield b"z" * 1000
+        yield b'"}'
+
+    streamed = httpx.post(f"{api}/studies", content=chunks())  # chunked: no Content-Length
+    for r in (declared, streamed):
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["code"] == "body_too_large"
+    assert httpx.get(f"{api}/studies").json()["total"] == 0

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from samsweep.db import FINISHED_STATES, Study, Trial
 from samsweep.spec import StudySpec
 from service import studies
-from service.api.deps import CeleryDep, SessionDep, SettingsDep
+from service.api.deps import CeleryDep, ReaderDep, SessionDep, SettingsDep, WriterDep
 from service.models import (
     Best,
     BestTrial,
@@ -51,11 +51,12 @@ def create_study(
     settings: SettingsDep,
     celery: CeleryDep,
     response: Response,
+    owner: WriterDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> StudyCreated:
     """Create a study: one trial per grid cell and seed, queued for the workers."""
     study, created = studies.create_study(
-        session, settings, celery, spec, idempotency_key=idempotency_key
+        session, settings, celery, spec, owner=owner, idempotency_key=idempotency_key
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -68,20 +69,32 @@ def create_study(
 @router.get("", response_model=StudyPage)
 def list_studies(
     session: SessionDep,
+    owner: ReaderDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> StudyPage:
     """The studies, newest first."""
-    rows, total = studies.list_studies(session, limit, offset)
+    rows, total = studies.list_studies(session, limit, offset, owner)
     return StudyPage(
         items=[_summary(session, s) for s in rows], total=total, limit=limit, offset=offset
     )
 
 
 @router.get("/{study_id}", response_model=StudyDetail)
-def get_study(study_id: str, session: SessionDep) -> StudyDetail:
+def get_study(study_id: str, session: SessionDep, owner: ReaderDep) -> StudyDetail:
     """Status, counts per trial state, progress, timings and the spec."""
-    study = studies.get_study(session, study_id)
+    return _detail(session, studies.get_study(session, study_id, owner))
+
+
+@router.post("/{study_id}/cancel", response_model=StudyDetail)
+def cancel_study(study_id: str, session: SessionDep, owner: WriterDep) -> StudyDetail:
+    """Cancel: queued trials now, running ones at their next epoch; results stay."""
+    study = studies.get_study(session, study_id, owner)
+    studies.cancel_study(session, study)
+    return _detail(session, study)
+
+
+def _detail(session, study: Study) -> StudyDetail:
     counts = studies.state_counts(session, study.id)
     finished = sum(counts[s] for s in FINISHED_STATES)
     t = studies.timings(session, study)
@@ -102,16 +115,16 @@ def _trial_public(t: Trial) -> TrialPublic:
 
 
 @router.get("/{study_id}/trials", response_model=TrialList)
-def list_trials(study_id: str, session: SessionDep) -> TrialList:
+def list_trials(study_id: str, session: SessionDep, owner: ReaderDep) -> TrialList:
     """Every trial: params, state, metrics and per-epoch curves."""
-    study = studies.get_study(session, study_id)
+    study = studies.get_study(session, study_id, owner)
     return TrialList(study_id=study.id, trials=[_trial_public(t) for t in study.trials])
 
 
 @router.get("/{study_id}/best", response_model=Best)
-def best(study_id: str, session: SessionDep) -> Best:
+def best(study_id: str, session: SessionDep, owner: ReaderDep) -> Best:
     """The best complete trial by the study's objective, and how complete the study is."""
-    study = studies.get_study(session, study_id)
+    study = studies.get_study(session, study_id, owner)
     counts = studies.state_counts(session, study.id)
     status_ = studies.study_status(study, counts)
     top = studies.best_trial(session, study.id)

@@ -1,0 +1,52 @@
+"""Bearer tokens and study owners (DESIGN.md §5).
+
+With `SAMSWEEP_API_TOKENS` unset, the API is open (the embedded default on a laptop).
+With tokens, every write needs `Authorization: Bearer <token>` and the study belongs
+to the token's owner; with `SAMSWEEP_PRIVATE_STUDIES=true`, reads need a token too
+and an owner sees only their own studies (another owner's id answers 404).
+Tokens are compared as SHA-256 digests with `hmac.compare_digest`, against every
+configured token, so the time taken does not depend on which (if any) matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from functools import lru_cache
+
+from service.errors import ApiError
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@lru_cache(maxsize=8)
+def _table(api_tokens: str) -> tuple[tuple[str, bytes], ...]:
+    from samsweep.settings import Settings
+
+    return tuple((o, _digest(t)) for o, t in Settings(api_tokens=api_tokens).tokens().items())
+
+
+def owner_for(authorization: str | None, api_tokens: str | None) -> str | None:
+    """The owner a request acts for; None when no tokens are configured.
+
+    Raises Unauthorized when tokens are configured and the header carries none of them.
+    """
+    if not api_tokens:
+        return None
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("this call needs Authorization: Bearer <token>")
+    presented = _digest(token.strip())
+    owner = None
+    for name, digest in _table(api_tokens):  # no early exit: constant time over the table
+        if hmac.compare_digest(presented, digest):
+            owner = name
+    if owner is None:
+        raise Unauthorized("invalid token")
+    return owner

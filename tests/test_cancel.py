@@ -1,0 +1,42 @@
+"""POST /studies/{id}/cancel on real parts: queued trials are cancelled at once, the
+running one stops at its next epoch boundary, finished results stay."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.conftest import digits_spec, wait_study
+
+
+def test_cancel_mid_study(server_deployment):
+    d = server_deployment
+    api = d.start_api()
+    d.start_worker()
+    spec = digits_spec(rho=(0.0, 0.05), batch_size=(16, 32), epochs=30, seeds=(0, 1))
+    study = httpx.post(f"{api}/studies", json=spec).json()["id"]
+    deadline = time.monotonic() + 120
+    while True:  # wait until one trial has finished and another is mid-training
+        trials = httpx.get(f"{api}/studies/{study}/trials").json()["trials"]
+        running = [t for t in trials if t["state"] == "RUNNING" and t["epoch"] >= 1]
+        if running and any(t["state"] == "COMPLETE" for t in trials):
+            break
+        assert time.monotonic() < deadline, d.logs()
+        time.sleep(0.2)
+    r = httpx.post(f"{api}/studies/{study}/cancel")
+    assert r.status_code == 200 and r.json()["counts"]["QUEUED"] == 0
+    detail = wait_study(api, study, timeout=60, d=d)
+    assert detail["status"] == "cancelled"
+    after = {t["number"]: t for t in httpx.get(f"{api}/studies/{study}/trials").json()["trials"]}
+    before = {t["number"]: t for t in trials}
+    for number, t in before.items():
+        if t["state"] == "COMPLETE":  # finished results stay, untouched
+            assert after[number]["state"] == "COMPLETE"
+            assert after[number]["metrics"] == t["metrics"]
+    stopped = after[running[0]["number"]]
+    assert stopped["state"] == "CANCELLED" and 1 <= stopped["epoch"] < 30
+    assert {t["state"] for t in after.values()} <= {"COMPLETE", "CANCELLED"}
+    assert httpx.post(f"{api}/studies/{study}/cancel").json()["status"] == "cancelled"
+    best = httpx.get(f"{api}/studies/{study}/best").json()
+    assert best["best"] is not None and best["status"] == "cancelled"
