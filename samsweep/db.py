@@ -127,6 +127,16 @@ class Trial(Base):
     )
 
 
+class Meta(Base):
+    """Small facts the service keeps between restarts (e.g. the broker's identity)."""
+
+    __tablename__ = "samsweep_meta"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets the API read while a worker writes; busy_timeout waits instead of
     # failing with "database is locked" when two processes write at once.

@@ -75,14 +75,48 @@ def study_id(url: str, name: str) -> int:
     return get_storage(url).get_study_id_from_name(name)
 
 
-def start_trial(url: str, study_name: str, spec: StudySpec, cell: Cell) -> tuple[int, int]:
-    """Create this cell's Optuna trial, RUNNING, with its params; returns (id, number)."""
+# User attributes samsweep puts on an Optuna trial besides the trial's metrics.
+BOOKKEEPING = frozenset({"samsweep_trial_id", "fail_reason"})
+
+
+def start_trial(
+    url: str, study_name: str, spec: StudySpec, cell: Cell, samsweep_trial_id: int
+) -> tuple[int, int]:
+    """Create this cell's Optuna trial, RUNNING, with its params; returns (id, number).
+
+    It is tagged with our trial id, so a later attempt can find it even if the worker
+    died before recording the Optuna id on our row.
+    """
     storage = get_storage(url)
     template = optuna.trial.create_trial(
-        state=TrialState.RUNNING, params=cell.params(), distributions=distributions(spec)
+        state=TrialState.RUNNING,
+        params=cell.params(),
+        distributions=distributions(spec),
+        user_attrs={"samsweep_trial_id": samsweep_trial_id},
     )
     trial_id = storage.create_new_trial(storage.get_study_id_from_name(study_name), template)
     return trial_id, storage.get_trial_number_from_id(trial_id)
+
+
+def settle_earlier_attempts(
+    url: str, study_name: str, samsweep_trial_id: int
+) -> optuna.trial.FrozenTrial | None:
+    """Before an attempt: FAIL the Optuna trials that earlier attempts of this trial left
+    RUNNING (their worker died), and return one that reached COMPLETE, if any (the
+    worker died after telling Optuna but before recording it on our row)."""
+    storage = get_storage(url)
+    study_id = storage.get_study_id_from_name(study_name)
+    complete = None
+    states = (TrialState.RUNNING, TrialState.COMPLETE)
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=states):
+        if t.user_attrs.get("samsweep_trial_id") != samsweep_trial_id:
+            continue
+        if t.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker lost; re-run")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        elif t.state == TrialState.COMPLETE:
+            complete = t
+    return complete
 
 
 def report(url: str, trial_id: int, step: int, value: float | None) -> None:

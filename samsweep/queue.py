@@ -42,7 +42,8 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
         # Redis re-delivers an unacked task after this; trials run for hours, and the
         # database claim makes a re-delivery harmless (it is skipped), so it is long.
         app.conf.broker_transport_options = {
-            "visibility_timeout": settings.broker_visibility_timeout
+            "visibility_timeout": settings.broker_visibility_timeout,
+            **settings.broker_transport_options,
         }
     return app
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field
@@ -30,6 +31,12 @@ class Settings(BaseSettings):
     max_grid_trials: int = Field(2000, ge=1, description="largest grid x seeds accepted")
     device: str = Field("auto", description="worker's torch device: auto | cpu | cuda[:N]")
     torch_threads: int = Field(0, ge=0, description="CPU threads per trial; 0 = torch's default")
+    db_retry_seconds: float = Field(
+        300.0, gt=0, description="workers retry database writes this long before giving up"
+    )
+    stale_seconds: float | None = Field(
+        None, gt=0, description="no heartbeat this long = worker lost; default max(30, 6 beats)"
+    )
     heartbeat_seconds: float = Field(5.0, gt=0, description="worker heartbeat period")
     max_attempts: int = Field(3, ge=1, description="runs of a trial whose worker died")
     sweep_seconds: float = Field(10.0, gt=0, description="API re-sends never-queued trials")
@@ -42,6 +49,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body")
     broker_visibility_timeout: float = Field(
         24 * 3600, gt=0, description="Redis re-delivers an unacked task after this"
+    )
+    broker_transport_options: dict[str, Any] = Field(
+        default_factory=dict, description="extra kombu transport options (JSON), e.g. Redis's"
     )
     checkpoint_dir: Path | None = Field(
         None, description="per-epoch checkpoints (shared by all workers); default state_dir"
@@ -92,7 +102,7 @@ class Settings(BaseSettings):
     @property
     def stale_after_seconds(self) -> float:
         """A RUNNING trial with no heartbeat for this long has lost its worker."""
-        return max(30.0, 6 * self.heartbeat_seconds)
+        return self.stale_seconds or max(30.0, 6 * self.heartbeat_seconds)
 
     @property
     def is_embedded_broker(self) -> bool:

@@ -78,7 +78,7 @@ class SearchSpec(_Strict):
 
 class TrainSpec(_Strict):
     epochs: int = Field(ge=1, le=10_000)
-    lr: FiniteFloat = Field(gt=0.0, le=100.0, description="learning rate at base_batch_size")
+    lr: FiniteFloat = Field(gt=0.0, description="learning rate at base_batch_size")
     base_batch_size: int | None = Field(None, ge=1, description="batch size `lr` is given for")
     lr_scaling: Literal["none", "linear", "sqrt"] = Field(
         "none", description="lr follows the batch size: none, linear (lr*B/B0), sqrt"

@@ -16,11 +16,13 @@ from celery import Celery
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from samsweep.db import Trial, TrialState, session_factory, utcnow
+from samsweep.db import Meta, Trial, TrialState, session_factory, utcnow
+from samsweep.queue import broker_identity
 from samsweep.settings import Settings
 from service.studies import enqueue_pending
 
 log = logging.getLogger(__name__)
+BROKER_IDENTITY = "broker_identity"
 
 
 def requeue_stale(session: Session, stale_after: float, max_attempts: int) -> int:
@@ -66,8 +68,37 @@ def requeue_stale(session: Session, stale_after: float, max_attempts: int) -> in
     return len(stale)
 
 
+def resend_after_broker_restart(session: Session, celery: Celery) -> int:
+    """If the broker restarted since the last round, re-send every QUEUED trial.
+
+    A Redis restarted without its data has lost the queue; one restarted from its
+    append-only file has not, and the re-sent duplicates are skipped by the claim.
+    The identity is kept in the database, so a restart while the API was down counts.
+    """
+    identity = broker_identity(celery)
+    if identity is None:
+        return 0
+    seen = session.get(Meta, BROKER_IDENTITY)
+    if seen is not None and seen.value == identity:
+        return 0
+    n = 0
+    if seen is None:  # first round ever: nothing to compare with
+        session.add(Meta(key=BROKER_IDENTITY, value=identity))
+    else:
+        seen.value = identity
+        n = session.execute(
+            update(Trial)
+            .where(Trial.state == TrialState.QUEUED, Trial.enqueued_at.is_not(None))
+            .values(enqueued_at=None)
+        ).rowcount
+        log.warning("the broker restarted: re-sending %d queued trial(s)", n)
+    session.commit()
+    return n
+
+
 def sweep_once(session: Session, celery: Celery, settings: Settings) -> None:
     requeue_stale(session, settings.stale_after_seconds, settings.max_attempts)
+    resend_after_broker_restart(session, celery)
     if n := enqueue_pending(session, celery, settings.queue):
         log.info("sent %d queued trial(s) to the broker", n)
 

@@ -15,8 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
+from optuna.exceptions import StorageInternalError
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,26 +49,31 @@ class Claim:
     cell: Cell
     optuna_study_name: str
     study_id: str
-    previous_optuna_trial_id: int | None  # an earlier attempt's, left RUNNING by a lost worker
+    curves: list[dict[str, Any]]  # epochs an earlier attempt recorded (a resume keeps them)
+    attempt: int  # 1 for the first run; more after a lost worker
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def with_db_retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
-    """Retry `fn` with exponential backoff while the database refuses connections."""
-    delay = 0.5
-    for i in range(attempts):
+def with_db_retry(fn: Callable[[], T], what: str, budget: float = 120.0) -> T:
+    """Call `fn`, retrying with exponential backoff while the database is unreachable.
+
+    Gives up (re-raises) once `budget` seconds have passed. Optuna wraps the same
+    connection errors in StorageInternalError, so both are retried.
+    """
+    deadline = time.monotonic() + budget
+    delay = 0.25
+    while True:
         try:
             return fn()
-        except OperationalError as e:
-            if i == attempts - 1:
+        except (OperationalError, StorageInternalError) as e:
+            if time.monotonic() + delay > deadline:
                 raise
-            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, e.orig, delay)
+            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, e, delay)
             time.sleep(delay)
-            delay = min(delay * 2, 15.0)
-    raise AssertionError("unreachable")
+            delay = min(delay * 2, 10.0)
 
 
 def claim(sessions: sessionmaker, trial_id: int) -> Claim | None:
@@ -84,8 +91,6 @@ def claim(sessions: sessionmaker, trial_id: int) -> Claim | None:
                 worker=worker_name(),
                 started_at=now,
                 heartbeat_at=now,
-                epoch=0,
-                curves=[],
             )
         ).rowcount
         session.commit()
@@ -100,7 +105,8 @@ def claim(sessions: sessionmaker, trial_id: int) -> Claim | None:
             cell=Cell.model_validate(trial.params),
             optuna_study_name=study.optuna_study_name,
             study_id=study.id,
-            previous_optuna_trial_id=trial.optuna_trial_id,
+            curves=list(trial.curves or []),
+            attempt=trial.attempts,
         )
 
 
@@ -133,7 +139,7 @@ class Heartbeat(threading.Thread):
                 log.warning("heartbeat for trial %s failed: %s", self.claim.trial_id, e.orig)
 
 
-def trial_config(c: Claim, settings: Settings, device: str):
+def trial_config(c: Claim, settings: Settings, device: str, checkpoint: Path | None = None):
     from trainer import TrialConfig
 
     spec, cell = c.spec, c.cell
@@ -160,6 +166,7 @@ def trial_config(c: Claim, settings: Settings, device: str):
         schedule=spec.train.schedule,
         seed=cell.seed,
         device=device,
+        checkpoint_path=None if checkpoint is None else str(checkpoint),
     )
 
 
@@ -176,74 +183,144 @@ def resolve_device(setting: str, threads: int = 0) -> str:
 def run_trial(trial_id: int, settings: Settings) -> str:
     """Train one trial end to end; returns a one-word outcome for the task log."""
     sessions = session_factory(settings.resolved_database_url)
-    c = with_db_retry(lambda: claim(sessions, trial_id), f"claim trial {trial_id}")
+    retry = settings.db_retry_seconds
+    c = with_db_retry(lambda: claim(sessions, trial_id), f"claim trial {trial_id}", retry)
     if c is None:
         log.info("trial %s is not QUEUED (taken or finished): not training it again", trial_id)
         return "skipped"
-    optuna_url = settings.resolved_optuna_url
-    if c.previous_optuna_trial_id is not None:
-        optuna_store.fail_trial(optuna_url, c.previous_optuna_trial_id, "worker lost; re-run")
-    optuna_id, optuna_number = optuna_store.start_trial(
-        optuna_url, c.optuna_study_name, c.spec, c.cell
+    url = settings.resolved_optuna_url
+    earlier = None
+    if c.attempt > 1:  # only a re-run can find Optuna trials of earlier attempts
+        earlier = with_db_retry(
+            lambda: optuna_store.settle_earlier_attempts(url, c.optuna_study_name, trial_id),
+            "settle earlier attempts",
+            retry,
+        )
+    if earlier is not None:  # recorded in Optuna, lost before our row: adopt, never retrain
+        metrics = {k: v for k, v in earlier.user_attrs.items() if k not in optuna_store.BOOKKEEPING}
+        _finish(sessions, c, TrialState.COMPLETE, retry, value=earlier.value, metrics=metrics)
+        return "adopted"
+    optuna_id, optuna_number = with_db_retry(
+        lambda: optuna_store.start_trial(url, c.optuna_study_name, c.spec, c.cell, trial_id),
+        "create the Optuna trial",
+        retry,
     )
-    with sessions() as session:
-        _guarded_update(session, c, optuna_trial_id=optuna_id, optuna_trial_number=optuna_number)
+    with_db_retry(
+        lambda: _write(sessions, c, optuna_trial_id=optuna_id, optuna_trial_number=optuna_number),
+        "record the Optuna trial",
+        retry,
+    )
     heartbeat = Heartbeat(sessions, c, settings.heartbeat_seconds)
     heartbeat.start()
     try:
-        return _train_and_record(c, settings, sessions, optuna_url, optuna_id, heartbeat)
+        return _train_and_record(c, settings, sessions, optuna_id, heartbeat)
     finally:
         heartbeat.stopped.set()
 
 
-def _train_and_record(c, settings, sessions, optuna_url, optuna_id, heartbeat) -> str:
+def _write(sessions: sessionmaker, c: Claim, **values: Any) -> bool:
+    with sessions() as session:
+        return _guarded_update(session, c, **values)
+
+
+def checkpoint_path(settings: Settings, c: Claim) -> Path:
+    return settings.resolved_checkpoint_dir / c.study_id / f"trial-{c.trial_id}.pt"
+
+
+def _train_and_record(c: Claim, settings: Settings, sessions, optuna_id: int, heartbeat) -> str:
     import trainer
 
-    curves: list[dict[str, Any]] = []
-    objective_key = c.spec.objective
+    url, retry, objective = (
+        settings.resolved_optuna_url,
+        settings.db_retry_seconds,
+        c.spec.objective,
+    )
+    curves = list(c.curves)  # an earlier attempt's epochs, kept up to where it resumes
+    reported: set[int] = set()
+
+    def report_epochs() -> None:
+        # On a resumed run the earlier epochs go to the new Optuna trial too.
+        for e in curves:
+            if e["epoch"] not in reported:
+                with_db_retry(
+                    lambda e=e: optuna_store.report(url, optuna_id, e["epoch"], e.get(objective)),
+                    "report an epoch",
+                    retry,
+                )
+                reported.add(e["epoch"])
 
     def on_epoch(m) -> None:
-        curves.append(m.to_dict())
-        optuna_store.report(optuna_url, optuna_id, m.epoch, getattr(m, objective_key))
-        with sessions() as session:
-            kept = _guarded_update(
-                session, c, epoch=m.epoch, curves=list(curves), heartbeat_at=utcnow()
-            )
-            if not kept or heartbeat.lost.is_set():
-                raise Stop("claim lost")
-            if session.scalar(select(Study.cancelled_at).where(Study.id == c.study_id)):
-                raise Stop("cancelled")
+        nonlocal curves
+        curves = [e for e in curves if e["epoch"] < m.epoch] + [m.to_dict()]
+        report_epochs()
+        values = {"epoch": m.epoch, "curves": curves, "heartbeat_at": utcnow()}
+        kept = with_db_retry(lambda: _write(sessions, c, **values), "record an epoch", retry)
+        if not kept or heartbeat.lost.is_set():
+            raise Stop("claim lost")
+        if with_db_retry(lambda: _cancelled(sessions, c), "check for cancel", retry):
+            raise Stop("cancelled")
 
     device = resolve_device(settings.device, settings.torch_threads)
+    ckpt = checkpoint_path(settings, c)
+    config = trial_config(c, settings, device, ckpt)
+    outcome = "complete"
     try:
-        result = trainer.fit(trial_config(c, settings, device), on_epoch=on_epoch)
+        result = trainer.fit(config, on_epoch=on_epoch)
     except Stop as e:
-        if e.reason == "cancelled":
-            _finish(sessions, c, TrialState.CANCELLED, error="cancelled")
-            optuna_store.fail_trial(optuna_url, optuna_id, "cancelled")
-        return e.reason
+        if e.reason != "cancelled":
+            return e.reason  # the claim went to another worker: it owns the trial now
+        outcome, state, error = "cancelled", TrialState.CANCELLED, "cancelled"
     except trainer.TrainingError as e:
-        _finish(sessions, c, TrialState.FAILED, error=f"{e.reason}: {e}")
-        optuna_store.fail_trial(optuna_url, optuna_id, e.reason)
-        return e.reason
+        outcome, state, error = e.reason, TrialState.FAILED, f"{e.reason}: {e}"
     except Exception as e:
-        log.exception("trial %s failed", c.trial_id)
-        _finish(sessions, c, TrialState.FAILED, error=f"error: {type(e).__name__}: {e}")
-        optuna_store.fail_trial(optuna_url, optuna_id, f"error: {type(e).__name__}")
-        return "error"
+        if not _out_of_memory(e):
+            log.exception("trial %s failed", c.trial_id)
+            outcome, state, error = "error", TrialState.FAILED, f"error: {type(e).__name__}: {e}"
+        else:  # this cell does not fit this device: not retried, the study goes on
+            outcome, state = "infeasible", TrialState.INFEASIBLE
+            error = f"infeasible: out of memory at batch size {c.cell.batch_size} on {device}"
+    if outcome != "complete":
+        with_db_retry(lambda: optuna_store.fail_trial(url, optuna_id, outcome), "fail", retry)
+        _finish(sessions, c, state, retry, error=error)
+        ckpt.unlink(missing_ok=True)
+        return outcome
 
+    # The trainer's history is complete even across a resume (a worker killed between
+    # a checkpoint and its epoch's callback left that epoch out of our row).
+    curves = [h.to_dict() for h in result.history]
+    report_epochs()
     metrics = {k: v for k, v in result.to_dict().items() if k != "history"}
     metrics["device"] = device
-    value = metrics[objective_key]
-    optuna_store.complete_trial(optuna_url, optuna_id, value, metrics)
-    _finish(sessions, c, TrialState.COMPLETE, value=value, metrics=metrics, curves=curves)
-    return "complete"
+    value = metrics[objective]
+    with_db_retry(
+        lambda: optuna_store.complete_trial(url, optuna_id, value, metrics), "tell Optuna", retry
+    )
+    _finish(sessions, c, TrialState.COMPLETE, retry, value=value, metrics=metrics, curves=curves)
+    ckpt.unlink(missing_ok=True)
+    return outcome
 
 
-def _finish(sessions: sessionmaker, c: Claim, state: TrialState, **values: Any) -> None:
+def _cancelled(sessions: sessionmaker, c: Claim) -> bool:
+    with sessions() as session:
+        return session.scalar(select(Study.cancelled_at).where(Study.id == c.study_id)) is not None
+
+
+def _out_of_memory(e: Exception) -> bool:
+    import torch
+
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e).lower()  # the CPU allocator raises a plain RuntimeError
+    return isinstance(e, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def _finish(
+    sessions: sessionmaker, c: Claim, state: TrialState, retry: float, **values: Any
+) -> None:
     def write() -> None:
-        with sessions() as session:
-            if not _guarded_update(session, c, state=state, finished_at=utcnow(), **values):
-                log.warning("trial %s: claim lost before recording %s", c.trial_id, state)
+        if not _write(sessions, c, state=state, finished_at=utcnow(), **values):
+            log.warning("trial %s: claim lost before recording %s", c.trial_id, state)
 
-    with_db_retry(write, f"record trial {c.trial_id}")
+    with_db_retry(write, f"record trial {c.trial_id}", retry)

@@ -1,0 +1,320 @@
+"""The fault contract (DESIGN.md §5), each fault injected into real processes: Celery
+workers on Redis, PostgreSQL, uvicorn. Nothing is mocked: workers are SIGKILLed,
+Redis is killed and restarted empty, PostgreSQL refuses connections for a while."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import optuna
+import pytest
+from optuna.trial import TrialState
+from sqlalchemy import create_engine, text
+
+from samsweep.settings import Settings
+from tests.conftest import PG_ADMIN, Deployment, digits_spec, free_port, wait_study
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for(cond: Callable[[], object], timeout: float, d: Deployment, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := cond():
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}\n{d.logs()}")
+
+
+def trials(api: str, study: str) -> list[dict]:
+    return httpx.get(f"{api}/studies/{study}/trials", timeout=10).json()["trials"]
+
+
+def kill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)  # the worker and its pool children, no goodbye
+    proc.wait()
+
+
+def optuna_trials(d: Deployment, study: str) -> list[optuna.trial.FrozenTrial]:
+    url = Settings(database_url=d.env["SAMSWEEP_DATABASE_URL"]).resolved_optuna_url
+    return optuna.load_study(study_name=f"samsweep-{study}", storage=url).get_trials()
+
+
+def assert_each_cell_once(api: str, study: str, d: Deployment, n: int) -> list[dict]:
+    ts = trials(api, study)
+    assert len(ts) == n and all(t["state"] == "COMPLETE" for t in ts), ts
+    complete = [f for f in optuna_trials(d, study) if f.state == TrialState.COMPLETE]
+    assert sorted(f.number for f in complete) == sorted(t["optuna_trial_number"] for t in ts)
+    assert {f.value for f in complete} == {t["value"] for t in ts}
+    for t in ts:  # every epoch once, in order
+        assert [c["epoch"] for c in t["curves"]] == list(range(1, t["metrics"]["epochs"] + 1))
+    return ts
+
+
+@pytest.fixture
+def fault_deployment(server_deployment, tmp_path: Path) -> Deployment:
+    server_deployment.env.update(
+        SAMSWEEP_HEARTBEAT_SECONDS="0.5",
+        SAMSWEEP_STALE_SECONDS="4",
+        SAMSWEEP_MAX_ATTEMPTS="5",
+        SAMSWEEP_CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+    )
+    return server_deployment
+
+
+def test_killed_workers_resume_from_checkpoint_and_record_once(fault_deployment):
+    """SIGKILL the worker mid-trial, twice: each time the trial is detected dead by its
+    heartbeat, re-run from its last checkpoint by the next worker, and recorded once,
+    with the same result as a run that was never interrupted."""
+    d = fault_deployment
+    api = d.start_api()
+    spec = digits_spec(rho=(0.05,), batch_size=(16,), epochs=10, seeds=(0, 1))
+    study = httpx.post(f"{api}/studies", json=spec).json()["id"]
+    kills = 0
+    for at_epoch in (3, 6):
+        worker = d.start_worker(f"worker-{kills}")
+        victim = wait_for(
+            lambda at=at_epoch: next(
+                (t for t in trials(api, study) if t["state"] == "RUNNING" and t["epoch"] >= at),
+                None,
+            ),
+            180,
+            d,
+            f"a trial at epoch {at_epoch}",
+        )
+        kill(worker)
+        kills += 1
+        # the dead worker's trial goes back to the queue (heartbeat), nothing else moves
+        wait_for(
+            lambda v=victim: (
+                next(t for t in trials(api, study) if t["number"] == v["number"])["state"]
+                == "QUEUED"
+            ),
+            30,
+            d,
+            "the dead worker's trial to be re-queued",
+        )
+    d.start_worker("worker-last")
+    wait_study(api, study, timeout=300, d=d)
+    ts = assert_each_cell_once(api, study, d, 2)
+    resumed = [t for t in ts if t["attempts"] > 1]
+    assert resumed and all(t["metrics"]["resumed_from_epoch"] >= 2 for t in resumed)
+    assert sum(t["attempts"] - 1 for t in ts) == kills
+    failed = [f for f in optuna_trials(d, study) if f.state == TrialState.FAIL]
+    assert len(failed) == kills and all(
+        f.user_attrs["fail_reason"] == "worker lost; re-run" for f in failed
+    )
+    assert not list(Path(d.env["SAMSWEEP_CHECKPOINT_DIR"]).rglob("*.pt"))  # cleaned up
+
+    # resumed == uninterrupted: retrain one resumed cell here, in one go
+    import torch
+
+    import trainer
+
+    torch.set_num_threads(1)  # as the workers (SAMSWEEP_TORCH_THREADS=1)
+    t = resumed[0]
+    config = trainer.TrialConfig(
+        dataset="digits", model="cnn", rho=0.05, batch_size=16, epochs=10, lr=0.05,
+        momentum=0.9, weight_decay=5e-4, schedule="cosine", seed=t["params"]["seed"],
+    )  # fmt: skip
+    assert trainer.fit(config).test_accuracy == t["metrics"]["test_accuracy"]
+
+
+def test_attempts_are_bounded(fault_deployment):
+    """With one attempt allowed, a killed worker's trial FAILs with the reason, and the
+    rest of the study goes on."""
+    d = fault_deployment
+    d.env["SAMSWEEP_MAX_ATTEMPTS"] = "1"
+    api = d.start_api()
+    spec = digits_spec(rho=(0.05,), batch_size=(16, 64), epochs=6, seeds=(0,))
+    study = httpx.post(f"{api}/studies", json=spec).json()["id"]
+    worker = d.start_worker("doomed")
+    victim = wait_for(
+        lambda: next((t for t in trials(api, study) if t["state"] == "RUNNING"), None),
+        120,
+        d,
+        "a running trial",
+    )
+    kill(worker)
+    d.start_worker("survivor")
+    detail = wait_study(api, study, timeout=180, d=d)
+    assert detail["status"] == "complete"
+    by_number = {t["number"]: t for t in trials(api, study)}
+    lost = by_number.pop(victim["number"])
+    assert lost["state"] == "FAILED" and lost["error"].startswith("worker lost: no heartbeat")
+    assert [t["state"] for t in by_number.values()] == ["COMPLETE"]
+
+
+def start_redis(port: int, tmp: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while (
+        subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout
+        != b"PONG\n"
+    ):
+        assert time.monotonic() < deadline, "redis did not start"
+        time.sleep(0.1)
+    return proc
+
+
+def test_broker_restarted_empty_loses_nothing(server_deployment, tmp_path: Path):
+    """Kill the broker while trials are queued and one is running, start it empty: the
+    database re-sends every unfinished trial and the study completes, each cell once."""
+    d = server_deployment
+    port = free_port()
+    redis_proc = start_redis(port, tmp_path)
+    try:
+        d.env["SAMSWEEP_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
+        api = d.start_api()
+        d.start_worker()
+        spec = digits_spec(rho=(0.0, 0.05), batch_size=(32, 64), epochs=4, seeds=(0, 1))
+        study = httpx.post(f"{api}/studies", json=spec).json()["id"]
+        wait_for(
+            lambda: any(t["state"] == "RUNNING" for t in trials(api, study)),
+            120,
+            d,
+            "a running trial",
+        )
+        time.sleep(2)  # the sweeper has recorded this Redis's identity by now
+        redis_proc.kill()
+        redis_proc.wait()
+        queued_then = sum(t["state"] == "QUEUED" for t in trials(api, study))
+        assert queued_then >= 4  # their messages are gone with the broker
+        time.sleep(2)
+        redis_proc = start_redis(port, tmp_path)  # empty: --save "" --appendonly no
+        wait_study(api, study, timeout=300, d=d)
+        ts = assert_each_cell_once(api, study, d, 8)
+        assert all(t["attempts"] == 1 for t in ts)
+        assert "the broker restarted: re-sending" in d.procs[0].log_path.read_text()
+    finally:
+        redis_proc.kill()
+
+
+def _set_connections(db_url: str, allowed: bool) -> None:
+    name = db_url.rsplit("/", 1)[1]
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
+        if not allowed:
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
+    admin.dispose()
+
+
+def test_database_outage_is_survived(server_deployment):
+    """PostgreSQL refuses every connection for 8 s mid-study: the API answers 503 (not
+    500) meanwhile, workers retry with backoff, and nothing is lost or duplicated."""
+    d = server_deployment
+    api = d.start_api()
+    d.start_worker()
+    spec = digits_spec(rho=(0.0, 0.05), batch_size=(32,), epochs=8, seeds=(0, 1))
+    study = httpx.post(f"{api}/studies", json=spec).json()["id"]
+    wait_for(
+        lambda: any(t["state"] == "RUNNING" and t["epoch"] >= 1 for t in trials(api, study)),
+        120,
+        d,
+        "a trial mid-training",
+    )
+    _set_connections(d.env["SAMSWEEP_DATABASE_URL"], allowed=False)
+    try:
+        time.sleep(1)
+        during = [httpx.get(f"{api}/studies/{study}").status_code for _ in range(3)]
+        time.sleep(7)
+    finally:
+        _set_connections(d.env["SAMSWEEP_DATABASE_URL"], allowed=True)
+    assert set(during) == {503}
+    wait_study(api, study, timeout=300, d=d)
+    ts = assert_each_cell_once(api, study, d, 4)
+    assert all(t["attempts"] == 1 for t in ts)
+    assert "database unavailable" in "".join(p.log_path.read_text() for p in d.procs[1:])
+
+
+def test_trial_longer_than_visibility_timeout_is_not_run_twice(server_deployment):
+    """Redis re-delivers a task unacked for longer than its visibility timeout; the
+    second delivery finds the trial claimed and does not train it again."""
+    d = server_deployment
+    d.env["SAMSWEEP_BROKER_VISIBILITY_TIMEOUT"] = "2"
+    # kombu looks for expired unacked tasks every interval x throttle (~100 s by default)
+    d.env["SAMSWEEP_BROKER_TRANSPORT_OPTIONS"] = (
+        '{"unacked_restore_interval": 1, "unacked_restore_throttle": 1}'
+    )
+    api = d.start_api()
+    d.start_worker("worker-a")
+    d.start_worker("worker-b")
+    spec = digits_spec(rho=(0.05,), batch_size=(16,), epochs=8, seeds=(0,))
+    study = httpx.post(f"{api}/studies", json=spec).json()["id"]
+    wait_study(api, study, timeout=300, d=d)
+    (t,) = assert_each_cell_once(api, study, d, 1)
+    assert t["attempts"] == 1 and t["metrics"]["wall_seconds"] > 2
+    assert len(optuna_trials(d, study)) == 1
+    logs = "".join(p.log_path.read_text() for p in d.procs[1:])
+    assert logs.count(": 'complete'") == 1
+    assert logs.count(": 'skipped'") >= 1, "Redis should have re-delivered the long task"
+
+
+def test_diverged_trials_fail_with_reason_and_the_study_goes_on(server_deployment):
+    d = server_deployment
+    api = d.start_api()
+    d.start_worker()
+    spec = digits_spec(rho=(0.0, 0.05), batch_size=(64,), epochs=3)
+    spec["train"]["lr"] = 1e10  # overflows in the first epoch (BatchNorm survives lr 100)
+    study = httpx.post(f"{api}/studies", json=spec).json()["id"]
+    detail = wait_study(api, study, timeout=120, d=d)
+    assert detail["status"] == "complete" and detail["counts"]["FAILED"] == 2
+    for t in trials(api, study):
+        assert t["state"] == "FAILED" and t["error"].startswith("diverged: "), t
+        assert t["attempts"] == 1
+    assert {f.state for f in optuna_trials(d, study)} == {TrialState.FAIL}
+    assert httpx.get(f"{api}/studies/{study}/best").json()["best"] is None
+
+
+def test_api_restart_loses_nothing(server_deployment):
+    d = server_deployment
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    first = d.spawn("api-1", "api", "--port", str(port))
+    from tests.conftest import wait_healthy
+
+    wait_healthy(api, first)
+    d.start_worker()
+    spec = digits_spec(rho=(0.0, 0.05), batch_size=(32, 64), epochs=3, seeds=(0,))
+    study = httpx.post(f"{api}/studies", json=spec).json()["id"]
+    wait_for(lambda: any(t["state"] == "COMPLETE" for t in trials(api, study)), 120, d, "a result")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = {t["number"]: t for t in _read_db(d, study)}
+    second = d.spawn("api-2", "api", "--port", str(port))
+    wait_healthy(api, second)
+    after = {t["number"]: t for t in trials(api, study)}
+    for n, t in before.items():  # whatever was finished then is there, unchanged
+        if t["state"] == "COMPLETE":
+            assert after[n]["state"] == "COMPLETE" and after[n]["value"] == t["value"]
+    wait_study(api, study, timeout=180, d=d)
+    assert_each_cell_once(api, study, d, 4)
+
+
+def _read_db(d: Deployment, study: str) -> list[dict]:
+    engine = create_engine(d.env["SAMSWEEP_DATABASE_URL"])
+    with engine.connect() as conn:
+        rows = (
+            conn.execute(
+                text("SELECT number, state, value FROM samsweep_trials WHERE study_id = :s"),
+                {"s": study},
+            )
+            .mappings()
+            .all()
+        )
+    engine.dispose()
+    return [dict(r) for r in rows]
