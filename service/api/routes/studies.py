@@ -71,7 +71,7 @@ def list_studies(
     session: SessionDep,
     owner: ReaderDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> StudyPage:
     """The studies, newest first."""
     rows, total = studies.list_studies(session, limit, offset, owner)
