@@ -9,6 +9,7 @@ SAMSWEEP_TEST_POSTGRES (an admin URL) and SAMSWEEP_TEST_REDIS.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -104,7 +105,7 @@ class Deployment:
             timeout=timeout,
         )
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def spawn(self, name: str, *args: str, memory_limit: int | None = None) -> subprocess.Popen:
         with open(self.tmp / f"{name}.log", "ab") as log:  # the child keeps its own fd
             proc = subprocess.Popen(
                 [sys.executable, "-m", "samsweep.cli", *args],
@@ -113,6 +114,7 @@ class Deployment:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # so a test can signal the whole process group
+                preexec_fn=None if memory_limit is None else _limit_memory(memory_limit),
             )
         proc.log_path = self.tmp / f"{name}.log"  # type: ignore[attr-defined]
         self.procs.append(proc)
@@ -125,8 +127,10 @@ class Deployment:
         wait_healthy(self.api_url, proc)
         return self.api_url
 
-    def start_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen:
-        return self.spawn(name, "worker", *extra)
+    def start_worker(
+        self, name: str = "worker", *extra: str, memory_limit: int | None = None
+    ) -> subprocess.Popen:
+        return self.spawn(name, "worker", *extra, memory_limit=memory_limit)
 
     def logs(self) -> str:
         return "\n".join(
@@ -144,6 +148,15 @@ class Deployment:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+def _limit_memory(limit: int):
+    """An address-space limit for a child (and its children): real allocation failures."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
