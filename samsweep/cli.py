@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         server = _start_embedded(url, settings.state_dir)
     try:
-        return client.run_study(url, spec, follow=not args.no_follow)
+        return client.run_study(url, spec, follow=not args.no_follow, token=settings.api_token)
     finally:
         if server is not None:
             server.terminate()

@@ -33,8 +33,15 @@ def is_up(url: str) -> bool:
         return False
 
 
-def run_study(url: str, spec: dict[str, Any], follow: bool = True, poll: float = 1.0) -> int:
-    with httpx.Client(base_url=url, timeout=30) as http:
+def run_study(
+    url: str,
+    spec: dict[str, Any],
+    follow: bool = True,
+    poll: float = 1.0,
+    token: str | None = None,
+) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as http:
         r = http.post("/studies", json=spec)
         if r.status_code not in (200, 201):
             print(

@@ -36,6 +36,22 @@ def test_writes_need_a_valid_token_and_refusals_change_nothing(api):
     assert detail["status"] != "cancelled" and detail["counts"]["CANCELLED"] == 0
 
 
+def test_samsweep_run_sends_its_token(api, server_deployment, tmp_path):
+    import json
+
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(digits_spec()))
+    d = server_deployment
+    refused = d.run("run", str(spec_path), "--url", api, "--no-follow")
+    assert refused.returncode == 1 and "401" in refused.stderr
+    d.env["SAMSWEEP_API_TOKEN"] = BOB
+    accepted = d.run("run", str(spec_path), "--url", api, "--no-follow")
+    assert accepted.returncode == 0, accepted.stderr
+    study = accepted.stdout.strip()
+    assert httpx.get(f"{api}/studies/{study}", headers=_auth(BOB)).status_code == 200
+    assert httpx.get(f"{api}/studies/{study}", headers=_auth(ALICE)).status_code == 404
+
+
 def test_each_owner_sees_only_their_studies(api):
     mine = httpx.post(f"{api}/studies", json=digits_spec(), headers=_auth(ALICE)).json()["id"]
     theirs = httpx.post(f"{api}/studies", json=digits_spec(), headers=_auth(BOB)).json()["id"]
