@@ -16,8 +16,27 @@ from samsweep.spec import StudySpec
 
 # Training examples before the validation split; must match trainer/data.py.
 BUILTIN_TRAIN_SIZES = {"digits": 1437, "synthetic": 512}
-CIFAR10_DIRNAME = "cifar-10-batches-py"
-CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """The official CIFAR "python version" layout of one dataset."""
+
+    dirname: str  # what the official archive unpacks to
+    train_files: tuple[str, ...]
+    test_file: str
+    label_key: bytes
+
+
+FILE_FORMATS = {
+    "cifar10": FileFormat(
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        "test_batch",
+        b"labels",
+    ),
+    "cifar100": FileFormat("cifar-100-python", ("train",), "test", b"fine_labels"),
+}
 
 
 @dataclass
@@ -40,18 +59,19 @@ def resolve_data_path(data_dir: Path, path: str) -> Path:
     return target
 
 
-def cifar10_dir(path: Path) -> Path:
-    """Accept the batches directory itself or its parent holding `cifar-10-batches-py/`."""
-    return path / CIFAR10_DIRNAME if (path / CIFAR10_DIRNAME).is_dir() else path
+def dataset_dir(name: str, path: Path) -> Path:
+    """Accept the directory of the files itself or its parent holding the official one."""
+    official = path / FILE_FORMATS[name].dirname
+    return official if official.is_dir() else path
 
 
 @lru_cache(maxsize=32)
-def _count_cifar10(directory: Path, mtimes: tuple[float, ...]) -> int:
+def _count_rows(fmt: FileFormat, directory: Path, mtimes: tuple[float, ...]) -> int:
     del mtimes  # part of the cache key only: a replaced file is counted again
     total = 0
-    for name in CIFAR10_TRAIN_FILES:
+    for name in fmt.train_files:
         with open(directory / name, "rb") as f:
-            total += len(pickle.load(f, encoding="bytes")[b"labels"])
+            total += len(pickle.load(f, encoding="bytes")[fmt.label_key])
     return total
 
 
@@ -61,16 +81,18 @@ def train_size(spec: StudySpec, data_dir: Path) -> int:
     if ds.name in BUILTIN_TRAIN_SIZES:
         n = BUILTIN_TRAIN_SIZES[ds.name]
     else:
-        directory = cifar10_dir(resolve_data_path(data_dir, ds.path or ""))
-        missing = [f for f in CIFAR10_TRAIN_FILES if not (directory / f).is_file()]
-        if missing or not (directory / "test_batch").is_file():
+        fmt = FILE_FORMATS[ds.name]
+        directory = dataset_dir(ds.name, resolve_data_path(data_dir, ds.path or ""))
+        files = (*fmt.train_files, fmt.test_file)
+        missing = [f for f in files if not (directory / f).is_file()]
+        if missing:
             raise SpecError(
                 "dataset.path",
-                f"{ds.path!r} is not a CIFAR-10 python-format directory "
-                f"(missing {', '.join(missing or ['test_batch'])})",
+                f"{ds.path!r} is not a {ds.name} python-format directory "
+                f"(missing {', '.join(missing)})",
             )
-        mtimes = tuple((directory / f).stat().st_mtime for f in CIFAR10_TRAIN_FILES)
-        n = _count_cifar10(directory, mtimes)
+        mtimes = tuple((directory / f).stat().st_mtime for f in fmt.train_files)
+        n = _count_rows(fmt, directory, mtimes)
     return n - round(ds.val_fraction * n)
 
 

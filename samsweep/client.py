@@ -89,33 +89,38 @@ def _pct(x: float | None) -> str:
 
 def format_results(trials: list[dict[str, Any]], best: dict[str, Any], seconds: float) -> str:
     """One row per trial, then mean ± std per grid cell over seeds, then the best."""
+    head = f"{'optimizer':>9} {'batch':>5} {'method':>12}"
     out = [
         "trials (accuracies in %):",
-        f"{'optimizer':>9} {'batch':>5} {'rho':>6} {'seed':>4} {'state':>9} "
-        f"{'train':>6} {'test':>6} {'gap':>6} {'secs':>6}",
+        f"{head} {'seed':>4} {'state':>10} {'train':>6} {'test':>6} {'gap':>6} {'secs':>6}",
     ]
     cells: dict[tuple, list[dict[str, Any]]] = {}
     for t in sorted(trials, key=lambda t: _cell(t) + (t["params"]["seed"],)):
-        p, m = t["params"], t["metrics"] or {}
+        m = t["metrics"] or {}
         out.append(
-            f"{p['base_optimizer']:>9} {p['batch_size']:>5} {p['rho']:>6g} {p['seed']:>4} "
-            f"{t['state']:>9} {_pct(m.get('train_accuracy'))} {_pct(m.get('test_accuracy'))} "
+            f"{_label(t)} {t['params']['seed']:>4} {t['state']:>10} "
+            f"{_pct(m.get('train_accuracy'))} {_pct(m.get('test_accuracy'))} "
             f"{_pct(m.get('gap'))} {m.get('wall_seconds', 0):6.1f}"
             + (f"  {t['error']}" if t["error"] else "")
         )
         if t["state"] == "COMPLETE":
-            cells.setdefault(_cell(t), []).append(m)
+            cells.setdefault(_cell(t), []).append(t)
     out += [
         "",
-        "per cell, mean ± std over seeds (%):",
-        f"{'optimizer':>9} {'batch':>5} {'rho':>6} {'n':>2} {'train':>13} {'test':>13} {'gap':>13}",
+        "per cell, mean ± std over seeds (accuracies in %; sharpness: loss increase in the"
+        " sharpness rho-ball, and the top Hessian eigenvalue):",
+        f"{head} {'n':>2} {'train':>13} {'test':>13} {'gap':>13} {'secs':>6}"
+        f" {'sharpness':>9} {'hess_max':>9}",
     ]
-    for (opt, batch, rho), ms in sorted(cells.items()):
+    for _, ts in sorted(cells.items()):
+        ms = [t["metrics"] for t in ts]
+        accuracies = " ".join(
+            _mean_std([m[k] for m in ms]) for k in ("train_accuracy", "test_accuracy", "gap")
+        )
         out.append(
-            f"{opt:>9} {batch:>5} {rho:>6g} {len(ms):>2} "
-            + " ".join(
-                _mean_std([m[k] for m in ms]) for k in ("train_accuracy", "test_accuracy", "gap")
-            )
+            f"{_label(ts[0])} {len(ms):>2} {accuracies} "
+            f"{statistics.fmean(m['wall_seconds'] for m in ms):6.1f}"
+            f" {_mean(ms, 'sharpness')} {_mean(ms, 'hessian_max_eig')}"
         )
     b = best["best"]
     out.append("")
@@ -125,16 +130,35 @@ def format_results(trials: list[dict[str, Any]], best: dict[str, Any], seconds: 
         p, m = b["params"], b["metrics"]
         out.append(
             f"best by {best['objective']}: {p['base_optimizer']} batch {p['batch_size']} "
-            f"rho {p['rho']:g} seed {p['seed']}: test {100 * m['test_accuracy']:.2f}%  "
+            f"{_method(p)} seed {p['seed']}: test {100 * m['test_accuracy']:.2f}%  "
             f"train {100 * m['train_accuracy']:.2f}%  gap {100 * m['gap']:.2f}"
         )
     out.append(f"{len(trials)} trials, {best['counts']['COMPLETE']} complete, in {seconds:.0f}s")
     return "\n".join(out)
 
 
+def _method(p: dict[str, Any]) -> str:
+    """'rho 0' for the base optimizer alone, else e.g. 'sam 0.05', 'asam 1 m=32'."""
+    if p["rho"] == 0:
+        return "rho 0"
+    m = p.get("m")
+    return f"{p.get('sam_variant') or 'sam'} {p['rho']:g}" + (f" m={m}" if m else "")
+
+
+def _label(t: dict[str, Any]) -> str:
+    p = t["params"]
+    return f"{p['base_optimizer']:>9} {p['batch_size']:>5} {_method(p):>12}"
+
+
 def _cell(t: dict[str, Any]) -> tuple:
     p = t["params"]
-    return (p["base_optimizer"], p["batch_size"], p["rho"])
+    variant = p.get("sam_variant") or ""
+    return (p["base_optimizer"], p["batch_size"], variant, p.get("m") or 0, p["rho"])
+
+
+def _mean(ms: list[dict[str, Any]], key: str) -> str:
+    values = [m[key] for m in ms if m.get(key) is not None]
+    return f"{statistics.fmean(values):9.4g}" if values else f"{'-':>9}"
 
 
 def _mean_std(xs: list[float]) -> str:

@@ -51,12 +51,13 @@ def prepare_storage(settings: Settings) -> None:
 
 
 def distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
-    s = spec.search
+    """Every grid axis as a categorical; choices are the values the cells really take
+    (sam_variant and m are None on rho = 0 cells)."""
+    cells = spec.cells()
+    axes = ("rho", "batch_size", "base_optimizer", "sam_variant", "m", "seed")
     return {
-        "rho": CategoricalDistribution(tuple(s.rho)),
-        "batch_size": CategoricalDistribution(tuple(s.batch_size)),
-        "base_optimizer": CategoricalDistribution(tuple(s.base_optimizer)),
-        "seed": CategoricalDistribution(tuple(spec.seeds)),
+        axis: CategoricalDistribution(tuple(dict.fromkeys(getattr(c, axis) for c in cells)))
+        for axis in axes
     }
 
 

@@ -12,14 +12,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-DATASETS = ("digits", "cifar10", "synthetic")
-MODELS = ("cnn", "resnet18")
-BASE_OPTIMIZERS = ("sgd", "adam", "adamw")
-
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+# SAM's useful rho is 0.01-0.5; ASAM's is 10-40x larger (0.5-2.0): 10 bounds both.
 Rho = Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False)]
 BatchSize = Annotated[int, Field(ge=1)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+FILE_DATASETS = ("cifar10", "cifar100")
 
 
 class _Strict(BaseModel):
@@ -36,44 +35,79 @@ def _unique(values: list[Any]) -> list[Any]:
 
 
 class DatasetSpec(_Strict):
-    name: Literal["digits", "cifar10", "synthetic"]
+    name: Literal["digits", "cifar10", "cifar100", "synthetic"]
     path: str | None = Field(
-        None, validate_default=True, description="directory under the data root (cifar10)"
+        None, validate_default=True, description="directory under the data root (cifar10/100)"
     )
-    val_fraction: float = Field(0.0, ge=0.0, lt=0.5, allow_inf_nan=False)
-    label_noise: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        allow_inf_nan=False,
-        description="fraction of training labels flipped to another class (seeded)",
+    val_fraction: float = Field(
+        0.0, ge=0.0, lt=0.5, allow_inf_nan=False, description="stratified hold-out, same split"
+    )
+    label_noise: Fraction = Field(
+        0.0, description="fraction of training labels flipped to another class (seeded)"
+    )
+    augment: Literal["none", "crop_flip", "crop_flip_cutout"] = Field(
+        "none", description="training batches only, tensor ops on the training device"
     )
 
     @field_validator("path")
     @classmethod
     def _path_matches_dataset(cls, path: str | None, info: ValidationInfo) -> str | None:
         name = info.data.get("name")
-        if name == "cifar10" and not path:
-            raise ValueError("required for cifar10: a directory under the data root")
+        if name in FILE_DATASETS and not path:
+            raise ValueError(f"required for {name}: a directory under the data root")
         if name in ("digits", "synthetic") and path is not None:
             raise ValueError(f"dataset {name!r} is built in: omit dataset.path")
         return path
 
+    @field_validator("augment")
+    @classmethod
+    def _no_flips_on_digits(cls, augment: str, info: ValidationInfo) -> str:
+        if augment != "none" and info.data.get("name") == "digits":
+            raise ValueError("digits cannot be flipped (a flipped digit is another symbol)")
+        return augment
+
 
 class ModelSpec(_Strict):
-    name: Literal["cnn", "resnet18"]
+    name: Literal["cnn", "resnet18", "wrn"]
+    depth: int | None = Field(None, ge=10, le=100, description="wrn: 6n+4, e.g. 16, 28")
+    width: int | None = Field(None, ge=1, le=20, description="wrn: widen factor k, e.g. 8, 10")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, allow_inf_nan=False, description="wrn only")
+
+    @field_validator("depth")
+    @classmethod
+    def _wrn_depth(cls, depth: int | None) -> int | None:
+        if depth is not None and (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n+4 (10, 16, 22, 28, ...), got {depth}")
+        return depth
 
 
 class SearchSpec(_Strict):
-    """The grid: every combination is one trial per seed."""
+    """The grid: every combination is one trial per seed (rho = 0 once, see cells())."""
 
     rho: list[Rho] = Field(min_length=1, description="SAM neighbourhood sizes; 0 = base optimizer")
     batch_size: list[BatchSize] = Field(min_length=1)
     base_optimizer: list[Literal["sgd", "adam", "adamw"]] = Field(min_length=1)
+    sam_variant: list[Literal["sam", "asam"]] = Field(
+        ["sam"], min_length=1, description="asam scales the perturbation by |w|"
+    )
+    m: list[Annotated[int, Field(ge=1)] | None] = Field(
+        [None], min_length=1, description="m-sharpness micro-batch size; null = whole batch"
+    )
 
     _unique_rho = field_validator("rho")(_unique)
     _unique_bs = field_validator("batch_size")(_unique)
     _unique_opt = field_validator("base_optimizer")(_unique)
+    _unique_variant = field_validator("sam_variant")(_unique)
+    _unique_m = field_validator("m")(_unique)
+
+    @field_validator("m")
+    @classmethod
+    def _m_divides_batches(cls, ms: list[int | None], info: ValidationInfo) -> list[int | None]:
+        for m in ms:
+            for b in info.data.get("batch_size") or []:
+                if m is not None and b % m:
+                    raise ValueError(f"m = {m} does not divide batch size {b}")
+        return ms
 
 
 class TrainSpec(_Strict):
@@ -89,7 +123,16 @@ class TrainSpec(_Strict):
     )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, allow_inf_nan=False)
     nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    weight_decay: float = Field(
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="applied by the base optimizer"
+    )
+    grad_clip: float | None = Field(
+        None, gt=0.0, allow_inf_nan=False, description="max L2 norm of the (second) gradient"
+    )
+    label_smoothing: Fraction = 0.0
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, fp32 on the CPU"
+    )
 
     @field_validator("lr_scaling")
     @classmethod
@@ -114,6 +157,15 @@ class TrainSpec(_Strict):
         return nesterov
 
 
+class SharpnessSpec(_Strict):
+    """Sharpness of the final weights, on a fixed training subset shared by all trials."""
+
+    samples: int = Field(512, ge=0, le=100_000, description="0 turns both measurements off")
+    rho: float = Field(0.05, gt=0.0, le=10.0, allow_inf_nan=False, description="same for all")
+    ascent_steps: int = Field(5, ge=1, le=100)
+    hessian_iters: int = Field(20, ge=1, le=1000)
+
+
 class StudySpec(_Strict):
     name: str = Field(min_length=1, max_length=200)
     dataset: DatasetSpec
@@ -122,6 +174,7 @@ class StudySpec(_Strict):
     train: TrainSpec
     seeds: list[Seed] = Field([0], min_length=1)
     objective: Literal["test_accuracy", "val_accuracy"] = "test_accuracy"
+    sharpness: SharpnessSpec = SharpnessSpec()
 
     _unique_seeds = field_validator("seeds")(_unique)
 
@@ -135,14 +188,29 @@ class StudySpec(_Strict):
 
     @property
     def n_trials(self) -> int:
-        s = self.search
-        return len(s.rho) * len(s.batch_size) * len(s.base_optimizer) * len(self.seeds)
+        return len(self.cells())
 
     def cells(self) -> list[Cell]:
-        """Every (grid cell, seed) in a fixed order: the trial numbers follow it."""
-        s = self.search
-        product = itertools.product(s.base_optimizer, s.batch_size, s.rho, self.seeds)
-        return [Cell(rho=r, batch_size=b, base_optimizer=o, seed=sd) for o, b, r, sd in product]
+        """Every (grid cell, seed) in a fixed order: the trial numbers follow it.
+
+        rho = 0 is the base optimizer alone: SAM's variant and m do not apply to it,
+        so it is one cell per (optimizer, batch size) with sam_variant and m None,
+        not one identical run per variant and m.
+        """
+        s, cells, seen = self.search, [], set()
+        grid = itertools.product(
+            s.base_optimizer, s.batch_size, s.rho, s.sam_variant, s.m, self.seeds
+        )
+        for opt, batch, rho, variant, m, seed in grid:
+            if rho == 0:
+                variant, m = None, None
+            cell = Cell(
+                rho=rho, batch_size=batch, base_optimizer=opt, sam_variant=variant, m=m, seed=seed
+            )
+            if (cell.key, seed) not in seen:
+                seen.add((cell.key, seed))
+                cells.append(cell)
+        return cells
 
 
 class Cell(_Strict):
@@ -151,15 +219,17 @@ class Cell(_Strict):
     rho: float
     batch_size: int
     base_optimizer: str
+    sam_variant: str | None = "sam"  # None for rho = 0
+    m: int | None = None
     seed: int
 
     @property
     def key(self) -> str:
         """Identifies the grid cell (without the seed); unique with the seed per study."""
-        return f"rho={self.rho!r}|batch_size={self.batch_size}|base_optimizer={self.base_optimizer}"
+        return (
+            f"rho={self.rho!r}|batch_size={self.batch_size}|base_optimizer={self.base_optimizer}"
+            f"|sam_variant={self.sam_variant}|m={self.m}"
+        )
 
     def params(self) -> dict[str, Any]:
         return self.model_dump()
-
-
-GRID_AXES = ("rho", "batch_size", "base_optimizer")

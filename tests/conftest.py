@@ -234,6 +234,7 @@ def digits_spec(rho=(0.0, 0.05), batch_size=(16, 64), epochs=2, seeds=(0,), **ex
         "train": {"epochs": epochs, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
         "seeds": list(seeds),
         "objective": "test_accuracy",
+        "sharpness": {"samples": 0},  # ~2 s per trial on a CPU; tests that check it turn it on
     }
     spec.update(extra)
     return spec

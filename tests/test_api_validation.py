@@ -86,6 +86,13 @@ BAD_SPECS = [
     ("scaling without base batch", _with("train.lr_scaling", "linear"), "train.lr_scaling"),
     ("warmup as long as training", _with("train.warmup_epochs", 2), "train.warmup_epochs"),
     ("unknown schedule", _with("train.schedule", "onecycle"), "train.schedule"),
+    ("m does not divide a batch size", _with("search.m", [None, 8, 12]), "search.m"),
+    ("unknown sam variant", _with("search.sam_variant", ["gsam"]), "search.sam_variant.0"),
+    ("flip augmentation on digits", _with("dataset.augment", "crop_flip"), "dataset.augment"),
+    ("wrn depth not 6n+4", _with("model", {"name": "wrn", "depth": 15}), "model.depth"),
+    ("cifar100 without path", _with("dataset", {"name": "cifar100"}), "dataset.path"),
+    ("grad clip 0", _with("train.grad_clip", 0), "train.grad_clip"),
+    ("sharpness subset negative", _with("sharpness", {"samples": -1}), "sharpness.samples"),
     ("label noise 1", _with("dataset.label_noise", 1.0), "dataset.label_noise"),
     ("string rho", _with("search.rho", ["big"]), "search.rho.0"),
 ]

@@ -59,7 +59,7 @@ def test_postgres_redis_end_to_end(server_deployment):
     d = server_deployment
     api = d.start_api()
     d.start_worker()
-    r = httpx.post(f"{api}/studies", json=digits_spec())
+    r = httpx.post(f"{api}/studies", json=digits_spec(sharpness={"samples": 128}))
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["n_trials"] == 4 and r.headers["location"] == f"/studies/{body['id']}"
@@ -70,6 +70,9 @@ def test_postgres_redis_end_to_end(server_deployment):
     optuna_url = Settings(database_url=d.env["SAMSWEEP_DATABASE_URL"]).resolved_optuna_url
     best = _check_complete_study(api, body["id"], optuna_url, 4)
     assert best["best"]["metrics"]["test_accuracy"] > 0.5  # 2 epochs on digits learn something
+    metrics = best["best"]["metrics"]
+    assert metrics["sharpness"] > 0 and metrics["hessian_max_eig"] > 0
+    assert metrics["precision"] == "fp32" and metrics["effective_lr"] == 0.05
 
     listed = httpx.get(f"{api}/studies").json()
     assert listed["total"] == 1 and listed["items"][0]["status"] == "complete"
@@ -89,7 +92,7 @@ def test_embedded_default_through_samsweep_run(deployment_factory, tmp_path: Pat
     )
     out = result.stdout
     assert re.search(
-        r"best by test_accuracy: sgd batch (16|64) rho (0|0\.05) seed 0: test \d+\.\d\d%", out
+        r"best by test_accuracy: sgd batch (16|64) (rho 0|sam 0\.05) seed 0: test \d+\.\d\d%", out
     )
     assert out.count("COMPLETE") == 4 and "4 trials, 4 complete" in out
 

@@ -1,8 +1,12 @@
 """Datasets as whole tensors: train / optional validation / test, already normalized.
 
-Every dataset here fits in memory (CIFAR-10 is 150 MB as uint8), so it is loaded
-once per process (``_load_raw`` is cached), and each trial gets copies on its
-device: no DataLoader, no worker processes, batches are tensor slices.
+Every dataset here fits in memory (CIFAR-10/100 are 150 MB as uint8), so it is
+read once per process (``_load_raw`` is cached) and prepared (split, normalized,
+float) once per (name, path, val_fraction, device) (``_prepare`` is cached): a GPU
+worker uploads a dataset once, not once per trial. Trials share those image
+tensors read-only (nothing in the trainer writes to them; augmentation makes new
+batches); labels are per-trial copies with the trial's noise applied. No
+DataLoader, no worker processes: batches are tensor slices.
 
 What a trial sees is a pure function of (name, path, val_fraction, label_noise, seed):
 
@@ -16,7 +20,8 @@ What a trial sees is a pure function of (name, path, val_fraction, label_noise, 
 - Normalization: per-channel mean/std of the (post-split) training images.
 
 Training-set sizes before the validation split: digits 1437, synthetic 512,
-cifar10 the number of rows in data_batch_1..5 (50 000 for the full download).
+cifar10 the number of rows in data_batch_1..5 (50 000 for the full download),
+cifar100 the number of rows of ``train``'s fine labels (50 000).
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DATASETS = ("digits", "cifar10", "synthetic")
+DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
+ON_DISK = ("cifar10", "cifar100")  # need dataset_path
 VAL_SPLIT_SEED = 0  # fixed: the validation set must not move with the trial seed
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+CIFAR100_FILES = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class Dataset:
     num_classes: int
     val_x: Tensor | None = None
     val_y: Tensor | None = None
+    train_y_clean: Tensor | None = None  # the original labels when noise was applied
 
     @property
     def in_channels(self) -> int:
@@ -79,10 +87,29 @@ def load_dataset(
     """The dataset ``name`` prepared for one trial (see the module docstring)."""
     if not 0.0 <= label_noise < 1.0:
         raise ValueError(f"label_noise must be in [0, 1), got {label_noise}")
-    raw = _load_raw(name, path if name == "cifar10" else None)
-    train_idx, val_idx = stratified_holdout(raw.train_y, val_count(len(raw.train_y), val_fraction))
-    train_y = flip_labels(raw.train_y[train_idx], label_noise, raw.num_classes, seed)
+    prepared = _prepare(name, _path_key(name, path), val_fraction, str(torch.device(device)))
+    clean = prepared.train_y
+    noisy = None
+    if label_noise > 0:
+        flipped = flip_labels(clean.cpu().numpy(), label_noise, prepared.num_classes, seed)
+        noisy = torch.tensor(flipped, device=clean.device)
+    return Dataset(
+        train_x=prepared.train_x,
+        train_y=clean.clone() if noisy is None else noisy,  # a copy: trials may not share
+        test_x=prepared.test_x,
+        test_y=prepared.test_y.clone(),
+        num_classes=prepared.num_classes,
+        val_x=prepared.val_x,
+        val_y=None if prepared.val_y is None else prepared.val_y.clone(),
+        train_y_clean=None if noisy is None else clean.clone(),
+    )
 
+
+@functools.lru_cache(maxsize=2)
+def _prepare(name: str, path: str | None, val_fraction: float, device: str) -> Dataset:
+    """Split, normalize and upload once per process and device; clean labels."""
+    raw = _load_raw(name, path)
+    train_idx, val_idx = stratified_holdout(raw.train_y, val_count(len(raw.train_y), val_fraction))
     train_x = torch.tensor(raw.train_x[train_idx], device=device).float()
     # Statistics from the images actually trained on, never from val or test.
     var, mean = torch.var_mean(train_x, dim=(0, 2, 3), keepdim=True, correction=0)
@@ -94,22 +121,27 @@ def load_dataset(
     def labels(y: np.ndarray) -> Tensor:
         return torch.tensor(y, dtype=torch.int64, device=device)
 
-    val = (images(raw.train_x[val_idx]), labels(raw.train_y[val_idx])) if len(val_idx) else None
+    has_val = len(val_idx) > 0
     return Dataset(
         train_x=(train_x - mean) / std,
-        train_y=labels(train_y),
+        train_y=labels(raw.train_y[train_idx]),
         test_x=images(raw.test_x),
         test_y=labels(raw.test_y),
         num_classes=raw.num_classes,
-        val_x=val[0] if val else None,
-        val_y=val[1] if val else None,
+        val_x=images(raw.train_x[val_idx]) if has_val else None,
+        val_y=labels(raw.train_y[val_idx]) if has_val else None,
     )
 
 
 def train_size(name: str, path: str | None = None, val_fraction: float = 0.0) -> int:
     """Number of training examples a trial trains on (after the validation split)."""
-    n = len(_load_raw(name, path if name == "cifar10" else None).train_y)
+    n = len(_load_raw(name, _path_key(name, path)).train_y)
     return n - val_count(n, val_fraction)
+
+
+def _path_key(name: str, path: str | None) -> str | None:
+    # Built-in datasets ignore the path, so it must not split their cache entries.
+    return path if name in ON_DISK else None
 
 
 def val_count(n: int, val_fraction: float) -> int:
@@ -169,10 +201,10 @@ def _load_raw(name: str, path: str | None) -> _Raw:
         raw = _digits()
     elif name == "synthetic":
         raw = _synthetic()
-    elif name == "cifar10":
+    elif name in ON_DISK:
         if path is None:
-            raise FileNotFoundError("cifar10 needs dataset_path: a directory of CIFAR-10 batches")
-        raw = _cifar10(Path(path))
+            raise FileNotFoundError(f"{name} needs dataset_path: a directory of its python files")
+        raw = _cifar10(Path(path)) if name == "cifar10" else _cifar100(Path(path))
     else:
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
     for array in (raw.train_x, raw.train_y, raw.test_x, raw.test_y):
@@ -214,20 +246,34 @@ def _cifar10(path: Path) -> _Raw:
     return _Raw(train_x, train_y, batches[5][0], batches[5][1], num_classes=10)
 
 
-def _cifar_directory(path: Path) -> Path:
-    """``path`` itself or ``path/cifar-10-batches-py``, whichever holds every batch."""
-    for candidate in (path, path / "cifar-10-batches-py"):
-        if all((candidate / name).is_file() for name in CIFAR_FILES):
+def _cifar100(path: Path) -> _Raw:
+    """The official "python version": ``train`` and ``test``, 100 fine labels.
+
+    The 20 coarse (superclass) labels are ignored: CIFAR-100 results, SAM's
+    included, are on the fine labels.
+    """
+    directory = _cifar_directory(path, "cifar-100-python", CIFAR100_FILES)
+    train_x, train_y = _read_cifar_batch(directory / "train", b"fine_labels")
+    test_x, test_y = _read_cifar_batch(directory / "test", b"fine_labels")
+    return _Raw(train_x, train_y, test_x, test_y, num_classes=100)
+
+
+def _cifar_directory(
+    path: Path, subdirectory: str = "cifar-10-batches-py", files: tuple[str, ...] = CIFAR_FILES
+) -> Path:
+    """``path`` itself or ``path/subdirectory``, whichever holds every file."""
+    for candidate in (path, path / subdirectory):
+        if all((candidate / name).is_file() for name in files):
             return candidate
     raise FileNotFoundError(
-        f"no CIFAR-10 batches at '{path}': expected {', '.join(CIFAR_FILES)} in it "
-        f"or in '{path / 'cifar-10-batches-py'}'"
+        f"no CIFAR files at '{path}': expected {', '.join(files)} in it "
+        f"or in '{path / subdirectory}'"
     )
 
 
-def _read_cifar_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_batch(file: Path, label_key: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
     with open(file, "rb") as f:
         batch = pickle.load(f, encoding="bytes")
     # Each row is the R, G, B planes of a 32×32 image, 1024 bytes each.
     x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return x, np.asarray(batch[b"labels"], dtype=np.int64)
+    return x, np.asarray(batch[label_key], dtype=np.int64)

@@ -1,15 +1,19 @@
 """The training loop: ``fit(config, on_epoch) -> TrialResult``.
 
-Read top to bottom: optimizer construction, the two step functions (base: one
-pass; SAM: two passes), evaluation, then ``fit``. Data is whole tensors on
-``config.device`` (see data.py); each epoch is a seeded permutation cut into
-batches, the last partial batch included.
+Read top to bottom: evaluation, one epoch, seeding, then ``fit`` and the pieces it
+is made of (setup, resume, checkpoint, final result). The step functions (base:
+one pass; SAM: two) live in steps.py. Data is whole tensors on ``config.device``
+(see data.py); each epoch is a seeded permutation cut into batches, the last
+partial batch included; training batches are augmented on the device (augment.py).
 
 Reproducibility: the same config (seed included) on the CPU gives identical
-metrics. Model init uses ``torch.manual_seed(seed)``, shuffling its own
-``torch.Generator`` (on the CPU, so the order does not depend on the device),
-label noise a numpy generator seeded with the same seed. GPU kernels are not
-forced deterministic, so on CUDA runs agree only approximately.
+metrics, and a run resumed from its checkpoint gives the same weights and metrics
+as one that never stopped (checkpoint.py). Model init and dropout use torch's
+global generator (``torch.manual_seed(seed)``), shuffling its own CPU
+``torch.Generator`` (so the order does not depend on the device), augmentation
+another one on the device, label noise a numpy generator seeded with the same
+seed. GPU kernels are not forced deterministic, so on CUDA runs agree only
+approximately.
 """
 
 from __future__ import annotations
@@ -18,132 +22,51 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.config import (
-    DivergedError,
-    EpochCallback,
-    EpochMetrics,
-    TrialConfig,
-    TrialResult,
-)
+from trainer import sharpness
+from trainer.augment import Augment, build_augment
+from trainer.checkpoint import VERSION, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from trainer.config import DivergedError, EpochCallback, EpochMetrics, TrialConfig, TrialResult
 from trainer.data import Dataset, load_dataset
 from trainer.models import build_model
-from trainer.sam import SAM
 from trainer.schedule import effective_lr, lr_multiplier
+from trainer.steps import StepFn, StepOptions, build_step
 
 EVAL_BATCH_SIZE = 512  # inference only: larger than training batches, bounded memory
+CHECK_EVERY = 16  # training steps per host sync for the divergence check
 
-# One training step on a batch (x, y): returns the loss (a 0-d tensor) and the
-# number of correct predictions, both from the unperturbed forward pass.
-StepFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
-def build_base_optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
-    """SGD, Adam or AdamW at the effective lr; weight decay is the base optimizer's.
-
-    Adam and AdamW take ``config.momentum`` as β₁ and keep the usual β₂ = 0.999,
-    so a study has one "momentum" knob whatever the optimizer. Adam's weight decay
-    is L2 added to the gradient; AdamW's is decoupled (Loshchilov & Hutter, 2019).
-    """
-    params, name, lr = model.parameters(), config.base_optimizer, effective_lr(config)
-    if name == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
-        )
-    if name in ("adam", "adamw"):
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(params, lr=lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
-    raise ValueError(f"unknown base_optimizer {name!r}; expected 'sgd', 'adam' or 'adamw'")
-
-
-def build_step(model: nn.Module, config: TrialConfig) -> tuple[StepFn, torch.optim.Optimizer]:
-    """The step function for ``config`` and the base optimizer it drives.
-
-    ρ = 0 is the study's baseline: plain base-optimizer steps, one pass each,
-    never a degenerate two-pass SAM step (DESIGN.md §1).
-    """
-    base = build_base_optimizer(model, config)
-    if config.rho == 0:
-        return partial(base_step, model, base), base
-    return partial(sam_step, model, SAM(base, rho=config.rho)), base
-
-
-def base_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor
-) -> tuple[Tensor, Tensor]:
-    """One forward/backward and one base-optimizer update."""
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), _correct(logits, y)
-
-
-def sam_step(model: nn.Module, sam: SAM, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """One SAM step (Foret et al., Algorithm 1) on the batch (x, y)."""
-    # (1) g = ∇L(w) at the current weights; this pass is the one we log.
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    sam.zero_grad()
-    loss.backward()
-    sam.first_step()  # ε = ρ g/‖g‖₂, w ← w + ε
-    # (2) g' = ∇L(w + ε) on the same batch. BatchNorm still normalizes with this
-    # batch's statistics but must not fold the perturbed pass into its running ones.
-    with frozen_batchnorm_stats(model):
-        F.cross_entropy(model(x), y).backward()
-    sam.second_step()  # w ← w − ε exactly, then the base optimizer steps with g'
-    return loss.detach(), _correct(logits, y)
-
-
-@contextlib.contextmanager
-def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
-    """Train-mode BatchNorm that leaves running_mean/var/num_batches_tracked alone.
-
-    With ``track_running_stats = False`` a BatchNorm in train mode passes no
-    running buffers to the kernel, so nothing is computed or written: cheaper
-    than momentum = 0 (which still does the blend arithmetic and still bumps
-    num_batches_tracked) and than saving/restoring every buffer (two copies).
-    The normalization itself is unchanged (batch statistics in train mode).
-    """
-    modules = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    flags = [m.track_running_stats for m in modules]
-    for m in modules:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m, flag in zip(modules, flags, strict=True):
-            m.track_running_stats = flag
-
-
-def _correct(logits: Tensor, y: Tensor) -> Tensor:
-    return (logits.detach().argmax(dim=1) == y).sum()
+Prepare = Callable[[Tensor], Tensor]  # a batch of images as the model should see it
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
-    """(mean loss, accuracy) over (x, y) in eval mode, in batches; restores the mode."""
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    options: StepOptions | None = None,
+    prepare: Prepare | None = None,
+) -> tuple[float, float]:
+    """(mean plain-CE loss, accuracy) over (x, y) in eval mode, in batches.
+
+    Runs under the training precision (``options``); the loss is summed in fp32.
+    """
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     for start in range(0, len(x), EVAL_BATCH_SIZE):
         xb, yb = x[start : start + EVAL_BATCH_SIZE], y[start : start + EVAL_BATCH_SIZE]
-        logits = model(xb)
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-        correct += _correct(logits, yb)
+        with options.autocast() if options else contextlib.nullcontext():
+            logits = model(prepare(xb) if prepare else xb)
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+        correct += (logits.argmax(dim=1) == yb).sum()
     model.train(was_training)
     return loss_sum.item() / len(x), correct.item() / len(x)
 
@@ -156,28 +79,47 @@ def train_epoch(
     generator: torch.Generator,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     epoch: int,
+    prepare: Prepare | None = None,
 ) -> tuple[float, float]:
-    """One pass over a fresh permutation of the training set: (mean loss, accuracy)."""
+    """One pass over a fresh permutation of the training set: (mean loss, accuracy).
+
+    ``prepare`` turns the selected images into a training batch (augmentation,
+    memory format); the labels are untouched.
+    """
     model.train()
     n = len(data.train_x)
     order = torch.randperm(n, generator=generator).to(data.train_x.device)
-    loss_sum = 0.0
+    loss_sum, pending = 0.0, []  # pending: (step index, loss on the device, batch size, lr)
     correct = torch.zeros((), dtype=torch.int64, device=data.train_x.device)
     for index, start in enumerate(range(0, n, batch_size)):
         batch = order[start : start + batch_size]
-        loss, batch_correct = step(data.train_x[batch], data.train_y[batch])
-        # Checked every step so a diverged trial stops at once (one host sync per
-        # step: negligible next to a forward/backward on the models used here).
-        value = loss.item()
+        x = data.train_x[batch]
+        loss, batch_correct = step(prepare(x) if prepare else x, data.train_y[batch])
+        pending.append((index, loss, len(batch), scheduler.get_last_lr()[0]))
+        scheduler.step()
+        correct += batch_correct  # stays on the device: no sync per step
+        if len(pending) == CHECK_EVERY or start + batch_size >= n:
+            loss_sum = _add_checked(loss_sum, pending, epoch)
+            pending = []
+    return loss_sum / n, correct.item() / n
+
+
+def _add_checked(loss_sum: float, pending: list, epoch: int) -> float:
+    """loss_sum + Σ loss·batch size over ``pending`` steps, with one host sync.
+
+    Raises DivergedError naming the first step whose loss is NaN or infinite.
+    Checking every CHECK_EVERY steps rather than every step lets a GPU queue
+    the next steps' kernels while it computes; a diverged trial runs at most
+    CHECK_EVERY − 1 steps too many, on weights that are NaN already.
+    """
+    values = torch.stack([loss for _, loss, _, _ in pending]).tolist()
+    for (index, _, size, lr), value in zip(pending, values, strict=True):
         if not math.isfinite(value):
             raise DivergedError(
-                f"training loss is {value} at epoch {epoch}, step {index + 1} "
-                f"(lr={scheduler.get_last_lr()[0]:g})"
+                f"training loss is {value} at epoch {epoch}, step {index + 1} (lr={lr:g})"
             )
-        scheduler.step()
-        loss_sum += value * len(batch)
-        correct += batch_correct  # stays on the device: no second sync per step
-    return loss_sum / n, correct.item() / n
+        loss_sum += value * size
+    return loss_sum
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -192,15 +134,70 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@dataclass
+class _Run:
+    """One trial's live objects, and what a checkpoint carries between processes."""
+
+    config: TrialConfig
+    data: Dataset
+    model: nn.Module
+    base: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    step: StepFn
+    options: StepOptions
+    generators: dict[str, torch.Generator | None]
+    augment: Augment | None
+    history: list[EpochMetrics] = field(default_factory=list)
+    train_seconds: float = 0.0  # summed over every process that worked on the trial
+    earlier_wall_seconds: float = 0.0  # wall time of the processes before this one
+
+    def prepare_eval(self, x: Tensor) -> Tensor:
+        if self.config.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def prepare_train(self, x: Tensor) -> Tensor:
+        return self.prepare_eval(self.augment(x) if self.augment else x)
+
+
 def fit(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResult:
-    """Train one trial; call ``on_epoch`` after every epoch and let it raise."""
-    if config.rho < 0 or config.epochs < 1 or config.batch_size < 1:
-        raise ValueError(
-            f"need rho >= 0, epochs >= 1, batch_size >= 1; got rho={config.rho}, "
-            f"epochs={config.epochs}, batch_size={config.batch_size}"
-        )
+    """Train one trial; call ``on_epoch`` after every epoch and let it raise.
+
+    With ``config.checkpoint_path``, a checkpoint is written after every epoch
+    (before ``on_epoch``, so an epoch whose callback raises is not trained again),
+    and a run finding one at the start resumes from it. The file is left in place:
+    the caller decides when a trial is done with it.
+    """
+    config.validate()
     started = time.perf_counter()
-    generator = seed_everything(config.seed)
+    run = _setup(config)
+    resumed_from = _resume(run) if config.checkpoint_path else None
+    for epoch in range(len(run.history) + 1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        train_loss, train_acc = train_epoch(
+            run.step,
+            run.model,
+            run.data,
+            config.batch_size,
+            run.generators["shuffle"],
+            run.scheduler,
+            epoch,
+            run.prepare_train,
+        )
+        run.train_seconds += time.perf_counter() - epoch_start  # .item() synced the device
+        metrics = _epoch_metrics(run, epoch, train_loss, train_acc)
+        metrics.seconds = time.perf_counter() - epoch_start
+        run.history.append(metrics)
+        if config.checkpoint_path:
+            save_checkpoint(config.checkpoint_path, _checkpoint(run, started))
+        if on_epoch is not None:
+            on_epoch(metrics)  # may raise to prune or cancel: propagate unchanged
+    return _final_result(run, started, resumed_from)
+
+
+def _setup(config: TrialConfig) -> _Run:
+    """Data, model, optimizer, schedule, generators: everything seeded, nothing run."""
+    shuffle = seed_everything(config.seed)
     data = load_dataset(
         config.dataset,
         config.dataset_path,
@@ -209,36 +206,63 @@ def fit(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResu
         seed=config.seed,
         device=config.device,
     )
-    model = build_model(config.model, data.in_channels, data.num_classes, data.image_size)
-    model = model.to(config.device)
-    step, base = build_step(model, config)
+    model = build_model(
+        config.model,
+        data.in_channels,
+        data.num_classes,
+        data.image_size,
+        depth=config.model_depth,
+        width=config.model_width,
+        dropout=config.dropout,
+    ).to(config.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    augment = build_augment(
+        config.augment, config.dataset, data.image_size, config.seed, config.device
+    )
+    step, base, options = build_step(model, config)
     steps_per_epoch = math.ceil(len(data.train_x) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(base, lr_multiplier(config, steps_per_epoch))
-
-    history: list[EpochMetrics] = []
-    train_seconds = 0.0
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        train_loss, train_acc = train_epoch(
-            step, model, data, config.batch_size, generator, scheduler, epoch
-        )
-        train_seconds += time.perf_counter() - epoch_start  # .item() above synced the device
-        metrics = _epoch_metrics(epoch, model, data, train_loss, train_acc)
-        metrics.seconds = time.perf_counter() - epoch_start
-        history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics)  # may raise to prune or cancel: propagate unchanged
-
-    return _final_result(config, model, data, history, started, train_seconds)
+    generators = {"shuffle": shuffle, "augment": augment.generator if augment else None}
+    return _Run(config, data, model, base, scheduler, step, options, generators, augment)
 
 
-def _epoch_metrics(
-    epoch: int, model: nn.Module, data: Dataset, train_loss: float, train_acc: float
-) -> EpochMetrics:
-    test_loss, test_acc = evaluate(model, data.test_x, data.test_y)
+def _checkpoint(run: _Run, started: float) -> dict:
+    return {
+        "version": VERSION,
+        "config": asdict(run.config),
+        "epoch": len(run.history),
+        "model": run.model.state_dict(),
+        "optimizer": run.base.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": capture_rng(run.generators, run.config.device),
+        "history": [m.to_dict() for m in run.history],
+        "train_seconds": run.train_seconds,
+        "wall_seconds": run.earlier_wall_seconds + time.perf_counter() - started,
+    }
+
+
+def _resume(run: _Run) -> int | None:
+    """Load ``run.config.checkpoint_path`` into ``run`` if it exists: its epoch, or None."""
+    state = load_checkpoint(run.config.checkpoint_path, run.config)
+    if state is None:
+        return None
+    run.model.load_state_dict(state["model"])
+    run.base.load_state_dict(state["optimizer"])  # lr and momentum/Adam state
+    run.scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state["rng"], run.generators, run.config.device)
+    run.history = [EpochMetrics(**m) for m in state["history"]]
+    run.train_seconds = state["train_seconds"]
+    run.earlier_wall_seconds = state["wall_seconds"]
+    return state["epoch"]
+
+
+def _epoch_metrics(run: _Run, epoch: int, train_loss: float, train_acc: float) -> EpochMetrics:
+    data, model = run.data, run.model
+    test_loss, test_acc = evaluate(model, data.test_x, data.test_y, run.options, run.prepare_eval)
     val_loss = val_acc = None
     if data.val_x is not None and data.val_y is not None:
-        val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+        val_loss, val_acc = evaluate(model, data.val_x, data.val_y, run.options, run.prepare_eval)
     return EpochMetrics(
         epoch=epoch,
         train_loss=train_loss,
@@ -248,23 +272,27 @@ def _epoch_metrics(
         seconds=0.0,
         val_loss=val_loss,
         val_accuracy=val_acc,
+        lr=run.base.param_groups[0]["lr"],
     )
 
 
-def _final_result(
-    config: TrialConfig,
-    model: nn.Module,
-    data: Dataset,
-    history: list[EpochMetrics],
-    started: float,
-    train_seconds: float,
-) -> TrialResult:
+def _final_result(run: _Run, started: float, resumed_from: int | None) -> TrialResult:
+    config, data, model, history = run.config, run.data, run.model, run.history
     # Train accuracy of the final weights on the whole (possibly noisy-labelled)
-    # training set in eval mode, so gap = train − test measures memorization.
-    train_loss, train_acc = evaluate(model, data.train_x, data.train_y)
+    # training set in eval mode, without augmentation, so gap = train − test
+    # measures memorization.
+    train_loss, train_acc = evaluate(
+        model, data.train_x, data.train_y, run.options, run.prepare_eval
+    )
     last = history[-1]
     if not math.isfinite(train_loss) or not math.isfinite(last.test_loss):
         raise DivergedError(f"final loss is not finite (train {train_loss}, test {last.test_loss})")
+    clean_acc = None
+    if data.train_y_clean is not None:
+        _, clean_acc = evaluate(
+            model, data.train_x, data.train_y_clean, run.options, run.prepare_eval
+        )
+    sharp, eig = _sharpness(run)
     return TrialResult(
         train_accuracy=train_acc,
         test_accuracy=last.test_accuracy,
@@ -272,10 +300,31 @@ def _final_result(
         test_loss=last.test_loss,
         gap=train_acc - last.test_accuracy,
         epochs=len(history),
-        wall_seconds=time.perf_counter() - started,
-        samples_per_second=len(data.train_x) * len(history) / max(train_seconds, 1e-9),
+        wall_seconds=run.earlier_wall_seconds + time.perf_counter() - started,
+        samples_per_second=len(data.train_x) * len(history) / max(run.train_seconds, 1e-9),
         val_accuracy=last.val_accuracy,
         val_loss=last.val_loss,
         effective_lr=effective_lr(config),
+        sharpness=sharp,
+        hessian_max_eig=eig,
+        train_clean_accuracy=clean_acc,
+        resumed_from_epoch=resumed_from,
         history=history,
+    )
+
+
+def _sharpness(run: _Run) -> tuple[float | None, float | None]:
+    """sharpness.measure on the fixed training subset, or (None, None) if disabled."""
+    config, data = run.config, run.data
+    if config.sharpness_samples == 0:
+        return None, None
+    index = sharpness.sharpness_subset(len(data.train_x), config.sharpness_samples)
+    index = index.to(data.train_x.device)
+    return sharpness.measure(
+        run.model,
+        run.prepare_eval(data.train_x[index]),
+        data.train_y[index],
+        rho=config.sharpness_rho,
+        steps=config.sharpness_steps,
+        iters=config.hessian_iters,
     )

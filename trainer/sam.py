@@ -5,24 +5,27 @@ SAM minimizes max_{‖ε‖₂ ≤ ρ} L(w + ε). One step on a batch is two pas
     (1) g  = ∇L(w);     ε = ρ · g / ‖g‖₂;   w ← w + ε        -> SAM.first_step()
     (2) g' = ∇L(w + ε); w ← w − ε (exact);  base step with g' -> SAM.second_step()
 
-The forward/backward passes are the training loop's job (see loop.sam_step); this
+The forward/backward passes are the training loop's job (see steps.sam_step); this
 class only moves the weights and drives the base optimizer. All weight arithmetic
 uses multi-tensor ``torch._foreach_*`` kernels over the list of parameters, so a
 step costs a handful of kernel launches, not a Python loop with dict look-ups.
 
-Extension points, deliberately kept small:
-- ASAM (Kwon et al., 2021) changes only how ε is computed from (w, g): override
-  :meth:`SAM._perturbation`.
+- ASAM (Kwon et al., ICML 2021) changes only how ε is computed from (w, g):
+  :class:`ASAM` overrides :meth:`SAM._perturbation`.
 - m-sharpness (one ε per micro-batch of m examples, second gradients averaged)
-  changes only the loop: call first_step/restore per micro-batch, accumulate g',
-  then :meth:`SAM.base_step` once. Hence ``restore`` and ``base_step`` are public.
+  changes only the loop: first_step/restore per micro-batch while the second
+  gradients accumulate in ``.grad``, then :meth:`SAM.base_step` once.
 - Learning-rate schedulers and checkpoints act on ``base_optimizer``: SAM keeps
   no state between steps (ε lives only inside one step), so the base optimizer's
   state dict (momentum buffers, Adam moments) is the whole optimizer state.
+- Weight decay is the base optimizer's (SGD/Adam L2, AdamW decoupled), applied
+  once per step at w; the ascent direction ε uses the loss gradient alone, as in
+  the paper's and davda54's implementations.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -44,32 +47,41 @@ class SAM:
         # Guards ε = ρ·g/‖g‖ against ‖g‖ = 0 (e.g. a batch the model already fits
         # perfectly): ε becomes 0 instead of NaN.
         self.eps = eps
-        self._params: list[Tensor] = [
-            p for group in base_optimizer.param_groups for p in group["params"]
+        # Built once: the hot path must not rebuild parameter lists every step.
+        self.params: list[Tensor] = [
+            p for group in base_optimizer.param_groups for p in group["params"] if p.requires_grad
         ]
         # One persistent copy of every parameter, reused each step. Restoring by
         # copying back is bitwise exact; subtracting ε is not ((w + ε) − ε ≠ w in
         # floating point when |ε| and |w| differ in magnitude).
-        self._backup: list[Tensor] = [torch.empty_like(p) for p in self._params]
+        self._backup: list[Tensor] = [torch.empty_like(p) for p in self.params]
         self._perturbed: list[Tensor] = []
         self._saved: list[Tensor] = []
 
     @torch.no_grad()
-    def first_step(self) -> None:
-        """Step (1): from g = ∇L(w) in ``.grad``, climb to w + ε; clears the grads."""
-        pairs = [
-            (p, b) for p, b in zip(self._params, self._backup, strict=True) if p.grad is not None
-        ]
-        if not pairs:
-            return
-        params = [p for p, _ in pairs]
-        grads = [p.grad for p in params]
-        self._perturbed, self._saved = params, [b for _, b in pairs]
-        torch._foreach_copy_(self._saved, params)  # remember w for the exact restore
-        epsilon = self._perturbation(params, grads)  # ε(w) = ρ g / ‖g‖₂
-        torch._foreach_add_(params, epsilon)  # w ← w + ε: "climb to the local maximum"
-        # Step (2) needs a fresh gradient at w + ε, not g accumulated with it.
-        self.base_optimizer.zero_grad(set_to_none=True)
+    def first_step(self, grads: Sequence[Tensor | None] | None = None) -> None:
+        """Step (1): climb from w to w + ε(w, g).
+
+        ``grads`` is g = ∇L(w), one entry per :attr:`params` (None for a parameter
+        the loss does not reach), as ``torch.autograd.grad`` returns it; it is
+        consumed (overwritten). Without it, g is read from ``.grad``, which is then
+        cleared so step (2) gets a fresh gradient at w + ε.
+        """
+        from_grad_attr = grads is None
+        if grads is None:
+            grads = [p.grad for p in self.params]
+        params, saved = self.params, self._backup
+        if any(g is None for g in grads):  # rare: unused parameters keep ε = 0
+            keep = [i for i, g in enumerate(grads) if g is not None]
+            params, saved = [params[i] for i in keep], [saved[i] for i in keep]
+            grads = [grads[i] for i in keep]
+        if params:
+            torch._foreach_copy_(saved, params)  # remember w for the exact restore
+            epsilon = self._perturbation(params, list(grads))
+            torch._foreach_add_(params, epsilon)  # w ← w + ε: "climb to the local maximum"
+        self._perturbed, self._saved = params, saved
+        if from_grad_attr:
+            self.base_optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def second_step(self) -> None:
@@ -89,24 +101,15 @@ class SAM:
         self.base_optimizer.step()
 
     def _perturbation(self, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        """ε = ρ · g / (‖g‖₂ + eps), with one global norm over all parameters.
+        """ε = ρ · g / (‖g‖₂ + eps), one global norm over all parameters.
 
-        The norm is accumulated in fp32 even for bf16/fp16 gradients, as DESIGN.md §1
-        asks under mixed precision. ASAM would return
-        ρ · w² · g / ‖|w| · g‖₂ here instead.
+        Scales ``grads`` in place (they are not needed afterwards), so ε costs no
+        allocation. The norm is accumulated in fp32 even for bf16/fp16 gradients,
+        as DESIGN.md §1 asks under mixed precision.
         """
-        norm = self._global_norm(grads)
-        scale = self.rho / (norm + self.eps)
-        return torch._foreach_mul(grads, scale.to(grads[0].dtype))
-
-    @staticmethod
-    def _global_norm(tensors: list[Tensor]) -> Tensor:
-        """‖concat(tensors)‖₂ = ‖(‖t₁‖, ‖t₂‖, …)‖₂, accumulated in at least fp32."""
-        # bf16/fp16 gradients are widened to fp32; fp64 stays fp64. One device is
-        # assumed (the trainer never splits a model across devices).
-        dtype = torch.promote_types(tensors[0].dtype, torch.float32)
-        norms = torch._foreach_norm(tensors, 2, dtype=dtype)
-        return torch.linalg.vector_norm(torch.stack(norms))
+        scale = self.rho / (global_norm(grads) + self.eps)
+        torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+        return grads
 
     # -- the Optimizer surface the loop and checkpoints use --------------------
 
@@ -122,3 +125,58 @@ class SAM:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.base_optimizer.load_state_dict(state_dict)
+
+
+class ASAM(SAM):
+    """Adaptive SAM (Kwon et al., ICML 2021): ε = ρ · T_w² g / ‖T_w g‖₂.
+
+    T_w = diag(|w| + η) makes the ε-ball scale-invariant: multiplying a filter by
+    a (BN-absorbed) constant no longer changes its sharpness. Because |w| ≪ 1 for
+    most weights, ‖ε‖ is much smaller than ρ, and ASAM's useful ρ is 10–40× SAM's,
+    0.5–2.0 (DESIGN.md §1; the paper's CIFAR runs use 0.5 and 1.0, SAM's 0.05).
+
+    η = 0.01 is the authors' default. We add η to *every* parameter, biases and BN
+    shifts included, rather than using T_w = 1 for biases as the authors' code
+    does: with T = 1, a bias would be perturbed on SAM's scale while ρ is 10–40×
+    SAM's, and with T = |w| alone a zero-initialized bias would never be perturbed.
+    """
+
+    def __init__(
+        self,
+        base_optimizer: torch.optim.Optimizer,
+        rho: float,
+        eta: float = 0.01,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__(base_optimizer, rho, eps)
+        if eta < 0:
+            raise ValueError(f"ASAM needs eta >= 0, got {eta}")
+        self.eta = float(eta)
+
+    def _perturbation(self, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        """ρ · T² g / (‖T g‖₂ + eps) with T = |w| + η, computed in place in ``grads``."""
+        t = torch._foreach_abs(params)
+        torch._foreach_add_(t, self.eta)
+        torch._foreach_mul_(grads, t)  # T g
+        scale = self.rho / (global_norm(grads) + self.eps)
+        torch._foreach_mul_(grads, t)  # T² g
+        torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+        return grads
+
+
+def build_sam(variant: str, base_optimizer: torch.optim.Optimizer, rho: float) -> SAM:
+    """``"sam"`` or ``"asam"`` around ``base_optimizer``."""
+    if variant == "sam":
+        return SAM(base_optimizer, rho)
+    if variant == "asam":
+        return ASAM(base_optimizer, rho)
+    raise ValueError(f"unknown sam_variant {variant!r}; expected 'sam' or 'asam'")
+
+
+def global_norm(tensors: list[Tensor]) -> Tensor:
+    """‖concat(tensors)‖₂ = ‖(‖t₁‖, ‖t₂‖, …)‖₂, accumulated in at least fp32."""
+    # bf16/fp16 gradients are widened to fp32; fp64 stays fp64. One device is
+    # assumed (the trainer never splits a model across devices).
+    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
+    norms = torch._foreach_norm(tensors, 2, dtype=dtype)
+    return torch.linalg.vector_norm(torch.stack(norms))

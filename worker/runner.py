@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from samsweep import optuna_store
-from samsweep.catalog import cifar10_dir, resolve_data_path
+from samsweep.catalog import dataset_dir, resolve_data_path
 from samsweep.db import Study, Trial, TrialState, new_id, session_factory, utcnow
 from samsweep.settings import Settings
 from samsweep.spec import Cell, StudySpec
@@ -145,29 +145,52 @@ def trial_config(c: Claim, settings: Settings, device: str, checkpoint: Path | N
     spec, cell = c.spec, c.cell
     path = None
     if spec.dataset.path is not None:
-        path = str(cifar10_dir(resolve_data_path(settings.data_dir, spec.dataset.path)))
+        path = str(
+            dataset_dir(spec.dataset.name, resolve_data_path(settings.data_dir, spec.dataset.path))
+        )
     return TrialConfig(
         dataset=spec.dataset.name,
         dataset_path=path,
         label_noise=spec.dataset.label_noise,
         val_fraction=spec.dataset.val_fraction,
+        augment=spec.dataset.augment,
         model=spec.model.name,
+        model_depth=spec.model.depth,
+        model_width=spec.model.width,
+        dropout=spec.model.dropout,
         rho=cell.rho,
         batch_size=cell.batch_size,
         base_optimizer=cell.base_optimizer,
+        sam_variant=cell.sam_variant or "sam",  # rho = 0 never builds SAM
+        m=cell.m,
         epochs=spec.train.epochs,
         lr=spec.train.lr,
         momentum=spec.train.momentum,
         nesterov=spec.train.nesterov,
         weight_decay=spec.train.weight_decay,
+        grad_clip=spec.train.grad_clip,
+        label_smoothing=spec.train.label_smoothing,
         lr_scaling=spec.train.lr_scaling,
         base_batch_size=spec.train.base_batch_size,
         warmup_epochs=spec.train.warmup_epochs,
         schedule=spec.train.schedule,
         seed=cell.seed,
         device=device,
+        precision=_precision(spec.train.precision, device),
+        channels_last=device.startswith("cuda"),  # every model here is convolutional
         checkpoint_path=None if checkpoint is None else str(checkpoint),
+        sharpness_samples=spec.sharpness.samples,
+        sharpness_rho=spec.sharpness.rho,
+        sharpness_steps=spec.sharpness.ascent_steps,
+        hessian_iters=spec.sharpness.hessian_iters,
     )
+
+
+def _precision(setting: str, device: str) -> str:
+    """auto: bf16 autocast on CUDA (tensor cores), fp32 on the CPU (bf16 is slow there)."""
+    if setting == "auto":
+        return "bf16" if device.startswith("cuda") else "fp32"
+    return setting
 
 
 def resolve_device(setting: str, threads: int = 0) -> str:
@@ -290,7 +313,7 @@ def _train_and_record(c: Claim, settings: Settings, sessions, optuna_id: int, he
     curves = [h.to_dict() for h in result.history]
     report_epochs()
     metrics = {k: v for k, v in result.to_dict().items() if k != "history"}
-    metrics["device"] = device
+    metrics.update(device=device, precision=config.precision)
     value = metrics[objective]
     with_db_retry(
         lambda: optuna_store.complete_trial(url, optuna_id, value, metrics), "tell Optuna", retry

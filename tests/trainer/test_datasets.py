@@ -116,3 +116,40 @@ def test_cifar10_missing_batch_is_an_error(tmp_path: Path) -> None:
     shutil.copy(CIFAR_SUBSET / "cifar-10-batches-py" / "test_batch", partial / "test_batch")
     with pytest.raises(FileNotFoundError, match="data_batch_1"):
         load_dataset("cifar10", str(partial))
+
+
+@pytest.mark.parametrize("inner", [False, True])
+def test_cifar100_official_python_format(fake_cifar100: Path, inner: bool) -> None:
+    where = fake_cifar100 / "cifar-100-python" if inner else fake_cifar100
+    data = load_dataset("cifar100", str(where))
+    assert data.train_x.shape == (96, 3, 32, 32) and data.test_x.shape == (40, 3, 32, 32)
+    assert data.num_classes == 100  # fine labels, not the 20 superclasses
+    assert data.train_y[:3].tolist() == [0, 7, 14] and data.train_y.dtype == torch.int64
+    assert data.train_x.mean(dim=(0, 2, 3)).abs().max().item() < 1e-4
+    assert train_size("cifar100", str(where)) == 96
+    assert (
+        train_size("cifar100", str(where), 0.25)
+        == 72
+        == len(load_dataset("cifar100", str(where), val_fraction=0.25).train_y)
+    )
+
+
+def test_cifar100_missing_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="train, test"):
+        load_dataset("cifar100", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="dataset_path"):
+        load_dataset("cifar100")
+
+
+def test_prepared_tensors_are_cached_per_device_and_noise_goes_on_a_copy() -> None:
+    clean = load_dataset("synthetic", val_fraction=0.25)
+    noisy = load_dataset("synthetic", val_fraction=0.25, label_noise=0.3, seed=1)
+    # Images are uploaded once and shared read-only; labels are per trial.
+    assert noisy.train_x is clean.train_x and noisy.test_x is clean.test_x
+    assert noisy.train_y.data_ptr() != clean.train_y.data_ptr()
+    assert clean.train_y_clean is None
+    assert torch.equal(noisy.train_y_clean, clean.train_y)
+    assert (noisy.train_y != clean.train_y).sum().item() == round(0.3 * 384)
+    assert torch.equal(load_dataset("synthetic", val_fraction=0.25).train_y, clean.train_y)
+    other_split = load_dataset("synthetic", val_fraction=0.5)
+    assert other_split.train_x is not clean.train_x

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
 from trainer import DivergedError, EpochMetrics, TrialConfig, fit
 from trainer.data import Dataset
-from trainer.loop import build_base_optimizer, train_epoch
+from trainer.loop import train_epoch
 from trainer.models import build_model
+from trainer.steps import build_base_optimizer
 
 
 def comparable(history: list[EpochMetrics]) -> list[dict]:
@@ -23,11 +25,22 @@ def test_small_cnn_with_sam_learns_digits() -> None:
     assert len(result.history) == 10 and [m.epoch for m in result.history] == list(range(1, 11))
     assert result.gap == pytest.approx(result.train_accuracy - result.test_accuracy)
     assert result.samples_per_second > 0 and result.wall_seconds > 0
+    # The default sharpness measures run on the final weights.
+    assert result.sharpness is not None and result.sharpness >= 0
+    assert result.hessian_max_eig is not None and result.hessian_max_eig > 0
+    assert result.train_clean_accuracy is None and result.resumed_from_epoch is None
+    assert all(m.lr == pytest.approx(0.1) for m in result.history)
 
 
 def test_same_seed_same_metrics_different_seed_different() -> None:
     config = TrialConfig(
-        dataset="synthetic", rho=0.05, epochs=2, val_fraction=0.25, label_noise=0.2, seed=1
+        dataset="synthetic",
+        rho=0.05,
+        epochs=2,
+        val_fraction=0.25,
+        label_noise=0.2,
+        seed=1,
+        sharpness_samples=0,
     )
     a, b = fit(config), fit(config)
     c = fit(dataclasses.replace(config, seed=2))
@@ -38,7 +51,7 @@ def test_same_seed_same_metrics_different_seed_different() -> None:
 
 
 def test_no_validation_metrics_without_a_split() -> None:
-    result = fit(TrialConfig(dataset="synthetic", rho=0.0, epochs=1))
+    result = fit(TrialConfig(dataset="synthetic", rho=0.0, epochs=1, sharpness_samples=0))
     assert result.val_accuracy is None and result.history[0].val_loss is None
 
 
@@ -61,13 +74,20 @@ def test_callback_exception_propagates() -> None:
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        fit(TrialConfig(dataset="synthetic", epochs=3), on_epoch=on_epoch)
+        fit(TrialConfig(dataset="synthetic", epochs=3, sharpness_samples=0), on_epoch=on_epoch)
     assert calls == [1]
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_variants_take_momentum_as_beta1(name: str) -> None:
-    config = TrialConfig(dataset="synthetic", base_optimizer=name, lr=1e-3, momentum=0.8, epochs=1)
+    config = TrialConfig(
+        dataset="synthetic",
+        base_optimizer=name,
+        lr=1e-3,
+        momentum=0.8,
+        epochs=1,
+        sharpness_samples=0,
+    )
     optimizer = build_base_optimizer(build_model("cnn", 1, 10, 8), config)
     assert optimizer.param_groups[0]["betas"] == (0.8, 0.999)
     assert fit(config).history[0].train_loss < 10
@@ -75,7 +95,19 @@ def test_adam_variants_take_momentum_as_beta1(name: str) -> None:
 
 @pytest.mark.parametrize(
     "change,match",
-    [({"base_optimizer": "lion"}, "lion"), ({"model": "vgg"}, "vgg"), ({"rho": -0.1}, "rho")],
+    [
+        ({"base_optimizer": "lion"}, "lion"),
+        ({"model": "vgg"}, "vgg"),
+        ({"rho": -0.1}, "rho"),
+        ({"sam_variant": "gsam"}, "sam_variant"),
+        ({"precision": "fp16"}, "precision"),
+        ({"augment": "mixup"}, "mixup"),
+        ({"grad_clip": 0.0}, "grad_clip"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"sharpness_rho": 0.0}, "sharpness_rho"),
+        ({"model": "wrn", "model_depth": 12}, "depth"),
+    ],
 )
 def test_bad_config_is_refused(change: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -108,3 +140,73 @@ def test_epoch_visits_every_example_once_including_the_partial_batch() -> None:
     assert sorted(torch.cat(seen).tolist()) == list(range(n))
     assert torch.cat(seen).tolist() != list(range(n))  # shuffled
     assert (loss, accuracy) == (1.0, 1.0)
+
+
+def test_same_seed_same_metrics_with_augmentation_dropout_and_m_sharpness(
+    fake_cifar100: Path,
+) -> None:
+    config = TrialConfig(
+        dataset="cifar100",
+        dataset_path=str(fake_cifar100),
+        augment="crop_flip_cutout",
+        model="wrn",
+        model_depth=10,
+        model_width=1,
+        dropout=0.3,
+        sam_variant="asam",
+        rho=1.0,
+        m=8,
+        batch_size=32,
+        epochs=2,
+        seed=3,
+        sharpness_samples=16,
+        sharpness_steps=2,
+        hessian_iters=2,
+    )
+    a, b = fit(config), fit(config)
+    c = fit(dataclasses.replace(config, seed=4))
+    assert comparable(a.history) == comparable(b.history)
+    assert (a.train_loss, a.sharpness, a.hessian_max_eig) == (
+        b.train_loss,
+        b.sharpness,
+        b.hessian_max_eig,
+    )
+    assert comparable(a.history) != comparable(c.history)
+
+
+def test_clean_train_accuracy_is_reported_only_under_label_noise() -> None:
+    config = TrialConfig(dataset="synthetic", epochs=1, label_noise=0.4, sharpness_samples=0)
+    noisy = fit(config)
+    assert noisy.train_clean_accuracy is not None and 0 <= noisy.train_clean_accuracy <= 1
+    assert noisy.train_clean_accuracy != noisy.train_accuracy
+    assert fit(dataclasses.replace(config, label_noise=0.0)).train_clean_accuracy is None
+
+
+@pytest.mark.parametrize(
+    "change", [{"precision": "bf16"}, {"channels_last": True}, {"sharpness_samples": 0}]
+)
+def test_execution_options_run_end_to_end(change: dict) -> None:
+    base = TrialConfig(dataset="synthetic", epochs=1, sharpness_samples=64, hessian_iters=2)
+    config = dataclasses.replace(base, **change)
+    result = fit(config)
+    assert result.history[0].train_loss < 10
+    assert (result.sharpness is None) == (config.sharpness_samples == 0)
+
+
+def test_channels_last_reaches_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    formats: list[bool] = []
+    from trainer.models import SmallCNN
+
+    original = SmallCNN.forward
+
+    def spy(self, x):
+        formats.append(x.is_contiguous(memory_format=torch.channels_last))
+        return original(self, x)
+
+    monkeypatch.setattr(SmallCNN, "forward", spy)
+    fit(
+        TrialConfig(
+            dataset="synthetic", epochs=1, channels_last=True, sharpness_samples=8, hessian_iters=1
+        )
+    )
+    assert formats and all(formats)

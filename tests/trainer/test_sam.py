@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from trainer.config import TrialConfig
-from trainer.loop import build_step
 from trainer.models import build_model
-from trainer.sam import SAM
+from trainer.sam import ASAM, SAM, build_sam
+from trainer.steps import build_step
 
 RHO = 0.3
 
@@ -107,7 +107,7 @@ def test_rho_zero_is_the_bare_base_optimizer_with_one_pass_per_step() -> None:
     model = build_model("cnn", 1, 10, 8)
     reference = copy.deepcopy(model)
     config = TrialConfig(dataset="synthetic", rho=0.0, lr=0.05, momentum=0.9, nesterov=True)
-    step, _ = build_step(model, config)
+    step, _, _ = build_step(model, config)
     counts = count_passes(model)
     bare = torch.optim.SGD(
         reference.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
@@ -127,7 +127,7 @@ def test_rho_zero_is_the_bare_base_optimizer_with_one_pass_per_step() -> None:
 def test_sam_step_makes_two_passes() -> None:
     torch.manual_seed(0)
     model = build_model("cnn", 1, 10, 8)
-    step, _ = build_step(model, TrialConfig(dataset="synthetic", rho=0.05))
+    step, _, _ = build_step(model, TrialConfig(dataset="synthetic", rho=0.05))
     counts = count_passes(model)
     step(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
     assert counts == {"forward": 2, "backward": 2}
@@ -136,3 +136,71 @@ def test_sam_step_makes_two_passes() -> None:
 def test_rho_must_be_positive() -> None:
     with pytest.raises(ValueError, match="rho"):
         SAM(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), rho=0.0)
+
+
+def test_asam_perturbation_matches_a_hand_computation() -> None:
+    """ε = ρ · T² g / ‖T g‖ with T = |w| + η, on numbers small enough to check by hand.
+
+    Equal up to float64 rounding (rtol 1e-13): the same formula in another order.
+    The norm includes ASAM's eps = 1e-12 guard (4.8e-13 relative here: not negligible).
+    """
+    rho, eta = 0.5, 0.01
+    weight = nn.Parameter(torch.tensor([0.5, -2.0], dtype=torch.float64))
+    bias = nn.Parameter(torch.tensor([0.0], dtype=torch.float64))  # zero: only η perturbs it
+    asam = ASAM(torch.optim.SGD([weight, bias], lr=0.1), rho=rho, eta=eta)
+    g = [1.0, 1.0, 3.0]
+    t = [0.5 + eta, 2.0 + eta, 0.0 + eta]
+    norm = sum((ti * gi) ** 2 for ti, gi in zip(t, g, strict=True)) ** 0.5 + 1e-12
+    expected_eps = [rho * ti * ti * gi / norm for ti, gi in zip(t, g, strict=True)]
+    asam.first_step(
+        [torch.tensor(g[:2], dtype=torch.float64), torch.tensor(g[2:], dtype=torch.float64)]
+    )
+    got = torch.cat(
+        [weight.detach() - torch.tensor([0.5, -2.0], dtype=torch.float64), bias.detach()]
+    )
+    torch.testing.assert_close(
+        got, torch.tensor(expected_eps, dtype=torch.float64), rtol=1e-13, atol=1e-15
+    )
+    asam.restore()
+    assert weight.tolist() == [0.5, -2.0] and bias.tolist() == [0.0]
+
+
+def test_asam_without_eta_is_davda54s_adaptive_formula() -> None:
+    torch.manual_seed(0)
+    w, g = torch.randn(7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    param = nn.Parameter(w.clone())
+    ASAM(torch.optim.SGD([param], lr=0.1), rho=1.0, eta=0.0).first_step([g.clone()])
+    # davda54/sam, adaptive=True: e_w = ρ · w² · g / ‖|w| · g‖
+    expected = 1.0 * w.pow(2) * g / (w.abs() * g).norm()
+    torch.testing.assert_close(param.detach() - w, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_asam_is_scale_invariant_where_sam_is_not() -> None:
+    """Kwon et al.'s motivation: scaling w by c > 0 (and g by 1/c, as for a layer
+    followed by BatchNorm) scales ASAM's ε by c (η = 0), i.e. the same relative move."""
+    w, g = torch.tensor([0.3, -1.2, 2.0]), torch.tensor([0.5, 0.1, -0.4])
+    eps = {}
+    for c in (1.0, 10.0):
+        param = nn.Parameter(w * c)
+        ASAM(torch.optim.SGD([param], lr=0.1), rho=1.0, eta=0.0).first_step([g / c])
+        eps[c] = param.detach() - w * c
+    torch.testing.assert_close(eps[10.0], 10.0 * eps[1.0])
+
+
+def test_build_sam_variants() -> None:
+    base = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1)
+    assert type(build_sam("sam", base, 0.05)) is SAM
+    assert isinstance(build_sam("asam", base, 1.0), ASAM)
+    with pytest.raises(ValueError, match="gsam"):
+        build_sam("gsam", base, 0.05)
+
+
+def test_first_step_with_explicit_grads_keeps_dot_grad_and_skips_unused() -> None:
+    used, unused = nn.Parameter(torch.tensor([3.0, 4.0])), nn.Parameter(torch.tensor([7.0]))
+    sam = SAM(torch.optim.SGD([used, unused], lr=0.1), rho=0.5)
+    used.grad = torch.tensor([9.0, 9.0])  # an accumulating g' must survive first_step(grads)
+    sam.first_step([torch.tensor([3.0, 4.0]), None])
+    torch.testing.assert_close(used.detach(), torch.tensor([3.3, 4.4]))
+    assert torch.equal(used.grad, torch.tensor([9.0, 9.0])) and unused.item() == 7.0
+    sam.restore()
+    assert used.tolist() == [3.0, 4.0]

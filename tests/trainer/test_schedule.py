@@ -56,6 +56,7 @@ def test_fit_records_the_effective_lr_and_follows_the_schedule():
         base_batch_size=128,
         lr_scaling="linear",
         schedule="cosine",
+        sharpness_samples=0,
     )
     result = fit(config, on_epoch=lambda m: seen.append(m.epoch))
     assert result.effective_lr == pytest.approx(0.1) and seen == [1, 2]

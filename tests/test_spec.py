@@ -1,0 +1,48 @@
+"""The study spec's grid: cells, their order, keys and the rho = 0 baseline."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from samsweep.spec import StudySpec
+from tests.conftest import digits_spec
+
+
+def _spec(**search) -> StudySpec:
+    spec = digits_spec()
+    spec["search"].update(search)
+    return StudySpec.model_validate(spec)
+
+
+def test_grid_is_the_product_times_seeds_in_a_fixed_order():
+    spec = StudySpec.model_validate(digits_spec(rho=(0.05, 0.1), batch_size=(16, 64), seeds=(0, 1)))
+    cells = spec.cells()
+    assert spec.n_trials == len(cells) == 8
+    assert [(c.batch_size, c.rho, c.seed) for c in cells[:4]] == [
+        (16, 0.05, 0), (16, 0.05, 1), (16, 0.1, 0), (16, 0.1, 1)
+    ]  # fmt: skip
+    assert len({(c.key, c.seed) for c in cells}) == 8
+
+
+def test_baseline_is_one_cell_whatever_the_sam_variants_and_m():
+    spec = _spec(rho=[0.0, 0.05], batch_size=[16], sam_variant=["sam", "asam"], m=[None, 8])
+    cells = spec.cells()
+    baseline = [c for c in cells if c.rho == 0]
+    assert len(baseline) == 1 and baseline[0].sam_variant is None and baseline[0].m is None
+    assert {(c.sam_variant, c.m) for c in cells if c.rho > 0} == {
+        ("sam", None), ("sam", 8), ("asam", None), ("asam", 8)
+    }  # fmt: skip
+    assert spec.n_trials == 5
+
+
+def test_spec_round_trips_through_json():
+    spec = _spec(sam_variant=["asam"], m=[4])
+    again = StudySpec.model_validate(spec.model_dump(mode="json"))
+    assert again == spec and again.cells() == spec.cells()
+
+
+@pytest.mark.parametrize("rho", [float("nan"), float("inf"), -0.01, 10.5])
+def test_rho_must_be_finite_and_in_range(rho):
+    with pytest.raises(ValidationError, match="search.rho.0|rho"):
+        _spec(rho=[rho])

@@ -1,0 +1,138 @@
+"""Checkpoints: stop after k epochs, resume, and get exactly the uninterrupted run."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import EpochMetrics, TrialConfig, fit
+from trainer.checkpoint import load_checkpoint
+
+TIMING = ("seconds", "wall_seconds", "samples_per_second", "resumed_from_epoch")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def everything(config_dir: Path, dataset_dir: Path) -> TrialConfig:
+    """Every source of state at once: dropout, augmentation, m-sharpness, momentum,
+    a cosine schedule with warmup, label noise and a validation split."""
+    return TrialConfig(
+        dataset="cifar100",
+        dataset_path=str(dataset_dir),
+        label_noise=0.2,
+        val_fraction=0.25,
+        augment="crop_flip_cutout",
+        model="wrn",
+        model_depth=10,
+        model_width=1,
+        dropout=0.3,
+        rho=0.1,
+        m=8,
+        batch_size=16,
+        epochs=3,
+        lr=0.05,
+        nesterov=True,
+        warmup_epochs=1,
+        schedule="cosine",
+        grad_clip=5.0,
+        label_smoothing=0.1,
+        seed=5,
+        checkpoint_path=str(config_dir / "run.pt"),
+        sharpness_samples=32,
+        sharpness_steps=2,
+        hessian_iters=3,
+    )
+
+
+def without_timing(d: dict) -> dict:
+    out = {k: v for k, v in d.items() if k not in TIMING and k != "history"}
+    out["history"] = [{k: v for k, v in m.items() if k != "seconds"} for m in d.get("history", [])]
+    return out
+
+
+def stop_at(epoch: int):
+    def on_epoch(metrics: EpochMetrics) -> None:
+        if metrics.epoch == epoch:
+            raise Interrupted
+
+    return on_epoch
+
+
+def test_resumed_run_equals_the_uninterrupted_one_exactly(
+    tmp_path: Path, fake_cifar100: Path
+) -> None:
+    whole = everything(tmp_path / "whole", fake_cifar100)
+    parts = everything(tmp_path / "parts", fake_cifar100)
+    reference = fit(whole)
+    with pytest.raises(Interrupted):
+        fit(parts, on_epoch=stop_at(2))
+    assert load_checkpoint(parts.checkpoint_path, parts)["epoch"] == 2
+    seen: list[int] = []
+    resumed = fit(parts, on_epoch=lambda m: seen.append(m.epoch))
+    assert seen == [3] and resumed.resumed_from_epoch == 2 and reference.resumed_from_epoch is None
+    # Bitwise: every metric, the sharpness measures, the history, the lr per epoch...
+    assert without_timing(resumed.to_dict()) == without_timing(reference.to_dict())
+    assert [m.lr for m in resumed.history] == [m.lr for m in reference.history]
+    # ...and the final weights, BN statistics and momentum buffers.
+    a = torch.load(whole.checkpoint_path, weights_only=True)
+    b = torch.load(parts.checkpoint_path, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(
+            state["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"]
+        )
+    assert resumed.train_clean_accuracy is not None and resumed.sharpness is not None
+
+
+def test_a_finished_checkpoint_returns_the_result_without_training(
+    tmp_path: Path, fake_cifar100: Path
+) -> None:
+    config = dataclasses.replace(everything(tmp_path, fake_cifar100), epochs=1)
+    first = fit(config)
+    calls: list[int] = []
+    again = fit(config, on_epoch=lambda m: calls.append(m.epoch))
+    assert calls == [] and again.resumed_from_epoch == 1
+    assert without_timing(again.to_dict()) == without_timing(first.to_dict())
+
+
+def test_a_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
+    config = TrialConfig(
+        dataset="synthetic", epochs=1, checkpoint_path=str(tmp_path / "c.pt"), sharpness_samples=0
+    )
+    fit(config)
+    with pytest.raises(ValueError, match=r"lr: 0\.1 -> 0\.2"):
+        fit(dataclasses.replace(config, lr=0.2, epochs=1))
+    # Where it is stored and run may change (e.g. another worker, another device).
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes(Path(config.checkpoint_path).read_bytes())
+    assert fit(dataclasses.replace(config, checkpoint_path=str(moved))).resumed_from_epoch == 1
+
+
+def test_checkpoint_contents_and_atomic_write(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "deep" / "c.pt"
+    config = TrialConfig(
+        dataset="synthetic", epochs=2, checkpoint_path=str(path), sharpness_samples=0
+    )
+    with pytest.raises(Interrupted):
+        fit(config, on_epoch=stop_at(1))
+    state = torch.load(path, weights_only=True)
+    assert {"model", "optimizer", "scheduler", "rng", "history", "config", "epoch"} <= set(state)
+    assert {"torch", "cuda", "numpy", "python", "generators"} <= set(state["rng"])
+    assert state["config"]["checkpoint_path"] == str(path) and state["epoch"] == 1
+    # A write that dies half-way leaves the previous checkpoint and no temporary file.
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        fit(config)  # resumes, trains epoch 2, fails to save it
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["c.pt"]
