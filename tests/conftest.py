@@ -215,6 +215,19 @@ def server_deployment(deployment_factory, pg_url: str, redis_url: str) -> Deploy
     return d
 
 
+def trial_rows(db_url: str, study_id: str) -> list[dict]:
+    """The study's trial rows read straight from the database (not through the API)."""
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT * FROM samsweep_trials WHERE study_id = :s ORDER BY id"),
+            {"s": study_id},
+        ).mappings()
+        result = [dict(r) for r in rows]
+    engine.dispose()
+    return result
+
+
 def wait_study(api: str, study_id: str, timeout: float = 240, d: Deployment | None = None) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from samsweep.queue import enqueue_trial, make_celery
 from samsweep.settings import Settings
-from tests.conftest import digits_spec, free_port, wait_study
+from tests.conftest import digits_spec, free_port, trial_rows, wait_study
 
 pytestmark = pytest.mark.e2e
 
@@ -122,7 +122,7 @@ def test_two_workers_every_task_delivered_twice(server_deployment):
     study_id = httpx.post(f"{api}/studies", json=spec).json()["id"]
     settings = Settings(broker_url=d.env["SAMSWEEP_BROKER_URL"], queue=d.env["SAMSWEEP_QUEUE"])
     celery = make_celery(settings)
-    ids = _trial_ids(d.env["SAMSWEEP_DATABASE_URL"], study_id)
+    ids = [row["id"] for row in trial_rows(d.env["SAMSWEEP_DATABASE_URL"], study_id)]
     for trial_id in ids:  # the duplicate deliveries
         enqueue_trial(celery, settings.queue, trial_id)
 
@@ -137,20 +137,3 @@ def test_two_workers_every_task_delivered_twice(server_deployment):
     assert len({tuple(sorted(f.params.items())) for f in frozen}) == 12
     worker_logs = "".join(p.log_path.read_text() for p in d.procs[1:])
     assert worker_logs.count(": 'complete'") == 12 and worker_logs.count(": 'skipped'") == 12
-
-
-def _trial_ids(db_url: str, study_id: str) -> list[int]:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(db_url)
-    with engine.connect() as conn:
-        ids = (
-            conn.execute(
-                text("SELECT id FROM samsweep_trials WHERE study_id = :s ORDER BY id"),
-                {"s": study_id},
-            )
-            .scalars()
-            .all()
-        )
-    engine.dispose()
-    return list(ids)

@@ -18,9 +18,22 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
 
 from samsweep.settings import Settings
-from tests.conftest import PG_ADMIN, Deployment, digits_spec, free_port, wait_study
+from tests.conftest import (
+    PG_ADMIN,
+    Deployment,
+    digits_spec,
+    free_port,
+    trial_rows,
+    wait_healthy,
+    wait_study,
+)
 
 pytestmark = pytest.mark.e2e
+
+
+def recovered(fault: str, since: float) -> None:
+    """Print how long recovery took (informational: never asserted; run with -s)."""
+    print(f"\n[recovery] {fault}: {time.monotonic() - since:.1f}s")
 
 
 def wait_for(cond: Callable[[], object], timeout: float, d: Deployment, what: str):
@@ -89,6 +102,7 @@ def test_killed_workers_resume_from_checkpoint_and_record_once(fault_deployment)
             f"a trial at epoch {at_epoch}",
         )
         kill(worker)
+        killed_at = time.monotonic()
         kills += 1
         # the dead worker's trial goes back to the queue (heartbeat), nothing else moves
         wait_for(
@@ -100,6 +114,7 @@ def test_killed_workers_resume_from_checkpoint_and_record_once(fault_deployment)
             d,
             "the dead worker's trial to be re-queued",
         )
+        recovered("worker SIGKILL -> trial detected dead and re-queued", killed_at)
     d.start_worker("worker-last")
     wait_study(api, study, timeout=300, d=d)
     ts = assert_each_cell_once(api, study, d, 2)
@@ -192,6 +207,9 @@ def test_broker_restarted_empty_loses_nothing(server_deployment, tmp_path: Path)
         assert queued_then >= 4  # their messages are gone with the broker
         time.sleep(2)
         redis_proc = start_redis(port, tmp_path)  # empty: --save "" --appendonly no
+        restarted_at, done = time.monotonic(), _finished(api, study)
+        wait_for(lambda: _finished(api, study) > done, 120, d, "a trial to finish")
+        recovered("Redis restarted empty -> next trial finished", restarted_at)
         wait_study(api, study, timeout=300, d=d)
         ts = assert_each_cell_once(api, study, d, 8)
         assert all(t["attempts"] == 1 for t in ts)
@@ -234,6 +252,9 @@ def test_database_outage_is_survived(server_deployment):
         time.sleep(7)
     finally:
         _set_connections(d.env["SAMSWEEP_DATABASE_URL"], allowed=True)
+    back_at, epochs = time.monotonic(), _epochs(d, study)
+    wait_for(lambda: _epochs(d, study) > epochs, 60, d, "training to record an epoch again")
+    recovered("PostgreSQL back -> next epoch recorded", back_at)
     assert set(during) == {503}
     wait_study(api, study, timeout=300, d=d)
     ts = assert_each_cell_once(api, study, d, 4)
@@ -285,7 +306,6 @@ def test_api_restart_loses_nothing(server_deployment):
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     first = d.spawn("api-1", "api", "--port", str(port))
-    from tests.conftest import wait_healthy
 
     wait_healthy(api, first)
     d.start_worker()
@@ -294,9 +314,11 @@ def test_api_restart_loses_nothing(server_deployment):
     wait_for(lambda: any(t["state"] == "COMPLETE" for t in trials(api, study)), 120, d, "a result")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    before = {t["number"]: t for t in _read_db(d, study)}
+    before = {t["number"]: t for t in trial_rows(d.env["SAMSWEEP_DATABASE_URL"], study)}
+    killed_at = time.monotonic()
     second = d.spawn("api-2", "api", "--port", str(port))
     wait_healthy(api, second)
+    recovered("API SIGKILL -> restarted API healthy", killed_at)
     after = {t["number"]: t for t in trials(api, study)}
     for n, t in before.items():  # whatever was finished then is there, unchanged
         if t["state"] == "COMPLETE":
@@ -305,37 +327,9 @@ def test_api_restart_loses_nothing(server_deployment):
     assert_each_cell_once(api, study, d, 4)
 
 
-def _read_db(d: Deployment, study: str) -> list[dict]:
-    engine = create_engine(d.env["SAMSWEEP_DATABASE_URL"])
-    with engine.connect() as conn:
-        rows = (
-            conn.execute(
-                text("SELECT number, state, value FROM samsweep_trials WHERE study_id = :s"),
-                {"s": study},
-            )
-            .mappings()
-            .all()
-        )
-    engine.dispose()
-    return [dict(r) for r in rows]
+def _finished(api: str, study: str) -> int:
+    return sum(t["state"] == "COMPLETE" for t in trials(api, study))
 
 
-def test_out_of_memory_cell_is_infeasible_and_not_retried(server_deployment):
-    """A worker limited to 3 GiB of address space: batch 4096 fails to allocate (the real
-    CPU allocator error), its cell is INFEASIBLE at once, and batch 32 still trains."""
-    d = server_deployment
-    api = d.start_api()
-    d.start_worker(memory_limit=3 * 2**30)
-    spec = digits_spec(rho=(0.0,), batch_size=(32, 4096), epochs=1)
-    spec["dataset"] = {"name": "cifar10", "path": "cifar10-subset"}
-    study = httpx.post(f"{api}/studies", json=spec).json()["id"]
-    detail = wait_study(api, study, timeout=240, d=d)
-    assert detail["status"] == "complete", detail
-    by_batch = {t["params"]["batch_size"]: t for t in trials(api, study)}
-    assert by_batch[32]["state"] == "COMPLETE", by_batch[32]
-    oom = by_batch[4096]
-    assert oom["state"] == "INFEASIBLE" and oom["attempts"] == 1
-    assert oom["error"] == "infeasible: out of memory at batch size 4096 on cpu"
-    assert detail["counts"]["INFEASIBLE"] == 1
-    states = sorted(f.state.name for f in optuna_trials(d, study))
-    assert states == ["COMPLETE", "FAIL"]
+def _epochs(d: Deployment, study: str) -> int:
+    return sum(t["epoch"] or 0 for t in trial_rows(d.env["SAMSWEEP_DATABASE_URL"], study))
