@@ -113,8 +113,7 @@ def settle_earlier_attempts(
         if t.user_attrs.get("samsweep_trial_id") != samsweep_trial_id:
             continue
         if t.state == TrialState.RUNNING:
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker lost; re-run")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            _fail(storage, t._trial_id, "worker lost; re-run")
         elif t.state == TrialState.COMPLETE:
             complete = t
     return complete
@@ -136,8 +135,12 @@ def complete_trial(url: str, trial_id: int, value: float, attrs: dict[str, Any])
 def fail_trial(url: str, trial_id: int, reason: str) -> None:
     storage = get_storage(url)
     if storage.get_trial(trial_id).state == TrialState.RUNNING:
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        _fail(storage, trial_id, reason)
+
+
+def _fail(storage: optuna.storages.RDBStorage, trial_id: int, reason: str) -> None:
+    storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def get_trial(url: str, trial_id: int) -> optuna.trial.FrozenTrial:

@@ -89,15 +89,7 @@ class Settings(BaseSettings):
 
     def tokens(self) -> dict[str, str]:
         """owner -> token, from `api_tokens`; empty when no credentials are configured."""
-        pairs: dict[str, str] = {}
-        for item in filter(None, (p.strip() for p in (self.api_tokens or "").split(","))):
-            owner, sep, token = item.partition(":")
-            if not sep or not owner or len(token) < 16:
-                raise ValueError(
-                    "SAMSWEEP_API_TOKENS must be owner:token pairs, tokens of 16+ characters"
-                )
-            pairs[owner] = token
-        return pairs
+        return parse_tokens(self.api_tokens)
 
     @property
     def stale_after_seconds(self) -> float:
@@ -107,6 +99,19 @@ class Settings(BaseSettings):
     @property
     def is_embedded_broker(self) -> bool:
         return self.resolved_broker_url.startswith("sqla+")
+
+
+def parse_tokens(value: str | None) -> dict[str, str]:
+    """`owner:token,owner:token` -> {owner: token}; raises ValueError on a malformed pair."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in (value or "").split(","))):
+        owner, sep, token = item.partition(":")
+        if not sep or not owner or len(token) < 16:
+            raise ValueError(
+                "SAMSWEEP_API_TOKENS must be owner:token pairs, tokens of 16+ characters"
+            )
+        pairs[owner] = token
+    return pairs
 
 
 def with_search_path(url: str, schema: str) -> str:

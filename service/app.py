@@ -20,7 +20,7 @@ from service.sweeper import sweep_forever
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    if settings.private_studies and not settings.tokens():
+    if not settings.tokens() and settings.private_studies:  # tokens() checks their format
         raise ValueError("SAMSWEEP_PRIVATE_STUDIES needs SAMSWEEP_API_TOKENS")
 
     @asynccontextmanager

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 from functools import lru_cache
 
+from samsweep.settings import parse_tokens
 from service.errors import ApiError
 
 
@@ -27,9 +28,7 @@ def _digest(token: str) -> bytes:
 
 @lru_cache(maxsize=8)
 def _table(api_tokens: str) -> tuple[tuple[str, bytes], ...]:
-    from samsweep.settings import Settings
-
-    return tuple((o, _digest(t)) for o, t in Settings(api_tokens=api_tokens).tokens().items())
+    return tuple((o, _digest(t)) for o, t in parse_tokens(api_tokens).items())
 
 
 def owner_for(authorization: str | None, api_tokens: str | None) -> str | None:

@@ -141,12 +141,20 @@ def cancel_study(session: Session, study: Study) -> None:
 
 
 def state_counts(session: Session, study_id: str) -> dict[str, int]:
+    return state_counts_many(session, [study_id])[study_id]
+
+
+def state_counts_many(session: Session, study_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Trials per state for each study, every state present (0 if none): one query."""
+    counts = {sid: Counter({s.value: 0 for s in TrialState}) for sid in study_ids}
     rows = session.execute(
-        select(Trial.state, func.count()).where(Trial.study_id == study_id).group_by(Trial.state)
+        select(Trial.study_id, Trial.state, func.count())
+        .where(Trial.study_id.in_(study_ids))
+        .group_by(Trial.study_id, Trial.state)
     )
-    counts = Counter({s.value: 0 for s in TrialState})
-    counts.update({state: n for state, n in rows})
-    return dict(counts)
+    for sid, state, n in rows:
+        counts[sid][state] = n
+    return {sid: dict(c) for sid, c in counts.items()}
 
 
 def study_status(study: Study, counts: dict[str, int]) -> str:

@@ -67,3 +67,14 @@ def test_each_owner_sees_only_their_studies(api):
     a = httpx.post(f"{api}/studies", json=digits_spec(), headers=_auth(ALICE) | key).json()
     b = httpx.post(f"{api}/studies", json=digits_spec(), headers=_auth(BOB) | key).json()
     assert a["id"] != b["id"]
+
+
+@pytest.mark.parametrize(
+    "tokens", ["alice:too-short", "no-colon-0123456789abcdef", ":0123456789abcdef"]
+)
+def test_malformed_token_configuration_fails_at_startup(tokens, tmp_path):
+    from samsweep.settings import Settings
+    from service.app import create_app
+
+    with pytest.raises(ValueError, match="owner:token pairs"):
+        create_app(Settings(api_tokens=tokens, state_dir=tmp_path))

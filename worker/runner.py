@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from optuna.exceptions import StorageInternalError
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from samsweep import optuna_store
 from samsweep.catalog import dataset_dir, resolve_data_path
@@ -110,12 +110,15 @@ def claim(sessions: sessionmaker, trial_id: int) -> Claim | None:
         )
 
 
-def _guarded_update(session: Session, c: Claim, **values: Any) -> bool:
+def _write(sessions: sessionmaker, c: Claim, **values: Any) -> bool:
     """Write to the trial only while we still hold the claim; False if we lost it."""
-    n = session.execute(
-        update(Trial).where(Trial.id == c.trial_id, Trial.claim_token == c.token).values(**values)
-    ).rowcount
-    session.commit()
+    with sessions() as session:
+        n = session.execute(
+            update(Trial)
+            .where(Trial.id == c.trial_id, Trial.claim_token == c.token)
+            .values(**values)
+        ).rowcount
+        session.commit()
     return n == 1
 
 
@@ -131,10 +134,9 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.period):
             try:
-                with self.sessions() as session:
-                    if not _guarded_update(session, self.claim, heartbeat_at=utcnow()):
-                        self.lost.set()
-                        return
+                if not _write(self.sessions, self.claim, heartbeat_at=utcnow()):
+                    self.lost.set()
+                    return
             except OperationalError as e:  # a database blip: the next beat may get through
                 log.warning("heartbeat for trial %s failed: %s", self.claim.trial_id, e.orig)
 
@@ -239,11 +241,6 @@ def run_trial(trial_id: int, settings: Settings) -> str:
         return _train_and_record(c, settings, sessions, optuna_id, heartbeat)
     finally:
         heartbeat.stopped.set()
-
-
-def _write(sessions: sessionmaker, c: Claim, **values: Any) -> bool:
-    with sessions() as session:
-        return _guarded_update(session, c, **values)
 
 
 def checkpoint_path(settings: Settings, c: Claim) -> Path:

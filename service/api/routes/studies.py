@@ -32,8 +32,7 @@ def _links(study_id: str) -> Links:
     return Links(self=base, trials=f"{base}/trials", best=f"{base}/best")
 
 
-def _summary(session, study: Study) -> StudySummary:
-    counts = studies.state_counts(session, study.id)
+def _summary(study: Study, counts: dict[str, int]) -> StudySummary:
     return StudySummary(
         id=study.id,
         name=study.name,
@@ -75,8 +74,9 @@ def list_studies(
 ) -> StudyPage:
     """The studies, newest first."""
     rows, total = studies.list_studies(session, limit, offset, owner)
+    counts = studies.state_counts_many(session, [s.id for s in rows])
     return StudyPage(
-        items=[_summary(session, s) for s in rows], total=total, limit=limit, offset=offset
+        items=[_summary(s, counts[s.id]) for s in rows], total=total, limit=limit, offset=offset
     )
 
 
@@ -100,7 +100,7 @@ def _detail(session, study: Study) -> StudyDetail:
     t = studies.timings(session, study)
     end = t["last_finished_at"] if finished == study.n_trials else None
     return StudyDetail(
-        **_summary(session, study).model_dump(),
+        **_summary(study, counts).model_dump(),
         counts=counts,
         progress=Progress(
             total=study.n_trials, finished=finished, fraction=finished / study.n_trials
