@@ -2,7 +2,11 @@
 
 This module imports pydantic and the standard library only. Checks that need the
 deployment (data root, training-set size, grid maximum) live in `samsweep.catalog`.
-Unknown fields are refused rather than ignored, so a typo never silently changes a study.
+Unknown fields are refused rather than ignored, and types are strict (a boolean or a
+string is never a number, a float never an integer; JSON's 1 is a valid float), so a
+typo never silently changes a study. Every list and string is bounded, and the grid's
+size is computed from the list lengths (`n_trials`) without building it, so a hostile
+spec is refused in microseconds (tests/test_spec.py, tests/test_hostile.py).
 """
 
 from __future__ import annotations
@@ -12,32 +16,45 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+# The longest grid axis and seed list. The grid is their product, refused above the
+# deployment's SAMSWEEP_MAX_GRID_TRIALS (samsweep.catalog) before anything is built.
+MAX_AXIS = 100
+MAX_BATCH = 1_000_000
+# Printable text only: NUL and other control characters are refused (PostgreSQL text
+# cannot hold NUL; a path or name with a newline is never intended).
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
 # SAM's useful rho is 0.01-0.5; ASAM's is 10-40x larger (0.5-2.0): 10 bounds both.
 Rho = Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False)]
-BatchSize = Annotated[int, Field(ge=1)]
+BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 FILE_DATASETS = ("cifar10", "cifar100")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def _unique(values: list[Any]) -> list[Any]:
-    seen: list[Any] = []
+    """Each value once; linear time (values are numbers, strings or None: hashable)."""
+    seen: set[Any] = set()
     for v in values:
         if v in seen:
             raise ValueError(f"duplicate value {v!r}: each grid value must appear once")
-        seen.append(v)
+        seen.add(v)
     return values
 
 
 class DatasetSpec(_Strict):
     name: Literal["digits", "cifar10", "cifar100", "synthetic"]
     path: str | None = Field(
-        None, validate_default=True, description="directory under the data root (cifar10/100)"
+        None,
+        validate_default=True,
+        min_length=1,
+        max_length=1024,
+        pattern=PRINTABLE,
+        description="directory under the data root (cifar10/100)",
     )
     val_fraction: float = Field(
         0.0, ge=0.0, lt=0.5, allow_inf_nan=False, description="stratified hold-out, same split"
@@ -84,14 +101,19 @@ class ModelSpec(_Strict):
 class SearchSpec(_Strict):
     """The grid: every combination is one trial per seed (rho = 0 once, see cells())."""
 
-    rho: list[Rho] = Field(min_length=1, description="SAM neighbourhood sizes; 0 = base optimizer")
-    batch_size: list[BatchSize] = Field(min_length=1)
-    base_optimizer: list[Literal["sgd", "adam", "adamw"]] = Field(min_length=1)
-    sam_variant: list[Literal["sam", "asam"]] = Field(
-        ["sam"], min_length=1, description="asam scales the perturbation by |w|"
+    rho: list[Rho] = Field(
+        min_length=1, max_length=MAX_AXIS, description="SAM neighbourhood sizes; 0 = base optimizer"
     )
-    m: list[Annotated[int, Field(ge=1)] | None] = Field(
-        [None], min_length=1, description="m-sharpness micro-batch size; null = whole batch"
+    batch_size: list[BatchSize] = Field(min_length=1, max_length=MAX_AXIS)
+    base_optimizer: list[Literal["sgd", "adam", "adamw"]] = Field(min_length=1, max_length=3)
+    sam_variant: list[Literal["sam", "asam"]] = Field(
+        ["sam"], min_length=1, max_length=2, description="asam scales the perturbation by |w|"
+    )
+    m: list[Annotated[int, Field(ge=1, le=MAX_BATCH)] | None] = Field(
+        [None],
+        min_length=1,
+        max_length=MAX_AXIS,
+        description="m-sharpness micro-batch size; null = whole batch",
     )
 
     _unique_rho = field_validator("rho")(_unique)
@@ -112,8 +134,10 @@ class SearchSpec(_Strict):
 
 class TrainSpec(_Strict):
     epochs: int = Field(ge=1, le=10_000)
-    lr: FiniteFloat = Field(gt=0.0, description="learning rate at base_batch_size")
-    base_batch_size: int | None = Field(None, ge=1, description="batch size `lr` is given for")
+    lr: FiniteFloat = Field(gt=0.0, le=10.0, description="learning rate at base_batch_size")
+    base_batch_size: int | None = Field(
+        None, ge=1, le=MAX_BATCH, description="batch size `lr` is given for"
+    )
     lr_scaling: Literal["none", "linear", "sqrt"] = Field(
         "none", description="lr follows the batch size: none, linear (lr*B/B0), sqrt"
     )
@@ -127,7 +151,11 @@ class TrainSpec(_Strict):
         0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="applied by the base optimizer"
     )
     grad_clip: float | None = Field(
-        None, gt=0.0, allow_inf_nan=False, description="max L2 norm of the (second) gradient"
+        None,
+        gt=0.0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="max L2 norm of the (second) gradient",
     )
     label_smoothing: Fraction = 0.0
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -167,12 +195,12 @@ class SharpnessSpec(_Strict):
 
 
 class StudySpec(_Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=PRINTABLE)
     dataset: DatasetSpec
     model: ModelSpec
     search: SearchSpec
     train: TrainSpec
-    seeds: list[Seed] = Field([0], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1, max_length=MAX_AXIS)
     objective: Literal["test_accuracy", "val_accuracy"] = "test_accuracy"
     sharpness: SharpnessSpec = SharpnessSpec()
 
@@ -188,7 +216,11 @@ class StudySpec(_Strict):
 
     @property
     def n_trials(self) -> int:
-        return len(self.cells())
+        """len(cells()), computed from the list lengths without building the grid."""
+        s = self.search
+        sam_rhos = sum(1 for r in s.rho if r > 0)
+        per_pair = sam_rhos * len(s.sam_variant) * len(s.m) + (len(s.rho) - sam_rhos)
+        return len(s.base_optimizer) * len(s.batch_size) * len(self.seeds) * per_pair
 
     def cells(self) -> list[Cell]:
         """Every (grid cell, seed) in a fixed order: the trial numbers follow it.
