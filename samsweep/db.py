@@ -127,6 +127,24 @@ class Trial(Base):
     )
 
 
+class IdempotencyKey(Base):
+    """One row per (owner, Idempotency-Key): its primary key is what makes a create
+    atomic. Concurrent requests with the same key insert the same key row; the
+    database lets one commit, and the others find its study (tests/test_idempotency.py).
+
+    `owner` is '' on an open API (no tokens). `request_digest` is the SHA-256 of the
+    validated spec, so a replay with another body is told apart from a true replay.
+    """
+
+    __tablename__ = "samsweep_idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("samsweep_studies.id", ondelete="CASCADE"))
+    request_digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Meta(Base):
     """Small facts the service keeps between restarts (e.g. the broker's identity)."""
 

@@ -50,11 +50,22 @@ def prepare_storage(settings: Settings) -> None:
     storage.engine.dispose()
 
 
+# The grid axes are Optuna params. The seed is not a hyperparameter (optuna-dashboard's
+# importance would rank it beside batch size): it is a user attribute.
+AXES = ("rho", "batch_size", "base_optimizer", "sam_variant", "m")
+
+
+def study_name(name: str, samsweep_id: str) -> str:
+    """The Optuna study's name: the spec's name (readable in optuna-dashboard), made
+    unique by samsweep's id."""
+    return f"{name[:60]}-{samsweep_id}"
+
+
 def distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
     """Every grid axis as a categorical; choices are the values the cells really take
     (sam_variant and m are None on rho = 0 cells)."""
     cells = spec.cells()
-    axes = ("rho", "batch_size", "base_optimizer", "sam_variant", "m", "seed")
+    axes = AXES
     return {
         axis: CategoricalDistribution(tuple(dict.fromkeys(getattr(c, axis) for c in cells)))
         for axis in axes
@@ -63,6 +74,7 @@ def distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
 
 def create_study(url: str, name: str, samsweep_id: str, spec: StudySpec) -> None:
     study = optuna.create_study(storage=get_storage(url), study_name=name, direction="maximize")
+    study.set_metric_names([spec.objective])
     study.set_user_attr("samsweep_study_id", samsweep_id)
     study.set_user_attr("objective", spec.objective)
     study.set_user_attr("spec_name", spec.name)
@@ -77,7 +89,7 @@ def study_id(url: str, name: str) -> int:
 
 
 # User attributes samsweep puts on an Optuna trial besides the trial's metrics.
-BOOKKEEPING = frozenset({"samsweep_trial_id", "fail_reason"})
+BOOKKEEPING = frozenset({"samsweep_trial_id", "fail_reason", "seed"})
 
 
 def start_trial(
@@ -91,9 +103,9 @@ def start_trial(
     storage = get_storage(url)
     template = optuna.trial.create_trial(
         state=TrialState.RUNNING,
-        params=cell.params(),
+        params={axis: getattr(cell, axis) for axis in AXES},
         distributions=distributions(spec),
-        user_attrs={"samsweep_trial_id": samsweep_trial_id},
+        user_attrs={"samsweep_trial_id": samsweep_trial_id, "seed": cell.seed},
     )
     trial_id = storage.create_new_trial(storage.get_study_id_from_name(study_name), template)
     return trial_id, storage.get_trial_number_from_id(trial_id)
@@ -133,9 +145,14 @@ def complete_trial(url: str, trial_id: int, value: float, attrs: dict[str, Any])
 
 
 def fail_trial(url: str, trial_id: int, reason: str) -> None:
+    """FAIL a RUNNING trial; a trial that no longer exists (its study was deleted
+    through optuna-dashboard, say) is left alone: there is nothing to record it in."""
     storage = get_storage(url)
-    if storage.get_trial(trial_id).state == TrialState.RUNNING:
-        _fail(storage, trial_id, reason)
+    try:
+        if storage.get_trial(trial_id).state == TrialState.RUNNING:
+            _fail(storage, trial_id, reason)
+    except KeyError:
+        pass
 
 
 def _fail(storage: optuna.storages.RDBStorage, trial_id: int, reason: str) -> None:

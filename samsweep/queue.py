@@ -71,5 +71,6 @@ def broker_identity(app: Celery) -> str | None:
         return str(client.info("server")["run_id"])
 
 
-def enqueue_trial(app: Celery, queue: str, trial_id: int) -> None:
-    app.send_task(RUN_TRIAL, args=[trial_id], queue=queue)
+def enqueue_trial(app: Celery, queue: str, trial_id: int, producer=None) -> None:
+    """Send one trial id; pass `producer` to send many over one broker connection."""
+    app.send_task(RUN_TRIAL, args=[trial_id], queue=queue, producer=producer)

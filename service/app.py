@@ -7,6 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from samsweep import __version__
 from samsweep.queue import make_celery
@@ -38,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Hyperparameter search for SAM: grids of rho x batch size x base optimizer.",
         lifespan=lifespan,
+        docs_url=None,  # served below from the package: FastAPI's default loads a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.celery = make_celery(settings)
@@ -45,4 +51,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(studies_routes.router)
     app.include_router(health.router)
+    _offline_docs(app)
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs with Swagger UI's files served by the API itself, so it works on an
+    offline cluster (tests/test_openapi.py checks that the page loads nothing remote)."""
+    static = "/docs/static"
+    app.mount(static, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{static}/swagger-ui-bundle.js",
+            swagger_css_url=f"{static}/swagger-ui.css",
+            swagger_favicon_url=f"{static}/favicon-32x32.png",
+        )

@@ -31,15 +31,13 @@ def _table(api_tokens: str) -> tuple[tuple[str, bytes], ...]:
     return tuple((o, _digest(t)) for o, t in parse_tokens(api_tokens).items())
 
 
-def owner_for(authorization: str | None, api_tokens: str | None) -> str | None:
-    """The owner a request acts for; None when no tokens are configured.
-
-    Raises Unauthorized when tokens are configured and the header carries none of them.
-    """
+def owner_for(token: str | None, api_tokens: str | None) -> str | None:
+    """The owner a request acts for, from its bearer token; None when no tokens are
+    configured. Raises Unauthorized when tokens are configured and none of them is
+    presented."""
     if not api_tokens:
         return None
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    if not token:
         raise Unauthorized("this call needs Authorization: Bearer <token>")
     presented = _digest(token.strip())
     owner = None

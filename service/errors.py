@@ -13,7 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.models import ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,10 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     status, code = 409, "conflict"
+
+
+class IdempotencyMismatch(ApiError):
+    status, code = 422, "idempotency_key_reused"
 
 
 def error_body(code: str, message: str, field: str | None = None, details: list[Any] | None = None):
@@ -77,16 +84,45 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     )
 
 
+def _unavailable(message: str) -> JSONResponse:
+    return JSONResponse(
+        error_body("database_unavailable", message), status_code=503, headers={"Retry-After": "5"}
+    )
+
+
 async def _database_unavailable(_: Request, exc: DBAPIError) -> JSONResponse:
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
         log.warning("database unavailable: %s", exc.orig)
-        return JSONResponse(
-            error_body("database_unavailable", "the database is unavailable; retry shortly"),
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
+        return _unavailable("the database is unavailable; retry shortly")
     log.exception("database error")
     return JSONResponse(error_body("internal", "internal error"), status_code=500)
+
+
+async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+    # Every pooled connection stayed busy for the pool's whole timeout: overload, not a bug.
+    log.warning("database pool exhausted: %s", exc)
+    return _unavailable("the database is overloaded; retry shortly")
+
+
+async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    # A defect: logged with its traceback; the client gets the error shape, not text/plain.
+    log.error("unhandled error", exc_info=exc)
+    return JSONResponse(error_body("internal", "internal error"), status_code=500)
+
+
+RESPONSES = {
+    401: "no valid bearer token (tokens are configured)",
+    404: "no such study (or not yours, with private studies)",
+    409: "a concurrent create with this Idempotency-Key failed; retry",
+    413: "request body over SAMSWEEP_MAX_BODY_BYTES",
+    422: "invalid input: `field` names the first field at fault, `details` every one",
+    503: "the database is unavailable or overloaded; retry after Retry-After seconds",
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for these error statuses, all with the one error shape."""
+    return {c: {"model": ErrorResponse, "description": RESPONSES[c]} for c in codes}
 
 
 def install(app: FastAPI) -> None:
@@ -94,3 +130,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DBAPIError, _database_unavailable)
+    app.add_exception_handler(PoolTimeout, _pool_exhausted)
+    app.add_exception_handler(Exception, _internal)

@@ -5,7 +5,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="machine-readable: invalid_spec, not_found, unauthorized, ...")
+    message: str
+    field: str | None = Field(description="the dotted field at fault (search.rho.1), if any")
+    details: list[ErrorDetail] = Field(description="every field error, for invalid_spec")
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error answer."""
+
+    error: ErrorInfo
 
 
 class Links(BaseModel):
@@ -51,6 +69,7 @@ class StudyPage(BaseModel):
 
 
 class StudyDetail(StudySummary):
+    optuna_study_name: str = Field(description="the study's name in Optuna's storage")
     counts: dict[str, int]
     progress: Progress
     timings: Timings
@@ -64,7 +83,9 @@ class TrialPublic(BaseModel):
     attempts: int
     value: float | None
     metrics: dict[str, Any] | None
-    curves: list[dict[str, Any]]
+    curves: list[dict[str, Any]] | None = Field(
+        description="per-epoch metrics; null when asked for with curves=false"
+    )
     error: str | None
     epoch: int
     started_at: datetime | None
@@ -75,6 +96,9 @@ class TrialPublic(BaseModel):
 class TrialList(BaseModel):
     study_id: str
     trials: list[TrialPublic]
+    total: int
+    limit: int
+    offset: int
 
 
 class BestTrial(BaseModel):

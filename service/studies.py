@@ -2,41 +2,78 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 from collections import Counter
 from datetime import datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from samsweep import optuna_store
 from samsweep.catalog import SpecError, check_spec
-from samsweep.db import FINISHED_STATES, Study, Trial, TrialState, new_id, utcnow
+from samsweep.db import (
+    FINISHED_STATES,
+    IdempotencyKey,
+    Study,
+    Trial,
+    TrialState,
+    new_id,
+    utcnow,
+)
 from samsweep.queue import enqueue_trial
 from samsweep.settings import Settings
 from samsweep.spec import StudySpec
-from service.errors import Conflict, InvalidSpec, NotFound
+from service.errors import Conflict, IdempotencyMismatch, InvalidSpec, NotFound
 
 log = logging.getLogger(__name__)
+
+
+def request_digest(spec: StudySpec) -> str:
+    """SHA-256 of the validated spec: the same study whatever the key order or defaults."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(session: Session, owner: str, key: str, digest: str) -> Study | None:
+    """The study first created with this key, or None; 422 if it had another body."""
+    row = session.get(IdempotencyKey, (owner, key))
+    if row is None:
+        return None
+    if row.request_digest and row.request_digest != digest:  # '' = recorded before digests
+        raise IdempotencyMismatch(
+            "this Idempotency-Key was used with a different request body; "
+            "use a new key for a different study",
+            field="Idempotency-Key",
+        )
+    return session.get(Study, row.study_id)
 
 
 def create_study(
     session: Session,
     settings: Settings,
-    celery: Celery,
     spec: StudySpec,
     owner: str | None = None,
     idempotency_key: str | None = None,
 ) -> tuple[Study, bool]:
-    """Validate, write the study and one row per (cell, seed), create the Optuna study,
-    then enqueue. Returns (study, created). A refused spec creates nothing."""
+    """Validate, then write the study, its key and one row per (cell, seed) and create
+    the Optuna study, all or nothing. Returns (study, created); the trials are sent to
+    the broker afterwards (`enqueue_pending`), off the request. A refused spec creates
+    nothing.
+
+    With an Idempotency-Key, one study exists per (owner, key) whatever the concurrency:
+    the key row's primary key lets one request commit; the others wait for it (the
+    database's unique-index lock), then answer with its study, or 422 if their body
+    differs.
+    """
+    digest, scope = request_digest(spec), owner or ""
     if idempotency_key is not None:
-        existing = session.scalar(
-            select(Study).where(Study.owner == owner, Study.idempotency_key == idempotency_key)
-        )
+        existing = _replay(session, scope, idempotency_key, digest)
         if existing is not None:
             return existing, False
     try:
@@ -50,20 +87,34 @@ def create_study(
         name=spec.name,
         spec=spec.model_dump(mode="json"),
         n_trials=spec.n_trials,
-        optuna_study_name=f"samsweep-{study_id}",
+        optuna_study_name=optuna_store.study_name(spec.name, study_id),
         owner=owner,
         idempotency_key=idempotency_key,
     )
-    session.add(study)
-    session.add_all(
-        Trial(study_id=study_id, number=i, cell_key=c.key, seed=c.seed, params=c.params())
-        for i, c in enumerate(spec.cells())
-    )
     try:
-        session.flush()
-    except IntegrityError as e:  # a concurrent request with the same Idempotency-Key
+        session.add(study)
+        session.flush()  # before its key row, which references it
+        if idempotency_key is not None:
+            key = IdempotencyKey(
+                owner=scope, key=idempotency_key, study_id=study_id, request_digest=digest
+            )
+            session.add(key)
+            session.flush()  # a concurrent request with this key waits here for our commit
+    except IntegrityError as e:
         session.rollback()
-        raise Conflict("a study with this Idempotency-Key is being created") from e
+        existing = _replay(session, scope, idempotency_key or "", digest)
+        if existing is None:  # the other request rolled back after all: let the client retry
+            raise Conflict("a study with this Idempotency-Key is being created; retry") from e
+        return existing, False
+    # One multi-row INSERT for every trial (insertmanyvalues), not one round trip each.
+    session.execute(
+        insert(Trial),
+        [
+            {"study_id": study_id, "number": i, "cell_key": c.key, "seed": c.seed,
+             "params": c.params()}
+            for i, c in enumerate(spec.cells())
+        ],
+    )  # fmt: skip
     # Optuna's study is created inside our transaction's lifetime: if it fails we roll
     # back, and if our commit fails we delete it, so a failed create leaves nothing.
     optuna_url = settings.resolved_optuna_url
@@ -74,47 +125,65 @@ def create_study(
         session.rollback()
         optuna_store.delete_study(optuna_url, study.optuna_study_name)
         raise
-    enqueue_pending(session, celery, settings.queue, study_id)
     return study, True
 
 
 def enqueue_pending(
-    session: Session, celery: Celery, queue: str, study_id: str | None = None
+    session: Session, celery: Celery, queue: str, study_id: str | None = None, batch: int = 500
 ) -> int:
     """Send a task for every QUEUED trial never handed to the broker; returns how many.
 
     The database is the source of truth: if the broker is down now, the trials stay
     QUEUED with no `enqueued_at`, and a later call (the API's sweeper) sends them.
-    Each trial is marked with a compare-and-set before sending, so concurrent callers
-    (a create request and the sweeper) never send the same trial twice.
+    Trials are marked in batches with one compare-and-set UPDATE ... RETURNING before
+    sending, so concurrent callers (a create and the sweeper) never send a trial twice;
+    a batch is sent over one broker connection, and what could not be sent is unmarked.
     """
-    query = select(Trial.id).where(Trial.state == TrialState.QUEUED, Trial.enqueued_at.is_(None))
-    if study_id is not None:
-        query = query.where(Trial.study_id == study_id)
+    pending = (Trial.state == TrialState.QUEUED, Trial.enqueued_at.is_(None))
+    scope = () if study_id is None else (Trial.study_id == study_id,)
     sent = 0
-    for trial_id in session.scalars(query.order_by(Trial.id)).all():
-        unsent = (Trial.id == trial_id, Trial.state == TrialState.QUEUED)
-        marked = session.execute(
-            update(Trial).where(*unsent, Trial.enqueued_at.is_(None)).values(enqueued_at=utcnow())
-        ).rowcount
+    while True:
+        ids = session.scalars(
+            select(Trial.id).where(*pending, *scope).order_by(Trial.id).limit(batch)
+        ).all()
+        if not ids:
+            return sent
+        marked = session.scalars(
+            update(Trial)
+            .where(Trial.id.in_(ids), *pending)
+            .values(enqueued_at=utcnow())
+            .returning(Trial.id),
+            execution_options={"synchronize_session": False},
+        ).all()
         session.commit()
-        if not marked:
-            continue  # another caller is sending it
+        done = 0
         try:
-            enqueue_trial(celery, queue, trial_id)
-        except Exception as e:  # broker unreachable: unmark it for the sweeper
-            log.warning("could not enqueue trial %s: %s", trial_id, e)
-            session.execute(update(Trial).where(*unsent).values(enqueued_at=None))
+            with celery.producer_or_acquire() as producer:
+                for trial_id in sorted(marked):
+                    enqueue_trial(celery, queue, trial_id, producer=producer)
+                    done += 1
+        except Exception as e:  # broker unreachable: unmark the rest for the sweeper
+            log.warning("could not enqueue %d trial(s): %s", len(marked) - done, e)
+            unsent = sorted(marked)[done:]
+            session.execute(
+                update(Trial)
+                .where(Trial.id.in_(unsent), Trial.state == TrialState.QUEUED)
+                .values(enqueued_at=None),
+                execution_options={"synchronize_session": False},
+            )
             session.commit()
-            break
-        sent += 1
-    return sent
+            return sent + done
+        sent += done
+
+
+STUDY_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def get_study(session: Session, study_id: str, owner: str | None = None) -> Study:
-    study = session.get(Study, study_id)
+    """The study, or 404; an id that cannot be one (NUL, 5 kB, ...) never reaches the DB."""
+    study = session.get(Study, study_id) if STUDY_ID.fullmatch(study_id) else None
     if study is None or (owner is not None and study.owner != owner):
-        raise NotFound(f"no study with id {study_id!r}")
+        raise NotFound(f"no study with id {study_id[:64]!r}")
     return study
 
 

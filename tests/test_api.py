@@ -12,10 +12,11 @@ from tests.conftest import REDIS, digits_spec, free_port
 
 
 def test_idempotency_key_returns_the_first_study(server_deployment):
+    # (a different body under the same key, and concurrent replays: test_idempotency.py)
     api = server_deployment.start_api()
     headers = {"Idempotency-Key": "run-42"}
     first = httpx.post(f"{api}/studies", json=digits_spec(), headers=headers)
-    again = httpx.post(f"{api}/studies", json=digits_spec(epochs=5), headers=headers)
+    again = httpx.post(f"{api}/studies", json=digits_spec(), headers=headers)
     other = httpx.post(f"{api}/studies", json=digits_spec(), headers={"Idempotency-Key": "x"})
     assert first.status_code == 201 and again.status_code == 200 and other.status_code == 201
     assert again.json()["id"] == first.json()["id"] != other.json()["id"]

@@ -37,14 +37,19 @@ def _check_complete_study(api: str, study_id: str, optuna_url: str, n: int) -> d
     best = httpx.get(f"{api}/studies/{study_id}/best").json()
     assert best["complete"] and best["counts"]["COMPLETE"] == n
 
-    frozen = _optuna_trials(optuna_url, f"samsweep-{study_id}")
+    detail = httpx.get(f"{api}/studies/{study_id}").json()
+    # readable in optuna-dashboard: the spec's name, made unique by the id
+    assert detail["optuna_study_name"] == f"{detail['name']}-{study_id}"
+    frozen = _optuna_trials(optuna_url, detail["optuna_study_name"])
     assert len(frozen) == n and all(f.state == TrialState.COMPLETE for f in frozen)
     by_number = {f.number: f for f in frozen}
     for t in trials:
         f = by_number[t["optuna_trial_number"]]
         m = t["metrics"]
         assert f.value == pytest.approx(m["test_accuracy"], abs=0) and t["value"] == f.value
-        assert f.params == t["params"]
+        # the grid axes are Optuna params; the seed is not a hyperparameter
+        assert f.params == {k: v for k, v in t["params"].items() if k != "seed"}
+        assert f.user_attrs["seed"] == t["params"]["seed"]
         # each epoch's test accuracy was reported to Optuna
         assert f.intermediate_values == {c["epoch"]: c["test_accuracy"] for c in t["curves"]}
         assert m["gap"] == pytest.approx(m["train_accuracy"] - m["test_accuracy"])
@@ -105,7 +110,7 @@ def test_embedded_default_through_samsweep_run(deployment_factory, tmp_path: Pat
     with create_engine(f"sqlite:///{state}/samsweep.sqlite").connect() as conn:
         study_id = conn.execute(text("SELECT id FROM samsweep_studies")).scalar_one()
         rows = conn.execute(text("SELECT value FROM samsweep_trials WHERE state='COMPLETE'")).all()
-    frozen = _optuna_trials(f"sqlite:///{state}/optuna.sqlite", f"samsweep-{study_id}")
+    frozen = _optuna_trials(f"sqlite:///{state}/optuna.sqlite", f"digits-test-{study_id}")
     assert sorted(f.value for f in frozen) == sorted(v for (v,) in rows)
     best_line = next(line for line in out.splitlines() if line.startswith("best by"))
     assert f"test {100 * max(f.value for f in frozen):.2f}%" in best_line
@@ -133,7 +138,7 @@ def test_two_workers_every_task_delivered_twice(server_deployment):
     assert all(t["attempts"] == 1 for t in trials)
     cells = {(t["params"]["rho"], t["params"]["batch_size"], t["params"]["seed"]) for t in trials}
     assert len(cells) == 12
-    frozen = _optuna_trials(optuna_url, f"samsweep-{study_id}")
-    assert len({tuple(sorted(f.params.items())) for f in frozen}) == 12
+    frozen = _optuna_trials(optuna_url, f"digits-test-{study_id}")
+    assert len({(*sorted(f.params.items()), f.user_attrs["seed"]) for f in frozen}) == 12
     worker_logs = "".join(p.log_path.read_text() for p in d.procs[1:])
     assert worker_logs.count(": 'complete'") == 12 and worker_logs.count(": 'skipped'") == 12

@@ -56,7 +56,8 @@ def kill(proc: subprocess.Popen) -> None:
 
 def optuna_trials(d: Deployment, study: str) -> list[optuna.trial.FrozenTrial]:
     url = Settings(database_url=d.env["SAMSWEEP_DATABASE_URL"]).resolved_optuna_url
-    return optuna.load_study(study_name=f"samsweep-{study}", storage=url).get_trials()
+    name = httpx.get(f"{d.api_url}/studies/{study}").json()["optuna_study_name"]
+    return optuna.load_study(study_name=name, storage=url).get_trials()
 
 
 def assert_each_cell_once(api: str, study: str, d: Deployment, n: int) -> list[dict]:

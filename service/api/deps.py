@@ -1,47 +1,69 @@
-"""FastAPI dependencies: settings, a database session per request, the Celery client."""
+"""FastAPI dependencies: settings, the database's session factory, the Celery client,
+and who is calling.
+
+Routes open their session themselves (`with db() as session:`), inside the endpoint,
+never through a `yield` dependency. A sync endpoint and a sync `yield` dependency's
+teardown run as separate calls into the same threadpool: under load every thread can
+hold a request that waits for a pooled connection while the teardowns that would
+return connections wait for a thread, and nothing is answered until the pool times
+out (fastapi#3205, #12066). Opened inside the endpoint, a connection is taken and
+given back in one thread call, so more concurrent requests than pooled connections
+queue instead of deadlocking (tests/test_load.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Header, Request
-from sqlalchemy.orm import Session
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import sessionmaker
 
 from samsweep.db import session_factory
 from samsweep.settings import Settings
 from service.auth import owner_for
+
+# Declares the security scheme in OpenAPI; the token itself is checked by owner_for.
+bearer = HTTPBearer(
+    auto_error=False,
+    description="Needed for writes when SAMSWEEP_API_TOKENS is set, and for reads "
+    "too with SAMSWEEP_PRIVATE_STUDIES=true.",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with session_factory(request.app.state.settings.resolved_database_url)() as session:
-        yield session
+def get_db(request: Request) -> sessionmaker:
+    return session_factory(request.app.state.settings.resolved_database_url)
 
 
 def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
-def writer(request: Request, authorization: Annotated[str | None, Header()] = None) -> str | None:
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return None if credentials is None else credentials.credentials
+
+
+def writer(request: Request, credentials: Credentials) -> str | None:
     """The owner of a write call (401 without a valid token when tokens are configured)."""
-    return owner_for(authorization, request.app.state.settings.api_tokens)
+    return owner_for(_token(credentials), request.app.state.settings.api_tokens)
 
 
-def reader(request: Request, authorization: Annotated[str | None, Header()] = None) -> str | None:
+def reader(request: Request, credentials: Credentials) -> str | None:
     """The owner whose studies a read may see; None = all (studies are not private)."""
     settings = request.app.state.settings
     if not settings.private_studies:
         return None
-    return owner_for(authorization, settings.api_tokens)
+    return owner_for(_token(credentials), settings.api_tokens)
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+DbDep = Annotated[sessionmaker, Depends(get_db)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 WriterDep = Annotated[str | None, Depends(writer)]
 ReaderDep = Annotated[str | None, Depends(reader)]

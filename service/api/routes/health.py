@@ -5,18 +5,19 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlalchemy import text
 
-from service.api.deps import CeleryDep, SessionDep
+from service.api.deps import CeleryDep, DbDep
 from service.models import Health
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", response_model=Health)
-def health(session: SessionDep, celery: CeleryDep, response: Response) -> Health:
+@router.get("/health", response_model=Health, responses={503: {"model": Health}})
+def health(db: DbDep, celery: CeleryDep, response: Response) -> Health:
     """200 when the database and the broker answer, 503 naming the one that does not."""
     database = broker = "ok"
     try:
-        session.execute(text("SELECT 1"))
+        with db() as session:
+            session.execute(text("SELECT 1"))
     except Exception as e:  # any failure here means "not healthy", never a 500
         database = f"unavailable: {type(e).__name__}"
     try:

@@ -1,15 +1,23 @@
-"""/studies: create a study, list them, read one, its trials and its best trial."""
+"""/studies: create a study, list them, read one, its trials and its best trial.
+
+Every route is a plain `def` (run in the threadpool) that opens its database session
+inside its own body: see service/api/deps.py for why never through a yield dependency.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response, status
+from celery import Celery
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Response, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from samsweep.db import FINISHED_STATES, Study, Trial
 from samsweep.spec import StudySpec
 from service import studies
-from service.api.deps import CeleryDep, ReaderDep, SessionDep, SettingsDep, WriterDep
+from service.api.deps import CeleryDep, DbDep, ReaderDep, SettingsDep, WriterDep
+from service.errors import responses
 from service.models import (
     Best,
     BestTrial,
@@ -25,6 +33,10 @@ from service.models import (
 )
 
 router = APIRouter(prefix="/studies", tags=["studies"])
+# Visible ASCII, no spaces: a key is an opaque token (a UUID, say), never free text.
+IDEMPOTENCY_KEY = r"^[\x21-\x7e]+$"
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
 
 
 def _links(study_id: str) -> Links:
@@ -43,21 +55,49 @@ def _summary(study: Study, counts: dict[str, int]) -> StudySummary:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyCreated)
+def _enqueue_study(db: sessionmaker, celery: Celery, queue: str, study_id: str) -> None:
+    """After the 201 is sent: hand the new study's trials to the broker. If this fails
+    or the API dies first, the trials stay unsent and the sweeper sends them."""
+    with db() as session:
+        studies.enqueue_pending(session, celery, queue, study_id)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StudyCreated,
+    responses={
+        200: {"model": StudyCreated, "description": "a replay of an Idempotency-Key"},
+        **responses(401, 409, 413, 422, 503),
+    },
+)
 def create_study(
     spec: StudySpec,
-    session: SessionDep,
+    db: DbDep,
     settings: SettingsDep,
     celery: CeleryDep,
     response: Response,
+    background: BackgroundTasks,
     owner: WriterDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=200,
+            pattern=IDEMPOTENCY_KEY,
+            description="one study per (owner, key): a replay returns it with 200; "
+            "the same key with another body is a 422",
+        ),
+    ] = None,
 ) -> StudyCreated:
     """Create a study: one trial per grid cell and seed, queued for the workers."""
-    study, created = studies.create_study(
-        session, settings, celery, spec, owner=owner, idempotency_key=idempotency_key
-    )
-    if not created:
+    with db() as session:
+        study, created = studies.create_study(
+            session, settings, spec, owner=owner, idempotency_key=idempotency_key
+        )
+    if created:
+        background.add_task(_enqueue_study, db, celery, settings.queue, study.id)
+    else:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/studies/{study.id}"
     return StudyCreated(
@@ -65,42 +105,43 @@ def create_study(
     )
 
 
-@router.get("", response_model=StudyPage)
-def list_studies(
-    session: SessionDep,
-    owner: ReaderDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-) -> StudyPage:
+@router.get("", response_model=StudyPage, responses=responses(401, 422, 503))
+def list_studies(db: DbDep, owner: ReaderDep, limit: Limit = 50, offset: Offset = 0) -> StudyPage:
     """The studies, newest first."""
-    rows, total = studies.list_studies(session, limit, offset, owner)
-    counts = studies.state_counts_many(session, [s.id for s in rows])
+    with db() as session:
+        rows, total = studies.list_studies(session, limit, offset, owner)
+        counts = studies.state_counts_many(session, [s.id for s in rows])
     return StudyPage(
         items=[_summary(s, counts[s.id]) for s in rows], total=total, limit=limit, offset=offset
     )
 
 
-@router.get("/{study_id}", response_model=StudyDetail)
-def get_study(study_id: str, session: SessionDep, owner: ReaderDep) -> StudyDetail:
+@router.get("/{study_id}", response_model=StudyDetail, responses=responses(401, 404, 422, 503))
+def get_study(study_id: str, db: DbDep, owner: ReaderDep) -> StudyDetail:
     """Status, counts per trial state, progress, timings and the spec."""
-    return _detail(session, studies.get_study(session, study_id, owner))
+    with db() as session:
+        return _detail(session, studies.get_study(session, study_id, owner))
 
 
-@router.post("/{study_id}/cancel", response_model=StudyDetail)
-def cancel_study(study_id: str, session: SessionDep, owner: WriterDep) -> StudyDetail:
+@router.post(
+    "/{study_id}/cancel", response_model=StudyDetail, responses=responses(401, 404, 422, 503)
+)
+def cancel_study(study_id: str, db: DbDep, owner: WriterDep) -> StudyDetail:
     """Cancel: queued trials now, running ones at their next epoch; results stay."""
-    study = studies.get_study(session, study_id, owner)
-    studies.cancel_study(session, study)
-    return _detail(session, study)
+    with db() as session:
+        study = studies.get_study(session, study_id, owner)
+        studies.cancel_study(session, study)
+        return _detail(session, study)
 
 
-def _detail(session, study: Study) -> StudyDetail:
+def _detail(session: Session, study: Study) -> StudyDetail:
     counts = studies.state_counts(session, study.id)
     finished = sum(counts[s] for s in FINISHED_STATES)
     t = studies.timings(session, study)
     end = t["last_finished_at"] if finished == study.n_trials else None
     return StudyDetail(
         **_summary(study, counts).model_dump(),
+        optuna_study_name=study.optuna_study_name,
         counts=counts,
         progress=Progress(
             total=study.n_trials, finished=finished, fraction=finished / study.n_trials
@@ -110,24 +151,47 @@ def _detail(session, study: Study) -> StudyDetail:
     )
 
 
-def _trial_public(t: Trial) -> TrialPublic:
-    return TrialPublic.model_validate(t, from_attributes=True)
+_TRIAL_FIELDS = tuple(f for f in TrialPublic.model_fields if f != "curves")
 
 
-@router.get("/{study_id}/trials", response_model=TrialList)
-def list_trials(study_id: str, session: SessionDep, owner: ReaderDep) -> TrialList:
-    """Every trial: params, state, metrics and per-epoch curves."""
-    study = studies.get_study(session, study_id, owner)
-    return TrialList(study_id=study.id, trials=[_trial_public(t) for t in study.trials])
+def _trial_public(t: Trial, curves: bool) -> TrialPublic:
+    values: dict[str, Any] = {f: getattr(t, f) for f in _TRIAL_FIELDS}
+    return TrialPublic(**values, curves=t.curves if curves else None)
 
 
-@router.get("/{study_id}/best", response_model=Best)
-def best(study_id: str, session: SessionDep, owner: ReaderDep) -> Best:
+@router.get("/{study_id}/trials", response_model=TrialList, responses=responses(401, 404, 422, 503))
+def list_trials(
+    study_id: str,
+    db: DbDep,
+    owner: ReaderDep,
+    limit: Limit = 500,
+    offset: Offset = 0,
+    curves: Annotated[bool, Query(description="include per-epoch curves")] = True,
+) -> TrialList:
+    """The trials in grid order, a page at a time: params, state, metrics, curves."""
+    with db() as session:
+        study = studies.get_study(session, study_id, owner)
+        query = select(Trial).where(Trial.study_id == study.id).order_by(Trial.number)
+        if not curves:
+            query = query.options(defer(Trial.curves))  # never read from the database
+        rows = session.scalars(query.limit(limit).offset(offset)).all()
+        return TrialList(
+            study_id=study.id,
+            trials=[_trial_public(t, curves) for t in rows],
+            total=study.n_trials,
+            limit=limit,
+            offset=offset,
+        )
+
+
+@router.get("/{study_id}/best", response_model=Best, responses=responses(401, 404, 422, 503))
+def best(study_id: str, db: DbDep, owner: ReaderDep) -> Best:
     """The best complete trial by the study's objective, and how complete the study is."""
-    study = studies.get_study(session, study_id, owner)
-    counts = studies.state_counts(session, study.id)
-    status_ = studies.study_status(study, counts)
-    top = studies.best_trial(session, study.id)
+    with db() as session:
+        study = studies.get_study(session, study_id, owner)
+        counts = studies.state_counts(session, study.id)
+        status_ = studies.study_status(study, counts)
+        top = studies.best_trial(session, study.id)
     return Best(
         study_id=study.id,
         objective=study.spec["objective"],
