@@ -1,13 +1,44 @@
 """Checks of a spec against the deployment: data root, training-set size, grid maximum.
 
-The API runs these before creating anything, without importing torch: training-set
-sizes are known for the built-in datasets and counted from the files for cifar10.
-`tests/test_catalog.py` checks the numbers against what the trainer actually loads.
+The API runs these before creating anything, without importing torch and without
+ever unpickling a dataset file (CIFAR's python format is pickle: loading one runs
+whatever code it names). The worker resolves the dataset directory through the same
+containment check before every trial. What is decided where:
+
+- **Containment (API and worker, `contained_dataset_dir`).** The fully resolved path
+  of the dataset directory, of the official subdirectory (`cifar-10-batches-py`,
+  `cifar-100-python`) and of every file the trainer reads must lie under the
+  resolved data root: a symlink at any level may point anywhere inside the root,
+  never outside it. Each file must be a regular file (a FIFO or a device is
+  refused before anyone opens it). Every OSError / ValueError of path handling (a
+  NUL byte, a name too long, a symlink loop, a missing or unreadable file) becomes
+  `SpecError("dataset.path", ...)`, never another exception.
+- **File structure (API, `check_spec`).** Each file is opened by its resolved path
+  without following a final symlink, must still be the regular file that was
+  checked and, where `/proc/self/fd` exists, must be open at a path under the root;
+  then it is parsed with `pickletools.genops`, which reads opcodes and executes
+  nothing: a truncated or malformed pickle is refused here. Which globals it names
+  and what it would build (keys, shapes, labels) is NOT judged here.
+- **Batch size (API, `check_spec`).** Built-in datasets: exactly, against their
+  known sizes. File datasets: against a bound that is certain without executing
+  anything: every image row is 3072 bytes of uint8 data that must be in the file
+  (the worker's loader builds arrays only from bytes in the file), so a file of
+  S bytes holds at most S // 3072 rows. A batch size above that bound, less the
+  validation split, is refused with 422; anything at or below it is accepted.
+- **Contents (worker, trainer/data.py).** A restricted unpickler that admits only
+  numpy's array-reconstruction globals; then keys, `data` N×3072 uint8, labels in
+  range and counts. Any failure is a `DatasetError` naming the file, and the trial
+  fails with it; the exact row count, and so a batch size between the real size
+  and the bound, is known only there.
+
+`tests/test_catalog.py` checks the sizes against what the trainer actually loads.
 """
 
 from __future__ import annotations
 
-import pickle
+import os
+import pickletools
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +47,12 @@ from samsweep.spec import StudySpec
 
 # Training examples before the validation split; must match trainer/data.py.
 BUILTIN_TRAIN_SIZES = {"digits": 1437, "synthetic": 512}
+ROW_BYTES = 3 * 32 * 32  # one CIFAR image: R, G, B planes of 32×32 uint8
+MAX_PATH_CHARS = 1024  # as samsweep.spec allows; refused before the OS sees it
+# The official files take 2-4 opcodes per row (label, filename, memo); a file with
+# far more for its size is not one, and parsing it must not take the API's CPU.
+OPS_PER_ROW, OPS_BASE = 16, 10_000
+_SHOWN_CHARS = 80  # how much of a refused path a message repeats
 
 
 @dataclass(frozen=True)
@@ -50,50 +87,213 @@ class SpecError(Exception):
         return f"{self.field}: {self.message}"
 
 
-def resolve_data_path(data_dir: Path, path: str) -> Path:
-    """Resolve `path` under `data_dir`; refuse anything that leaves the data root."""
-    root = data_dir.resolve()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root):
-        raise SpecError("dataset.path", f"{path!r} resolves outside the data root")
-    return target
+@dataclass(frozen=True)
+class DatasetFiles:
+    """A file dataset's resolved directory and files, every one checked to be inside."""
+
+    root: Path  # the resolved data root
+    directory: Path
+    files: tuple[Path, ...]  # train files, then the test file; resolved paths
+    shown: tuple[str, ...]  # the same files as the user names them (for messages)
+    stats: tuple[os.stat_result, ...]
+    train_count: int  # how many of `files` are training files
 
 
-def dataset_dir(name: str, path: Path) -> Path:
-    """Accept the directory of the files itself or its parent holding the official one."""
-    official = path / FILE_FORMATS[name].dirname
-    return official if official.is_dir() else path
+def _shown(path: str) -> str:
+    text = path if len(path) <= _SHOWN_CHARS else path[:_SHOWN_CHARS] + "..."
+    return repr(text)
 
 
-@lru_cache(maxsize=32)
-def _count_rows(fmt: FileFormat, directory: Path, mtimes: tuple[float, ...]) -> int:
-    del mtimes  # part of the cache key only: a replaced file is counted again
-    total = 0
-    for name in fmt.train_files:
-        with open(directory / name, "rb") as f:
-            total += len(pickle.load(f, encoding="bytes")[fmt.label_key])
-    return total
+def _reason(e: BaseException) -> str:
+    """An error's reason without a filename (a server path, maybe 5000 characters)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return str(e) or type(e).__name__
 
 
-def train_size(spec: StudySpec, data_dir: Path) -> int:
-    """Training examples a trial sees, after the validation split."""
-    ds = spec.dataset
-    if ds.name in BUILTIN_TRAIN_SIZES:
-        n = BUILTIN_TRAIN_SIZES[ds.name]
-    else:
-        fmt = FILE_FORMATS[ds.name]
-        directory = dataset_dir(ds.name, resolve_data_path(data_dir, ds.path or ""))
-        files = (*fmt.train_files, fmt.test_file)
-        missing = [f for f in files if not (directory / f).is_file()]
-        if missing:
+def _is_under(root: Path, path: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def _inside(root: Path, candidate: Path) -> Path:
+    """The fully resolved `candidate`; ValueError if it leaves `root`, OSError if absent."""
+    real = Path(os.path.realpath(candidate, strict=True))
+    if not _is_under(root, real):
+        raise ValueError("resolves outside the data root")
+    return real
+
+
+def dataset_files(data_dir: Path, name: str, path: str) -> DatasetFiles:
+    """Resolve a file dataset's directory and files; SpecError("dataset.path") if refused.
+
+    `path` is relative to the data root (an absolute path must also lie under it). The
+    directory is `path` itself, or `path/<official dirname>` when that is a directory.
+    Reads directory entries and file metadata only; opens no file.
+    """
+    fmt = FILE_FORMATS[name]
+    where = _shown(path)
+
+    def refuse(message: str) -> SpecError:
+        return SpecError("dataset.path", f"{where}: {message}")
+
+    if not isinstance(path, str) or not path:
+        raise refuse("a directory under the data root is required")
+    if "\x00" in path:
+        raise refuse("contains a NUL byte")
+    if len(path) > MAX_PATH_CHARS:
+        raise refuse(f"is {len(path)} characters long; at most {MAX_PATH_CHARS} are accepted")
+    try:
+        root = Path(os.path.realpath(data_dir, strict=True))
+        if not root.is_dir():
+            raise NotADirectoryError(20, "not a directory")
+    except (OSError, ValueError) as e:
+        raise refuse(f"the data root of this deployment is unusable ({_reason(e)})") from e
+
+    def resolve(candidate: Path, label: str) -> tuple[Path, os.stat_result]:
+        try:
+            real = _inside(root, candidate)
+            return real, os.stat(real)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise refuse(f"{label}{_reason(e)}") from e
+
+    directory, st = resolve(root / path, "")
+    if not stat.S_ISDIR(st.st_mode):
+        raise refuse("is not a directory")
+    prefix = ""
+    official = directory / fmt.dirname
+    if os.path.lexists(official):  # an escaping official subdirectory is refused, not skipped
+        resolved, st = resolve(official, f"{fmt.dirname}: ")
+        if stat.S_ISDIR(st.st_mode):
+            directory, prefix = resolved, f"{fmt.dirname}/"
+    names = (*fmt.train_files, fmt.test_file)
+    missing = [f for f in names if not os.path.lexists(directory / f)]
+    if missing:
+        raise refuse(f"is not a {name} python-format directory (missing {', '.join(missing)})")
+    files, stats = [], []
+    for f in names:
+        real, st = resolve(directory / f, f"{prefix}{f}: ")
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse(f"{prefix}{f} is not a regular file")
+        files.append(real)
+        stats.append(st)
+    return DatasetFiles(
+        root,
+        directory,
+        tuple(files),
+        tuple(f"{prefix}{f}" for f in names),
+        tuple(stats),
+        len(fmt.train_files),
+    )
+
+
+def contained_dataset_dir(data_dir: Path, name: str, path: str) -> Path:
+    """The fully resolved directory of a file dataset, its every file checked to be a
+    regular file inside the data root (see the module docstring); else SpecError."""
+    return dataset_files(data_dir, name, path).directory
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _open_checked(root: Path, file: Path, identity: tuple[int, ...]) -> int:
+    """An fd on `file` that is the checked regular file, unchanged since, and (where
+    /proc tells) open at a path inside root."""
+    # No final symlink (the path is resolved); nonblocking, so a FIFO swapped in cannot
+    # hang the API (regular files ignore O_NONBLOCK).
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(file, flags)
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or _identity(now) != identity:
+            raise ValueError("changed while it was being checked")
+        proc = f"/proc/self/fd/{fd}"  # the path the kernel opened, whatever was swapped
+        if os.path.exists(proc) and not _is_under(root, Path(os.readlink(proc))):
+            raise ValueError("resolves outside the data root")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class _Bounded:
+    """A file that never reads past `size` bytes: a length field in a hostile pickle
+    cannot make `read(n)` allocate more than the file holds."""
+
+    def __init__(self, f, size: int) -> None:
+        self.f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = self.f.readline(self.left)
+        self.left -= len(line)
+        return line
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
+@lru_cache(maxsize=64)
+def _parse(root: Path, file: Path, identity: tuple[int, ...]) -> None:
+    """Parse one pickle to its STOP without executing it; ValueError if it is not one.
+
+    Cached by the file's identity (device, inode, size, mtime, ctime): a file replaced
+    or rewritten is parsed again.
+    """
+    size = identity[2]
+    budget = OPS_PER_ROW * (size // ROW_BYTES) + OPS_BASE
+    with os.fdopen(_open_checked(root, file, identity), "rb") as f:
+        # genops raises ValueError at a truncated argument or an end before STOP.
+        for count, _ in enumerate(pickletools.genops(_Bounded(f, size)), 1):
+            if count > budget:
+                raise ValueError(f"more than {budget} pickle opcodes for its size")
+
+
+def check_files(files: DatasetFiles, path: str) -> None:
+    """Every file of the dataset is a complete pickle: parsed by pickletools, which
+    executes nothing. SpecError("dataset.path") naming the file otherwise."""
+    for file, shown, st in zip(files.files, files.shown, files.stats, strict=True):
+        try:
+            _parse(files.root, file, _identity(st))
+        except Exception as e:  # hostile input: whatever the parser raises is a refusal
             raise SpecError(
                 "dataset.path",
-                f"{ds.path!r} is not a {ds.name} python-format directory "
-                f"(missing {', '.join(missing)})",
-            )
-        mtimes = tuple((directory / f).stat().st_mtime for f in fmt.train_files)
-        n = _count_rows(fmt, directory, mtimes)
-    return n - round(ds.val_fraction * n)
+                f"{_shown(path)}: {shown} is not a complete pickle (the official python "
+                f"format): {_reason(e)}",
+            ) from e
+
+
+@dataclass(frozen=True)
+class TrainSize:
+    """Training examples after the validation split: exact, or an upper bound."""
+
+    n: int
+    exact: bool
+    data_bytes: int = 0  # file datasets: the training files' total size
+
+
+def _after_split(n: int, val_fraction: float) -> int:
+    # Non-decreasing in n for val_fraction < 1, so a bound on n bounds the result.
+    return n - round(val_fraction * n)
+
+
+def train_size(spec: StudySpec, data_dir: Path) -> TrainSize:
+    """Training examples a trial sees, after the validation split: exact for built-in
+    datasets; for file datasets an upper bound, after checking containment and that
+    every file is a complete pickle (see the module docstring)."""
+    ds = spec.dataset
+    if ds.name in BUILTIN_TRAIN_SIZES:
+        return TrainSize(_after_split(BUILTIN_TRAIN_SIZES[ds.name], ds.val_fraction), True)
+    files = dataset_files(data_dir, ds.name, ds.path or "")
+    check_files(files, ds.path or "")
+    sizes = [st.st_size for st in files.stats[: files.train_count]]
+    rows = sum(s // ROW_BYTES for s in sizes)
+    return TrainSize(_after_split(rows, ds.val_fraction), False, sum(sizes))
 
 
 def check_spec(spec: StudySpec, data_dir: Path, max_grid_trials: int) -> None:
@@ -104,10 +304,16 @@ def check_spec(spec: StudySpec, data_dir: Path, max_grid_trials: int) -> None:
             f"the grid has {spec.n_trials} trials (cells x seeds); "
             f"this deployment accepts at most {max_grid_trials}",
         )
-    n = train_size(spec, data_dir)
+    size = train_size(spec, data_dir)
     for i, b in enumerate(spec.search.batch_size):
-        if b > n:
+        if b > size.n:
+            what = (
+                f"{size.n} examples"
+                if size.exact
+                else f"at most {size.n} examples: its training files hold {size.data_bytes} "
+                f"bytes, {ROW_BYTES} per image"
+            )
             raise SpecError(
                 f"search.batch_size.{i}",
-                f"batch size {b} is larger than the training set ({n} examples)",
+                f"batch size {b} is larger than the training set ({what})",
             )

@@ -22,6 +22,12 @@ What a trial sees is a pure function of (name, path, val_fraction, label_noise, 
 Training-set sizes before the validation split: digits 1437, synthetic 512,
 cifar10 the number of rows in data_batch_1..5 (50 000 for the full download),
 cifar100 the number of rows of ``train``'s fine labels (50 000).
+
+CIFAR's official "python version" files are pickles, and unpickling runs whatever a
+file names. They are read by a restricted unpickler (``restricted_load``) that builds
+only dicts, lists, tuples, bytes, str, numbers and numpy arrays (``ALLOWED_GLOBALS``),
+then checked: a dict with ``b"data"`` of N×3072 uint8 rows and N integer labels in
+[0, num_classes). Any failure is a ``DatasetError`` whose message names the file.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+try:  # numpy 2 moved numpy.core to numpy._core
+    from numpy._core.multiarray import _reconstruct as _numpy_reconstruct
+except ImportError:  # pragma: no cover - numpy 1
+    from numpy.core.multiarray import _reconstruct as _numpy_reconstruct
 
 DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
 ON_DISK = ("cifar10", "cifar100")  # need dataset_path
@@ -238,7 +249,7 @@ def _synthetic() -> _Raw:
 
 
 def _cifar10(path: Path) -> _Raw:
-    """The official "python version" batches. They are pickles: load trusted files only."""
+    """The official "python version" batches: pickles, read by a restricted unpickler."""
     directory = _cifar_directory(path)
     batches = [_read_cifar_batch(directory / name) for name in CIFAR_FILES]
     train_x = np.concatenate([x for x, _ in batches[:5]])
@@ -253,8 +264,8 @@ def _cifar100(path: Path) -> _Raw:
     included, are on the fine labels.
     """
     directory = _cifar_directory(path, "cifar-100-python", CIFAR100_FILES)
-    train_x, train_y = _read_cifar_batch(directory / "train", b"fine_labels")
-    test_x, test_y = _read_cifar_batch(directory / "test", b"fine_labels")
+    train_x, train_y = _read_cifar_batch(directory / "train", b"fine_labels", 100)
+    test_x, test_y = _read_cifar_batch(directory / "test", b"fine_labels", 100)
     return _Raw(train_x, train_y, test_x, test_y, num_classes=100)
 
 
@@ -271,9 +282,141 @@ def _cifar_directory(
     )
 
 
-def _read_cifar_batch(file: Path, label_key: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
-    with open(file, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
+class DatasetError(ValueError):
+    """A dataset file that is not what its format promises; the message names the file."""
+
+
+def _refuse_call(*args: object) -> None:
+    raise pickle.UnpicklingError("numpy.ndarray may only be named as _reconstruct's subtype")
+
+
+class _Allowed:
+    """A callable the restricted unpickler hands out. Immutable: a BUILD opcode aimed at
+    it cannot patch it for later loads (no __dict__, setattr refused)."""
+
+    __slots__ = ("_name", "_call")
+
+    def __init__(self, name: str, call) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_call", call)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise pickle.UnpicklingError(f"cannot set attributes of {self._name}")
+
+    def __call__(self, *args: object) -> object:
+        return self._call(*args)
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+# Stands for numpy.ndarray: passed to _reconstruct, but calling it is refused.
+_NDARRAY = _Allowed("numpy.ndarray", _refuse_call)
+
+
+def _reconstruct(subtype: object, shape: object, dtype: object) -> np.ndarray:
+    # What ndarray.__reduce__ writes: an empty array that BUILD then fills from bytes in
+    # the file (so every row of data is in the file: see samsweep.catalog's size bound).
+    if subtype is not _NDARRAY or shape != (0,):
+        raise pickle.UnpicklingError("_reconstruct is admitted for an empty numpy.ndarray only")
+    return _numpy_reconstruct(np.ndarray, (0,), dtype)
+
+
+def _frombuffer(buf: object, dtype: object, shape: object, order: object) -> np.ndarray:
+    # Protocol 5's in-band buffers (Python 3.14's default protocol).
+    if not isinstance(buf, bytes | bytearray) or order not in ("C", "F"):
+        raise pickle.UnpicklingError("_frombuffer is admitted for in-file bytes only")
+    return np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(shape, order=order)
+
+
+def _latin1(text: object, encoding: object) -> bytes:
+    # How Python 3 writes bytes at protocol 2: _codecs.encode(str, "latin1").
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is admitted for latin1 text only")
+    return text.encode("latin-1")
+
+
+# Every global the official files (Python 2, protocol 2) and numpy's own pickles of
+# uint8 / int arrays name (protocols 2 to 5, numpy 1 and 2 module names); nothing
+# else. samsweep/catalog.py parses files without this list: it executes nothing.
+ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
+    ("numpy.core.multiarray", "_reconstruct"): _Allowed("_reconstruct", _reconstruct),
+    ("numpy._core.multiarray", "_reconstruct"): _Allowed("_reconstruct", _reconstruct),
+    ("numpy.core.numeric", "_frombuffer"): _Allowed("_frombuffer", _frombuffer),
+    ("numpy._core.numeric", "_frombuffer"): _Allowed("_frombuffer", _frombuffer),
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _Allowed("numpy.dtype", np.dtype),
+    ("_codecs", "encode"): _Allowed("_codecs.encode", _latin1),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, tuples, bytes, str, numbers and numpy arrays; nothing else.
+
+    Every class or function a pickle names goes through find_class (GLOBAL,
+    STACK_GLOBAL, INST, OBJ, NEWOBJ, the extension registry): only ALLOWED_GLOBALS
+    pass, and as the wrappers above, not the real objects. Out-of-band buffers and
+    persistent ids are refused by pickle itself (none are supplied).
+    """
+
+    def find_class(self, module: str, name: str) -> object:
+        allowed = ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name}: a CIFAR batch holds only dicts, lists, "
+                f"bytes, str, ints and numpy arrays"
+            )
+        return allowed
+
+
+def restricted_load(file: Path) -> object:
+    """Unpickle ``file`` admitting only the official format's types; DatasetError else."""
+    try:
+        with open(file, "rb") as f:
+            return _RestrictedUnpickler(f, encoding="bytes").load()
+    except OSError as e:
+        raise DatasetError(f"{file}: cannot be read ({e.strerror or e})") from e
+    except Exception as e:  # hostile input: whatever unpickling raises names the file
+        raise DatasetError(
+            f"{file}: not a CIFAR python-format batch ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _read_cifar_batch(
+    file: Path, label_key: bytes = b"labels", num_classes: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file, checked: DatasetError naming the file if anything is off."""
+    batch = restricted_load(file)
+
+    def refuse(message: str) -> DatasetError:
+        return DatasetError(f"{file}: {message}")
+
+    if not isinstance(batch, dict):
+        raise refuse(f"not a CIFAR batch: a {type(batch).__name__}, expected a dict")
+    for key in (b"data", label_key):
+        if key not in batch:
+            raise refuse(f"not a CIFAR batch: no {key!r} key")
+    data = batch[b"data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        what = f"{data.dtype} array" if isinstance(data, np.ndarray) else type(data).__name__
+        raise refuse(f"b'data' is a {what}, expected uint8 rows")
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise refuse(f"b'data' has shape {data.shape}, expected N x 3072 (32x32 RGB rows)")
+    if len(data) == 0:
+        raise refuse("holds no images")
+    labels = batch[label_key]
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        labels = labels.tolist()
+    if not isinstance(labels, list) or not all(type(v) is int for v in labels):
+        raise refuse(f"{label_key!r} must be a list of ints")
+    if len(labels) != len(data):
+        raise refuse(f"{len(labels)} labels for {len(data)} images")
+    bad = [i for i, v in enumerate(labels) if not 0 <= v < num_classes]
+    if bad:
+        raise refuse(
+            f"{label_key!r} holds {len(bad)} labels outside [0, {num_classes}), "
+            f"the first {labels[bad[0]]} at row {bad[0]}"
+        )
+    y = np.array(labels, dtype=np.int64)
     # Each row is the R, G, B planes of a 32×32 image, 1024 bytes each.
-    x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return x, np.asarray(batch[label_key], dtype=np.int64)
+    return np.ascontiguousarray(data).reshape(-1, 3, 32, 32), y

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from samsweep import optuna_store
-from samsweep.catalog import dataset_dir, resolve_data_path
+from samsweep.catalog import contained_dataset_dir
 from samsweep.db import Study, Trial, TrialState, new_id, session_factory, utcnow
 from samsweep.settings import Settings
 from samsweep.spec import Cell, StudySpec
@@ -146,10 +146,8 @@ def trial_config(c: Claim, settings: Settings, device: str, checkpoint: Path | N
 
     spec, cell = c.spec, c.cell
     path = None
-    if spec.dataset.path is not None:
-        path = str(
-            dataset_dir(spec.dataset.name, resolve_data_path(settings.data_dir, spec.dataset.path))
-        )
+    if spec.dataset.path is not None:  # checked again here: files may change after the API
+        path = str(contained_dataset_dir(settings.data_dir, spec.dataset.name, spec.dataset.path))
     return TrialConfig(
         dataset=spec.dataset.name,
         dataset_path=path,

@@ -1,8 +1,11 @@
-"""Datasets: sizes, normalization, the fixed validation split, seeded label noise."""
+"""Datasets: sizes, normalization, the fixed validation split, seeded label noise; the
+official CIFAR files read by a restricted unpickler and checked, naming the file."""
 
 from __future__ import annotations
 
+import pickle
 import shutil
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.data import flip_labels, load_dataset, train_size
+from trainer.data import (
+    CIFAR_FILES,
+    DatasetError,
+    _load_raw,
+    _read_cifar_batch,
+    flip_labels,
+    load_dataset,
+    restricted_load,
+    train_size,
+)
 
 CIFAR_SUBSET = Path("/work/shared/data/cifar10-subset")
 needs_cifar = pytest.mark.skipif(not CIFAR_SUBSET.is_dir(), reason="shared CIFAR-10 subset absent")
@@ -153,3 +165,230 @@ def test_prepared_tensors_are_cached_per_device_and_noise_goes_on_a_copy() -> No
     assert torch.equal(load_dataset("synthetic", val_fraction=0.25).train_y, clean.train_y)
     other_split = load_dataset("synthetic", val_fraction=0.5)
     assert other_split.train_x is not clean.train_x
+
+
+# -- the restricted unpickler and the batch checks --------------------------------
+
+
+def _batch(rows: int = 4, seed: int = 0, **overrides: object) -> dict:
+    rng = np.random.default_rng(seed)
+    batch = {
+        b"batch_label": b"a batch",
+        b"labels": [int(v) for v in rng.integers(0, 10, rows)],
+        b"data": rng.integers(0, 256, (rows, 3072), dtype=np.uint8),
+        b"filenames": [f"{i}.png".encode() for i in range(rows)],
+    }
+    batch.update({k.encode(): v for k, v in overrides.items()})
+    return batch
+
+
+def write_cifar10(directory: Path, bad: str | None = None, content: bytes = b"") -> Path:
+    """A tiny official-format CIFAR-10 in `directory`; file `bad` holds `content`."""
+    directory.mkdir(parents=True)
+    for i, name in enumerate(CIFAR_FILES):
+        data = content if name == bad else pickle.dumps(_batch(seed=i))
+        (directory / name).write_bytes(data)
+    return directory
+
+
+@needs_cifar
+def test_the_real_subset_loads_as_plain_pickle_reads_it() -> None:
+    batches = CIFAR_SUBSET / "cifar-10-batches-py"
+    plain = []
+    for name in CIFAR_FILES:
+        with open(batches / name, "rb") as f:
+            plain.append(pickle.load(f, encoding="bytes"))  # trusted: the shared subset
+        restricted = restricted_load(batches / name)
+        assert restricted.keys() == plain[-1].keys()
+        assert np.array_equal(restricted[b"data"], plain[-1][b"data"])
+        for key in (b"labels", b"filenames", b"batch_label"):
+            assert restricted[key] == plain[-1][key]
+    raw = _load_raw("cifar10", str(batches))
+    images = np.concatenate([b[b"data"] for b in plain[:5]]).reshape(-1, 3, 32, 32)
+    assert np.array_equal(raw.train_x, images) and raw.train_x.dtype == np.uint8
+    assert raw.train_y.tolist() == sum((b[b"labels"] for b in plain[:5]), [])
+    assert np.array_equal(raw.test_x, plain[5][b"data"].reshape(-1, 3, 32, 32))
+    assert raw.test_y.tolist() == plain[5][b"labels"]
+
+
+# Hand-assembled pickle opcodes, to write what Python 2 wrote and what an attacker would.
+def _str2(b: bytes) -> bytes:  # a Python 2 str: bytes under encoding="bytes"
+    return (b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<i", len(b))) + b
+
+
+def _text(s: str) -> bytes:
+    return b"X" + struct.pack("<I", len(s.encode())) + s.encode()
+
+
+def _int(v: int) -> bytes:
+    return b"J" + struct.pack("<i", v)
+
+
+def _global(module: str, name: str) -> bytes:
+    return f"c{module}\n{name}\n".encode()
+
+
+def _tuple(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def _call(fn: bytes, *args: bytes) -> bytes:
+    return fn + _tuple(*args) + b"R"
+
+
+def py2_official_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """What the official CIFAR-10 download holds: Python 2 cPickle, protocol 2."""
+    array = _call(
+        _global("numpy.core.multiarray", "_reconstruct"),
+        _global("numpy", "ndarray"),
+        _tuple(_int(0)),
+        _str2(b"b"),
+    )
+    dtype = _call(_global("numpy", "dtype"), _str2(b"u1"), _int(0), _int(1))
+    dtype += _tuple(_int(3), _str2(b"|"), b"NNN", _int(-1), _int(-1), _int(0)) + b"b"
+    state = _tuple(_int(1), _tuple(*map(_int, data.shape)), dtype, b"\x89", _str2(data.tobytes()))
+    items = _str2(b"data") + array + state + b"b"
+    items += _str2(b"labels") + b"](" + b"".join(map(_int, labels)) + b"e"
+    return b"\x80\x02}(" + items + b"u."
+
+
+def test_the_official_python2_format_loads(tmp_path: Path) -> None:
+    directory = tmp_path / "py2"
+    directory.mkdir()
+    for i, name in enumerate(CIFAR_FILES):
+        batch = _batch(seed=i)
+        (directory / name).write_bytes(py2_official_batch(batch[b"data"], batch[b"labels"]))
+    raw = _load_raw("cifar10", str(directory))
+    first = _batch(seed=0)
+    assert np.array_equal(raw.train_x[:4], first[b"data"].reshape(-1, 3, 32, 32))
+    assert raw.train_y[:4].tolist() == first[b"labels"] and len(raw.train_y) == 20
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_every_pickle_protocol_of_numpy_arrays_loads(tmp_path: Path, protocol: int) -> None:
+    batch = _batch(labels=np.array([1, 2, 3, 4]))  # labels as an int array are fine too
+    file = tmp_path / "data_batch_1"
+    file.write_bytes(pickle.dumps(batch, protocol=protocol))
+    loaded = restricted_load(file)
+    assert np.array_equal(loaded[b"data"], batch[b"data"])
+    assert loaded[b"labels"].tolist() == [1, 2, 3, 4]
+    assert _read_cifar_batch(file)[1].tolist() == [1, 2, 3, 4]
+
+
+BAD_BATCHES = [
+    ("label out of range", _batch(labels=[0, 10, 1, 2]), "outside [0, 10), the first 10 at row 1"),
+    ("negative label", _batch(labels=[0, 1, -1, 2]), "outside [0, 10)"),
+    ("huge label", _batch(labels=[0, 1, 2**80, 2]), "outside [0, 10)"),
+    ("array label out of range", _batch(labels=np.array([0, 1, 2, 12])), "outside [0, 10)"),
+    ("bool labels", _batch(labels=[True, False, True, False]), "must be a list of ints"),
+    ("float labels", _batch(labels=[0.0, 1.0, 2.0, 3.0]), "must be a list of ints"),
+    ("row of 3071", _batch(data=np.zeros((4, 3071), np.uint8)), "shape (4, 3071)"),
+    ("flat data", _batch(data=np.zeros(4 * 3072, np.uint8)), "shape (12288,)"),
+    ("float data", _batch(data=np.zeros((4, 3072), np.float32)), "float32 array"),
+    ("list data", _batch(data=[[0] * 3072] * 4), "a list"),
+    ("too few labels", _batch(labels=[0, 1, 2]), "3 labels for 4 images"),
+    ("too many labels", _batch(labels=[0, 1, 2, 3, 4]), "5 labels for 4 images"),
+    ("no rows", _batch(rows=0), "holds no images"),
+    ("not a dict", [1, 2, 3], "a list, expected a dict"),
+    ("no labels", {b"data": np.zeros((1, 3072), np.uint8)}, "no b'labels' key"),
+    ("str keys", {"data": np.zeros((1, 3072), np.uint8), "labels": [0]}, "no b'data' key"),
+]
+
+
+@pytest.mark.parametrize("case,batch,reason", BAD_BATCHES, ids=[b[0] for b in BAD_BATCHES])
+def test_a_bad_batch_fails_naming_the_file(tmp_path: Path, case, batch, reason) -> None:
+    directory = write_cifar10(tmp_path / "c", bad="data_batch_3", content=pickle.dumps(batch))
+    with pytest.raises(DatasetError) as e:
+        load_dataset("cifar10", str(directory))
+    assert str(directory / "data_batch_3") in str(e.value) and reason in str(e.value)
+
+
+def test_a_cifar100_fine_label_of_100_fails_naming_the_file(tmp_path: Path) -> None:
+    directory = tmp_path / "cifar-100-python"
+    directory.mkdir()
+    good = {b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0, 99]}
+    (directory / "train").write_bytes(pickle.dumps(good))
+    (directory / "test").write_bytes(pickle.dumps({**good, b"fine_labels": [99, 100]}))
+    with pytest.raises(DatasetError) as e:
+        load_dataset("cifar100", str(directory))
+    assert f"{directory / 'test'}: b'fine_labels' holds 1 labels outside [0, 100)" in str(e.value)
+
+
+EVIL = [
+    ("os.system", b"\x80\x02" + _call(_global("os", "system"), _text("true")) + b"."),
+    ("posix.system", b"\x80\x02" + _call(_global("posix", "system"), _text("true")) + b"."),
+    ("builtins.eval", b"\x80\x02" + _call(_global("builtins", "eval"), _text("1")) + b"."),
+    ("py2 __builtin__", b"\x80\x02" + _call(_global("__builtin__", "eval"), _text("1")) + b"."),
+    ("subprocess.Popen", b"\x80\x02" + _call(_global("subprocess", "Popen"), _text("x")) + b"."),
+    ("numpy.load", b"\x80\x02" + _call(_global("numpy", "load"), _text("x")) + b"."),
+    ("pickle.loads", b"\x80\x02" + _call(_global("pickle", "loads"), _str2(b"N.")) + b"."),
+    ("numpy scalar", b"\x80\x02" + _global("numpy.core.multiarray", "scalar") + b"."),
+    ("STACK_GLOBAL", b"\x80\x04" + _text("os") + _text("system") + b"\x93."),
+    ("INST", b"\x80\x02(ios\nsystem\n" + _text("true") + b"."),
+]
+ABUSED = [
+    ("ndarray called", _call(_global("numpy", "ndarray"), _tuple(_int(10))), "only be named"),
+    (
+        "uninitialised huge array",  # no bytes in the file behind its rows
+        _call(
+            _global("numpy._core.multiarray", "_reconstruct"),
+            _global("numpy", "ndarray"),
+            _tuple(_int(10**6), _int(3072)),
+            _str2(b"B"),
+        ),
+        "empty numpy.ndarray only",
+    ),
+    (
+        "_reconstruct of another type",
+        _call(
+            _global("numpy.core.multiarray", "_reconstruct"),
+            _global("numpy", "dtype"),
+            _tuple(_int(0)),
+            _str2(b"b"),
+        ),
+        "empty numpy.ndarray only",
+    ),
+    ("another codec", _call(_global("_codecs", "encode"), _text("x"), _text("rot13")), "latin1"),
+    (
+        "_frombuffer of text",
+        _call(_global("numpy._core.numeric", "_frombuffer"), _text("x"), b"N", b"N", _text("C")),
+        "in-file bytes only",
+    ),
+    (
+        "BUILD patching an admitted callable",
+        _global("numpy", "dtype") + b"N}" + _text("_call") + _text("x") + b"s\x86b",
+        "cannot set attributes",
+    ),
+    ("a persistent id", b"Pid\n", "persistent"),
+    ("an out-of-band buffer", b"\x97", "out-of-band"),
+]
+
+
+@pytest.mark.parametrize("case,content", EVIL, ids=[e[0] for e in EVIL])
+def test_refused_globals_fail_naming_the_file(tmp_path: Path, case: str, content: bytes) -> None:
+    directory = write_cifar10(tmp_path / "c", bad="data_batch_1", content=content)
+    with pytest.raises(DatasetError) as e:
+        load_dataset("cifar10", str(directory))
+    assert str(directory / "data_batch_1") in str(e.value) and "refused global" in str(e.value)
+
+
+@pytest.mark.parametrize("case,ops,reason", ABUSED, ids=[a[0] for a in ABUSED])
+def test_admitted_globals_cannot_be_abused(tmp_path: Path, case: str, ops: bytes, reason) -> None:
+    file = tmp_path / "data_batch_1"
+    file.write_bytes(b"\x80\x05" + ops + b".")
+    with pytest.raises(DatasetError) as e:
+        restricted_load(file)
+    assert str(file) in str(e.value) and reason in str(e.value)
+    # Whatever the attempt, the next load still works as before.
+    file.write_bytes(pickle.dumps(_batch()))
+    assert restricted_load(file)[b"labels"] == _batch()[b"labels"]
+
+
+@needs_cifar
+def test_a_truncated_real_batch_fails_naming_the_file(tmp_path: Path) -> None:
+    directory = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(CIFAR_SUBSET / "cifar-10-batches-py", directory)
+    file = directory / "data_batch_4"
+    file.write_bytes(file.read_bytes()[:-10])
+    with pytest.raises(DatasetError, match="data_batch_4: not a CIFAR python-format batch"):
+        load_dataset("cifar10", str(tmp_path))

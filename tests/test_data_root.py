@@ -1,0 +1,434 @@
+"""The data root holds: containment is judged on the fully resolved path of every
+directory and file read (symlinks at every level), hostile paths are a SpecError naming
+`dataset.path` (never another exception), and a crafted pickle executes in no process:
+not the API (which never unpickles), not the worker (a restricted unpickler)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from samsweep.catalog import (
+    FILE_FORMATS,
+    SpecError,
+    check_files,
+    check_spec,
+    contained_dataset_dir,
+    dataset_files,
+)
+from samsweep.settings import Settings
+from samsweep.spec import StudySpec
+from tests.conftest import SHARED_DATA, digits_spec, trial_rows, wait_study
+from trainer.data import DatasetError, load_dataset
+
+SUBSET = SHARED_DATA / "cifar10-subset" / "cifar-10-batches-py"
+needs_subset = pytest.mark.skipif(not SUBSET.is_dir(), reason="shared CIFAR-10 subset absent")
+BATCHES = "cifar-10-batches-py"
+FILES = (*FILE_FORMATS["cifar10"].train_files, FILE_FORMATS["cifar10"].test_file)
+
+
+def write_cifar10(directory: Path, rows: int = 4) -> Path:
+    """A tiny CIFAR-10 in the official python format, directly in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in FILES:
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, rows)],
+            b"data": rng.integers(0, 256, (rows, 3072), dtype=np.uint8),
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(rows)],
+        }
+        (directory / name).write_bytes(pickle.dumps(batch))
+    return directory
+
+
+def cifar_spec(path: str, batch_size: int = 2, **dataset) -> StudySpec:
+    return StudySpec.model_validate(
+        digits_spec(
+            dataset={"name": "cifar10", "path": path, **dataset},
+            rho=(0.0,),
+            batch_size=(batch_size,),
+            epochs=1,
+        )
+    )
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> tuple[Path, Path]:
+    """(data root, a directory outside it), with every layout the tests name.
+
+    Inside the root: `good/cifar-10-batches-py` (real), `flat` (files directly in
+    it), and symlinks that stay inside. Outside: `outside/cifar-10-batches-py`.
+    """
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    write_cifar10(root / "good" / BATCHES)
+    write_cifar10(root / "flat")
+    write_cifar10(outside / BATCHES)
+    # Escapes, one level each.
+    (root / "linked-dir").symlink_to(outside)  # the path itself
+    (root / "linked-sub").mkdir()  # a real directory holding a symlinked batches dir
+    (root / "linked-sub" / BATCHES).symlink_to(outside / BATCHES)
+    for f in ("data_batch_3", "test_batch"):  # a real batches dir, one batch file linked
+        write_cifar10(root / f"linked-{f}" / BATCHES)
+        (root / f"linked-{f}" / BATCHES / f).unlink()
+        (root / f"linked-{f}" / BATCHES / f).symlink_to(outside / BATCHES / f)
+    (root / "hop1").symlink_to(root / "hop2")  # a chain that leaves on its second hop
+    (root / "hop2").symlink_to(outside)
+    # Symlinks that stay inside the root: fine at every level.
+    (root / "inside-dir").symlink_to(root / "good")
+    (root / "inside-sub").mkdir()
+    (root / "inside-sub" / BATCHES).symlink_to(root / "good" / BATCHES)
+    write_cifar10(root / "inside-file" / BATCHES)
+    (root / "inside-file" / BATCHES / "data_batch_2").unlink()
+    (root / "inside-file" / BATCHES / "data_batch_2").symlink_to(
+        Path("..") / ".." / "good" / BATCHES / "data_batch_2"
+    )
+    return root, outside
+
+
+def refusal(call, *args) -> SpecError:
+    """The SpecError `call` raises (any other exception, or none, fails the test)."""
+    with pytest.raises(SpecError) as e:
+        call(*args)
+    assert e.value.field == "dataset.path", e.value
+    return e.value
+
+
+ESCAPES = [
+    ("linked-dir", "resolves outside"),
+    ("linked-sub", f"{BATCHES}: resolves outside"),
+    ("linked-data_batch_3", f"{BATCHES}/data_batch_3: resolves outside"),
+    ("linked-test_batch", f"{BATCHES}/test_batch: resolves outside"),
+    ("hop1", "resolves outside"),
+    ("../outside", "resolves outside"),
+    ("good/../../outside", "resolves outside"),
+    ("good/../linked-sub", f"{BATCHES}: resolves outside"),
+]
+
+
+@pytest.mark.parametrize("path,reason", ESCAPES, ids=[e[0] for e in ESCAPES])
+def test_escaping_symlinks_are_refused_at_every_level(tree, path, reason):
+    root, _ = tree
+    # The worker's check and the API's check refuse alike.
+    error = refusal(contained_dataset_dir, root, "cifar10", path)
+    assert reason in error.message and repr(path) in error.message
+    error = refusal(check_spec, cifar_spec(path), root, 100)
+    assert reason in error.message
+
+
+def test_an_absolute_path_outside_is_refused_and_one_inside_accepted(tree):
+    root, outside = tree
+    error = refusal(contained_dataset_dir, root, "cifar10", str(outside))
+    assert "resolves outside" in error.message
+    good = contained_dataset_dir(root, "cifar10", str(root / "good"))
+    assert good == (root / "good" / BATCHES).resolve()
+
+
+@pytest.mark.parametrize(
+    "path,real",
+    [
+        ("good", f"good/{BATCHES}"),
+        (f"good/{BATCHES}", f"good/{BATCHES}"),
+        ("flat", "flat"),
+        ("inside-dir", f"good/{BATCHES}"),
+        ("inside-sub", f"good/{BATCHES}"),
+        ("inside-file", f"inside-file/{BATCHES}"),
+        ("./good/../good", f"good/{BATCHES}"),
+    ],
+)
+def test_symlinks_that_stay_inside_are_fine(tree, path, real):
+    root, _ = tree
+    directory = contained_dataset_dir(root, "cifar10", path)
+    assert directory == (root / real).resolve()
+    check_spec(cifar_spec(path), root, 100)
+    if path == "inside-file":  # the linked file resolves to the good copy, inside
+        files = dataset_files(root, "cifar10", path)
+        assert files.files[1] == (root / "good" / BATCHES / "data_batch_2").resolve()
+
+
+def test_a_data_root_behind_a_symlink_is_resolved_first(tree, tmp_path):
+    root, _ = tree
+    (tmp_path / "root-link").symlink_to(root)
+    assert (
+        contained_dataset_dir(tmp_path / "root-link", "cifar10", "good")
+        == (root / "good" / BATCHES).resolve()
+    )
+    refusal(contained_dataset_dir, tmp_path / "root-link", "cifar10", "linked-sub")
+
+
+HOSTILE = [
+    ("nul", "good\x00/etc", "NUL byte"),
+    ("nul-only", "\x00", "NUL byte"),
+    ("5000 chars", "a" * 5000, "5000 characters"),
+    ("5000 chars of dirs", "a/" * 2500, "5000 characters"),
+    ("component over NAME_MAX", "b" * 300, "too long"),
+    ("missing", "nowhere", "no such file"),
+    ("empty", "", "required"),
+]
+
+
+@pytest.mark.parametrize("case,path,reason", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_paths_are_a_spec_error_never_another_exception(tree, case, path, reason):
+    root, _ = tree
+    error = refusal(contained_dataset_dir, root, "cifar10", path)
+    assert reason in error.message
+    assert len(str(error)) < 300  # a 5000-character path is not echoed back whole
+    assert str(root) not in str(error)  # nor the server's own paths
+
+
+def test_loops_files_fifos_and_missing_files_are_refused(tree):
+    root, _ = tree
+    (root / "loop").symlink_to(root / "loop")
+    assert "too many levels" in refusal(contained_dataset_dir, root, "cifar10", "loop").message
+    (root / "a-file").write_bytes(b"x")
+    assert "not a directory" in refusal(contained_dataset_dir, root, "cifar10", "a-file").message
+    write_cifar10(root / "fifo")
+    (root / "fifo" / "data_batch_4").unlink()
+    os.mkfifo(root / "fifo" / "data_batch_4")  # opening it would hang: refused unopened
+    message = refusal(check_spec, cifar_spec("fifo"), root, 100).message
+    assert "data_batch_4 is not a regular file" in message
+    write_cifar10(root / "dir-as-file")
+    (root / "dir-as-file" / "test_batch").unlink()
+    (root / "dir-as-file" / "test_batch").mkdir()
+    assert (
+        "test_batch is not a regular file"
+        in refusal(contained_dataset_dir, root, "cifar10", "dir-as-file").message
+    )
+    write_cifar10(root / "partial")
+    (root / "partial" / "data_batch_5").unlink()
+    (root / "partial" / "test_batch").unlink()
+    (root / "partial" / "test_batch").symlink_to(root / "nowhere")  # dangling
+    message = refusal(contained_dataset_dir, root, "cifar10", "partial").message
+    assert "missing data_batch_5" in message
+    (root / "partial" / "data_batch_5").write_bytes(b"")
+    message = refusal(contained_dataset_dir, root, "cifar10", "partial").message
+    assert "test_batch: no such file" in message
+
+
+def test_a_missing_data_root_is_a_spec_error(tmp_path):
+    error = refusal(contained_dataset_dir, tmp_path / "no-root", "cifar10", "x")
+    assert "data root" in error.message
+
+
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (lambda b: b[: len(b) // 2], "not a complete pickle"),
+        (lambda b: b[:-1], "exhausted before seeing STOP"),  # only the STOP opcode gone
+        (lambda b: b"", "exhausted before seeing STOP"),
+        (lambda b: b"\xff" * 100, "not a complete pickle"),
+        (lambda b: b"\x80\x04" + b"N" * 20_000 + b".", "more than"),  # an opcode flood
+    ],
+    ids=["half", "no STOP", "empty", "garbage", "opcode flood"],
+)
+def test_truncated_or_malformed_batch_files_are_refused_by_the_api(tree, damage, reason):
+    root, _ = tree
+    file = root / "good" / BATCHES / "data_batch_2"
+    file.write_bytes(damage(file.read_bytes()))
+    error = refusal(check_spec, cifar_spec("good"), root, 100)
+    assert f"{BATCHES}/data_batch_2" in error.message and reason in error.message
+
+
+@needs_subset
+def test_a_truncated_real_batch_is_refused(tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(SUBSET, root / "cifar" / BATCHES)
+    file = root / "cifar" / BATCHES / "test_batch"
+    file.write_bytes(file.read_bytes()[:1_000_000])
+    error = refusal(check_spec, cifar_spec("cifar"), root, 100)
+    assert "test_batch is not a complete pickle" in error.message
+
+
+def test_a_file_swapped_after_the_check_is_refused_when_read(tree, tmp_path):
+    root, outside = tree
+    files = dataset_files(root, "cifar10", "good")
+    target = root / "good" / BATCHES / "data_batch_1"
+    target.unlink()
+    target.symlink_to(outside / BATCHES / "data_batch_1")  # swapped in after the check
+    error = refusal(check_files, files, "good")
+    assert "data_batch_1" in error.message
+    target.unlink()
+    shutil.copy(outside / BATCHES / "data_batch_1", target)  # another inode, inside
+    assert "changed" in refusal(check_files, files, "good").message
+
+
+def test_the_worker_refuses_a_file_swapped_after_the_api_accepted(tree):
+    """trial_config resolves through the same check: an escape made later is refused."""
+    from worker.runner import Claim, trial_config
+
+    root, outside = tree
+    spec = cifar_spec("good")
+    check_spec(spec, root, 100)  # what the API did
+    claim = Claim(1, "t", spec, spec.cells()[0], "o", "s", [], 1)
+    settings = Settings(data_dir=root)
+    config = trial_config(claim, settings, "cpu")
+    assert config.dataset_path == str((root / "good" / BATCHES).resolve())
+    target = root / "good" / BATCHES / "data_batch_1"
+    target.unlink()
+    target.symlink_to(outside / BATCHES / "data_batch_1")
+    error = refusal(trial_config, claim, settings, "cpu")
+    assert f"{BATCHES}/data_batch_1: resolves outside" in error.message
+
+
+# -- a crafted pickle executes nowhere ---------------------------------------
+
+
+class _Payload:
+    """Unpickling this calls `fn(*args)`: what a hostile data_batch_1 would do."""
+
+    def __init__(self, fn, *args) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _payload(how: str, marker: Path) -> _Payload:
+    return {
+        "os.system": _Payload(os.system, f"touch {shlex.quote(str(marker))}"),
+        "builtins.exec": _Payload(exec, f"open({str(marker)!r}, 'w').close()"),
+        "builtins.open": _Payload(open, str(marker), "w"),
+    }[how]
+
+
+def crafted_batch(marker: Path, how: str = "os.system", where: str = "data") -> bytes:
+    """A data_batch_1 that creates `marker` when unpickled by plain pickle."""
+    evil = _payload(how, marker)
+    batch = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": [0, 1],
+        b"data": np.zeros((2, 3072), np.uint8),
+        b"filenames": [b"a.png", b"b.png"],
+    }
+    if where == "top":
+        return pickle.dumps(evil)
+    if where == "object array":  # inside an array, as numpy pickles object arrays
+        batch[b"data"] = np.array([evil, 1], dtype=object)
+    else:
+        batch[b"data"] = evil
+    return pickle.dumps(batch)
+
+
+CRAFTED = [
+    (how, where)
+    for how in ("os.system", "builtins.exec", "builtins.open")
+    for where in ("data", "top", "object array")
+]
+
+
+def _plain_load_in_a_subprocess(file: Path) -> None:
+    code = "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'), encoding='bytes')"
+    subprocess.run([sys.executable, "-c", code, str(file)], capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("how,where", CRAFTED)
+def test_a_crafted_pickle_runs_in_neither_the_catalog_nor_the_trainer(tree, tmp_path, how, where):
+    root, _ = tree
+    marker = tmp_path / "marker"
+    batch = root / "good" / BATCHES / "data_batch_1"
+    batch.write_bytes(crafted_batch(marker, how, where))
+    # The payload is live: a plain pickle.load (what the API used to do) runs it.
+    _plain_load_in_a_subprocess(batch)
+    assert marker.exists(), "the crafted pickle does not work: the test proves nothing"
+    marker.unlink()
+    # (a) The API's checks parse it without executing anything; it is a complete
+    # pickle, so they accept it: its contents are the worker's to judge.
+    check_spec(cifar_spec("good"), root, 100)
+    assert not marker.exists()
+    # (b) The trainer's loader refuses it, naming the file.
+    with pytest.raises(DatasetError) as e:
+        load_dataset("cifar10", str(contained_dataset_dir(root, "cifar10", "good")))
+    assert "data_batch_1" in str(e.value) and "refused global" in str(e.value)
+    assert not marker.exists()
+
+
+# -- end to end: real API, real worker, PostgreSQL, Redis ---------------------
+
+
+def _real_spec(path: str) -> dict:
+    return digits_spec(
+        name="data-root",
+        dataset={"name": "cifar10", "path": path},
+        rho=(0.0,),
+        batch_size=(256,),
+        epochs=1,
+    )
+
+
+@pytest.fixture
+def data_root_deployment(deployment_factory, pg_url, redis_url, tmp_path):
+    """server_deployment, with SAMSWEEP_DATA_DIR at a temp data root of our own."""
+    root = tmp_path / "data-root"
+    root.mkdir()
+    d = deployment_factory(
+        database_url=pg_url,
+        broker_url=redis_url,
+        queue=f"samsweep-test-{uuid.uuid4().hex[:8]}",
+        data_dir=str(root),
+    )
+    result = d.run("migrate")
+    assert result.returncode == 0, result.stderr
+    return d, root, pg_url
+
+
+@pytest.mark.e2e
+@needs_subset
+def test_no_process_runs_a_crafted_pickle_or_reads_outside_the_root(data_root_deployment, tmp_path):
+    d, root, db_url = data_root_deployment
+    marker = tmp_path / "marker-outside-the-root"
+    shutil.copytree(SUBSET, root / "crafted" / BATCHES)
+    (root / "crafted" / BATCHES / "data_batch_1").write_bytes(crafted_batch(marker))
+    shutil.copytree(SUBSET, root / "swapped" / BATCHES)
+    (root / "leaky").mkdir()  # a real directory whose batches dir is the outside copy
+    (root / "leaky" / BATCHES).symlink_to(SUBSET)
+    shutil.copytree(SUBSET, root / "truncated" / BATCHES)
+    truncated = root / "truncated" / BATCHES / "data_batch_2"
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    api = d.start_api()
+
+    def post(path: str) -> httpx.Response:
+        return httpx.post(f"{api}/studies", json=_real_spec(path), timeout=30)
+
+    # Refused at the door, 422 naming the field: the leak, the truncated file, and
+    # hostile strings (whichever of the spec or the catalog refuses them first).
+    for path, says in [
+        ("leaky", f"{BATCHES}: resolves outside"),
+        ("truncated", "data_batch_2 is not a complete pickle"),
+        ("good\x00", ""),
+        ("a" * 5000, ""),
+        ("../../etc", ""),
+    ]:
+        r = post(path)
+        assert r.status_code == 422, (path[:20], r.text)
+        error = r.json()["error"]
+        assert error["field"] == "dataset.path" and says in error["message"], error
+    # Accepted: a complete pickle (the API parsed it and ran nothing) ...
+    crafted = post("crafted")
+    assert crafted.status_code == 201, crafted.text
+    # ... and a good directory whose data_batch_1 becomes an escaping symlink later.
+    swapped = post("swapped")
+    assert swapped.status_code == 201, swapped.text
+    link = root / "swapped" / BATCHES / "data_batch_1"
+    link.unlink()
+    link.symlink_to(SUBSET / "data_batch_1")
+    assert not marker.exists()
+
+    d.start_worker()
+    for study, says in [(crafted, "refused global posix.system"), (swapped, "resolves outside")]:
+        wait_study(api, study.json()["id"], timeout=180, d=d)
+        (row,) = trial_rows(db_url, study.json()["id"])
+        assert row["state"] == "FAILED", (row, d.logs())
+        assert "data_batch_1" in row["error"] and says in row["error"], row["error"]
+    time.sleep(1)  # nothing runs late either
+    assert not marker.exists(), d.logs()
