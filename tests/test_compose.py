@@ -1,5 +1,7 @@
 """docker-compose.yml and the Dockerfile, checked without a Docker engine: the compose
-schema, the services and their wiring, and that every command they run exists."""
+schema, the services and their wiring, that every command they run exists, and that
+what each service reads or writes on disk, its credentials and its published ports
+are what a deployment needs (tests/test_compose_deploy.py then runs the file)."""
 
 from __future__ import annotations
 
@@ -14,13 +16,25 @@ import yaml
 
 from samsweep.cli import build_parser
 from samsweep.settings import Settings
+from tests.compose_emulator import EmulationError, interpolate, interpolate_tree, parse_port
 
 ROOT = Path(__file__).resolve().parents[1]
+# what a user's .env holds (compose interpolates the file from it)
+DOTENV = {
+    "POSTGRES_PASSWORD": "s3cret-s3cret",
+    "SAMSWEEP_API_TOKENS": "alice:alice-token-0123456789",
+}
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def resolved(compose) -> dict:
+    """The file as `docker compose config` would show it with DOTENV as the .env."""
+    return interpolate_tree(compose, DOTENV)
 
 
 def test_valid_against_compose_schema(compose):
@@ -108,3 +122,135 @@ def test_api_image_never_installs_torch():
     assert "torch" not in api_stage and "[worker]" not in api_stage
     deps = __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not any(d.startswith("torch") for d in deps["dependencies"])
+
+
+def test_interpolation_follows_compose():
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("${SET:-d} ${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} ${UNSET-d}", env) == (
+        "x d d  d"
+    )
+    assert interpolate("$SET $$SET ${SET:?m} ${EMPTY?m}", env) == "x $SET x "
+    with pytest.raises(EmulationError, match="m1"):
+        interpolate("${EMPTY:?m1}", env)
+    with pytest.raises(EmulationError, match="m2"):
+        interpolate("${UNSET?m2}", env)
+
+
+# The paths each samsweep command reads or writes, from its settings. With server URLs
+# (PostgreSQL, Redis) nothing else touches the disk: migrate nothing, the API the data
+# root (it checks a study's files before accepting it), a worker the data root and the
+# checkpoints a re-run trial resumes from.
+DISK = {
+    "migrate": lambda s: {},
+    "api": lambda s: {"data_dir": s.data_dir},
+    "worker": lambda s: {"data_dir": s.data_dir, "checkpoint_dir": s.resolved_checkpoint_dir},
+}
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    fields = {k.removeprefix("SAMSWEEP_").lower(): v for k, v in env.items()}
+    return Settings(_env_file=None, **fields)
+
+
+def _mounts(service: dict) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of the service's short-syntax volumes."""
+    out = []
+    for v in service.get("volumes", []):
+        source, target, *options = v.split(":")
+        out.append((source, target, "ro" in ",".join(options).split(",")))
+    return out
+
+
+def _volume_at(service: dict, path: Path) -> tuple[str, str, bool] | None:
+    under = [m for m in _mounts(service) if path == Path(m[1]) or Path(m[1]) in path.parents]
+    return max(under, key=lambda m: len(m[1]), default=None)
+
+
+def test_every_path_a_service_uses_is_on_a_declared_volume(resolved):
+    """Finding 7's class: a path setting with no volume is the container's own layer,
+    empty in a new container and invisible to every other one."""
+    services = resolved["services"]
+    commands = {
+        n: s["command"] for n, s in services.items() if s.get("command", [""])[0] == "samsweep"
+    }
+    assert set(c[1] for c in commands.values()) == set(DISK)
+    for name, cmd in commands.items():
+        env = services[name]["environment"]
+        paths = {k: Path(v) for k, v in env.items() if k.startswith("SAMSWEEP_") and v[:1] == "/"}
+        paths.update(DISK[cmd[1]](_settings(env)))  # defaults included (relative = the layer)
+        for what, path in paths.items():
+            assert path.is_absolute() and _volume_at(services[name], path), (name, what, path)
+        for source, _, _ in _mounts(services[name]):
+            named = not source.startswith(("/", ".", "~"))
+            assert not named or source in resolved["volumes"], (name, source)
+
+
+def test_api_and_workers_read_the_same_data_read_only(resolved):
+    s = resolved["services"]
+    seen = set()
+    for name in ("api", "worker"):
+        data_dir = _settings(s[name]["environment"]).data_dir
+        mount = _volume_at(s[name], data_dir)
+        assert mount, f"{name}: its data root {data_dir} is on no volume"
+        source, target, read_only = mount
+        assert read_only, name  # nothing in the service writes datasets
+        seen.add((source, str(data_dir.relative_to(target))))
+    assert len(seen) == 1  # the API accepts exactly what the workers will train on
+
+
+def test_checkpoints_outlive_the_worker_container_and_can_be_shared(compose):
+    worker = interpolate_tree(compose, DOTENV)["services"]["worker"]
+    ckpt = _settings(worker["environment"]).resolved_checkpoint_dir
+    mount = _volume_at(worker, ckpt)
+    assert mount, f"worker: checkpoints in {ckpt} are on no volume"
+    source, _, read_only = mount
+    assert not read_only and source in compose["volumes"]  # a named volume by default
+    # several hosts: one shared filesystem, given as a host path in each host's .env
+    shared = {**DOTENV, "SAMSWEEP_CHECKPOINTS": "/mnt/nfs/samsweep-checkpoints"}
+    worker = interpolate_tree(compose, shared)["services"]["worker"]
+    assert _volume_at(worker, ckpt)[0] == "/mnt/nfs/samsweep-checkpoints"
+
+
+def test_tokens_in_dotenv_reach_the_api(compose):
+    api = interpolate_tree(compose, DOTENV)["services"]["api"]["environment"]
+    assert api["SAMSWEEP_API_TOKENS"] == DOTENV["SAMSWEEP_API_TOKENS"]
+    assert api["SAMSWEEP_PRIVATE_STUDIES"] == "false"
+    private = {**DOTENV, "SAMSWEEP_PRIVATE_STUDIES": "true"}
+    assert (
+        interpolate_tree(compose, private)["services"]["api"]["environment"][
+            "SAMSWEEP_PRIVATE_STUDIES"
+        ]
+        == "true"
+    )
+    # no silent open API: unset is refused; an open API is an explicit empty value
+    unset = {k: v for k, v in DOTENV.items() if k != "SAMSWEEP_API_TOKENS"}
+    with pytest.raises(EmulationError, match="SAMSWEEP_API_TOKENS"):
+        interpolate_tree(compose, unset)
+    open_api = {**DOTENV, "SAMSWEEP_API_TOKENS": ""}
+    assert (
+        interpolate_tree(compose, open_api)["services"]["api"]["environment"]["SAMSWEEP_API_TOKENS"]
+        == ""
+    )
+    assert Settings(_env_file=None, api_tokens=api["SAMSWEEP_API_TOKENS"]).tokens()
+
+
+def test_only_the_api_is_published_beyond_loopback(compose, resolved):
+    """The dashboard has no authentication and can delete studies: loopback only."""
+    published = {
+        name: [parse_port(p) for p in s.get("ports", [])]
+        for name, s in resolved["services"].items()
+    }
+    everywhere = {n for n, ports in published.items() if any(p.host_ip is None for p in ports)}
+    assert everywhere == {"api"}
+    (dashboard,) = published["dashboard"]
+    assert (dashboard.host_ip, dashboard.host_port, dashboard.container_port) == (
+        "127.0.0.1",
+        8080,
+        8080,
+    )
+    moved = interpolate_tree(compose, {**DOTENV, "SAMSWEEP_DASHBOARD_PORT": "9999"})
+    assert moved["services"]["dashboard"]["ports"] == ["127.0.0.1:9999:8080"]
+    # inside its container it must listen on every interface, or the port forward
+    # from the host's loopback reaches nothing
+    cmd = compose["services"]["dashboard"]["command"]
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
