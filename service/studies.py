@@ -106,15 +106,15 @@ def create_study(
         if existing is None:  # the other request rolled back after all: let the client retry
             raise Conflict("a study with this Idempotency-Key is being created; retry") from e
         return existing, False
-    # One multi-row INSERT for every trial (insertmanyvalues), not one round trip each.
-    session.execute(
-        insert(Trial),
-        [
-            {"study_id": study_id, "number": i, "cell_key": c.key, "seed": c.seed,
-             "params": c.params()}
-            for i, c in enumerate(spec.cells())
-        ],
-    )  # fmt: skip
+    # All trials in one executemany (psycopg pipelines it: one round trip, not one per
+    # trial). Measured for the largest allowed grid: faster than insertmanyvalues with
+    # RETURNING, and far faster than one multi-VALUES statement, whose compile dominates.
+    rows = [
+        {"study_id": study_id, "number": i, "cell_key": c.key, "seed": c.seed,
+         "params": c.params()}
+        for i, c in enumerate(spec.cells())
+    ]  # fmt: skip
+    session.execute(insert(Trial), rows)
     # Optuna's study is created inside our transaction's lifetime: if it fails we roll
     # back, and if our commit fails we delete it, so a failed create leaves nothing.
     optuna_url = settings.resolved_optuna_url

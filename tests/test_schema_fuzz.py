@@ -1,20 +1,27 @@
 """Bad input at scale: a property-based run over the OpenAPI schema (schemathesis) on a
 real uvicorn with PostgreSQL and Redis, bounded in examples. No request may get a
 5xx, and every refused request (4xx) must change nothing: no study or trial row, no
-Optuna study, no queued task."""
+Optuna study, no queued task. Then hostile mutations of a valid spec (below), with
+their response time and the API's memory checked too."""
 
 from __future__ import annotations
 
+import copy
+import json
+import time
 import uuid
 
+import httpx
+import psutil
 import pytest
 import redis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from sqlalchemy import create_engine, text
 
-from tests.conftest import REDIS, Deployment, base_env, fresh_pg_database
+from tests.conftest import REDIS, Deployment, base_env, digits_spec, fresh_pg_database
 
 EXAMPLES_PER_OPERATION = 40
 
@@ -88,3 +95,83 @@ def test_no_server_error_and_refusals_change_nothing(live, mode):
     if mode == schemathesis.GenerationMode.POSITIVE:
         must |= {op.label for op in operations}
     assert must <= exercised, must - exercised
+
+
+# --- hostile mutations of a valid spec ----------------------------------------------
+# schemathesis draws from the schema, so its negative cases are mostly wrong types and
+# out-of-range values. An attacker sends what the schema does not suggest: a valid spec
+# with one leaf replaced by a hostile value. Each must be refused (or accepted) quickly,
+# without a 5xx, without changing anything when refused, and without growing the API.
+
+HOSTILE = st.one_of(
+    st.booleans(),
+    st.sampled_from(["0.1", "1", "1e308", "NaN", "", "\x00", "a\x00b", "x" * 5000, "é" * 300]),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=50),
+    st.floats(allow_nan=False) | st.integers(min_value=-(2**70), max_value=2**70),
+    st.lists(st.floats(0, 1), min_size=200, max_size=20_000),  # huge lists
+    st.lists(st.integers(1, 10**6), min_size=200, max_size=20_000),
+    st.recursive(st.just([]), lambda inner: st.lists(inner, max_size=2), max_leaves=500),
+    # nesting as deep as this process can serialize (deeper raw bodies: test_hostile.py)
+    st.integers(50, 900).map(lambda depth: json.loads("[" * depth + "]" * depth)),
+    st.dictionaries(st.text(max_size=5), st.none(), max_size=5),
+)
+
+
+def _leaves(node, path=()) -> list[tuple]:
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _leaves(v, (*path, k))] + [path]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _leaves(v, (*path, i))] + [path]
+    return [path]
+
+
+def _replace(spec, path, value):
+    if not path:
+        return value
+    out = copy.deepcopy(spec)
+    node = out
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    return out
+
+
+BASE = digits_spec()
+PATHS = [p for p in _leaves(BASE) if p]
+
+
+@st.composite
+def hostile_specs(draw):
+    path = draw(st.sampled_from(PATHS))
+    return path, _replace(BASE, path, draw(HOSTILE))
+
+
+def test_hostile_mutations_are_refused_quickly_without_harm(live):
+    d, engine = live
+    api = psutil.Process(d.procs[0].pid)
+    rss_before = api.memory_info().rss
+    slowest = [0.0]
+
+    @settings(
+        max_examples=300,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    @given(case=hostile_specs())
+    def check(case) -> None:
+        path, spec = case
+        before = _state(d, engine)
+        t = time.monotonic()
+        r = httpx.post(f"{d.api_url}/studies", json=spec, timeout=60)
+        slowest[0] = max(slowest[0], time.monotonic() - t)
+        assert r.status_code < 500, (path, r.text)
+        assert r.status_code in (201, 413, 422), (path, r.status_code, r.text)
+        if r.status_code != 201:
+            assert _state(d, engine) == before, (path, r.text)
+            assert set(r.json()["error"]) == {"code", "message", "field", "details"}
+
+    check()
+    assert slowest[0] < 2.0, slowest[0]  # a denial-of-service guard, not a speed claim
+    assert api.memory_info().rss - rss_before < 100 * 2**20

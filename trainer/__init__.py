@@ -19,7 +19,7 @@ from trainer.config import (
     TrialConfig,
     TrialResult,
 )
-from trainer.data import DATASETS, Dataset, load_dataset, train_size
+from trainer.data import DATASETS, Dataset, DatasetError, load_dataset, train_size
 from trainer.loop import fit
 from trainer.models import MODELS, build_model
 from trainer.sam import ASAM, SAM
@@ -30,6 +30,7 @@ __all__ = [
     "MODELS",
     "SAM",
     "Dataset",
+    "DatasetError",
     "DivergedError",
     "EpochCallback",
     "EpochMetrics",

@@ -34,7 +34,7 @@ from trainer import sharpness
 from trainer.augment import Augment, build_augment
 from trainer.checkpoint import VERSION, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from trainer.config import DivergedError, EpochCallback, EpochMetrics, TrialConfig, TrialResult
-from trainer.data import Dataset, load_dataset
+from trainer.data import Dataset, DatasetError, load_dataset
 from trainer.models import build_model
 from trainer.schedule import effective_lr, lr_multiplier
 from trainer.steps import StepFn, StepOptions, build_step
@@ -206,6 +206,12 @@ def _setup(config: TrialConfig) -> _Run:
         seed=config.seed,
         device=config.device,
     )
+    if config.batch_size > len(data.train_y):  # the API bounds this only from file sizes
+        raise DatasetError(
+            f"batch size {config.batch_size} is larger than the training set of "
+            f"{config.dataset_path or config.dataset} ({len(data.train_y)} examples after "
+            "the validation split)"
+        )
     model = build_model(
         config.model,
         data.in_channels,

@@ -211,6 +211,21 @@ def run_trial(trial_id: int, settings: Settings) -> str:
     if c is None:
         log.info("trial %s is not QUEUED (taken or finished): not training it again", trial_id)
         return "skipped"
+    try:
+        return _run_claimed(c, settings, sessions)
+    except (OperationalError, StorageInternalError):
+        raise  # the database stayed down past the retry budget: the sweeper re-runs it
+    except Exception as e:
+        # Anything else is this trial's real failure (its Optuna study was deleted, say):
+        # record it as the reason, never leave the row RUNNING for the sweeper to call
+        # "worker lost" while this worker is alive.
+        log.exception("trial %s failed outside training", trial_id)
+        _finish(sessions, c, TrialState.FAILED, retry, error=f"error: {type(e).__name__}: {e}")
+        return "error"
+
+
+def _run_claimed(c: Claim, settings: Settings, sessions: sessionmaker) -> str:
+    trial_id, retry = c.trial_id, settings.db_retry_seconds
     url = settings.resolved_optuna_url
     earlier = None
     if c.attempt > 1:  # only a re-run can find Optuna trials of earlier attempts

@@ -210,3 +210,12 @@ def test_channels_last_reaches_the_model(monkeypatch: pytest.MonkeyPatch) -> Non
         )
     )
     assert formats and all(formats)
+
+
+def test_a_batch_larger_than_the_training_set_fails_naming_both():
+    # The API bounds file datasets from their sizes only; the trainer has the real count.
+    from trainer import DatasetError
+
+    config = TrialConfig(dataset="synthetic", rho=0.0, epochs=1, batch_size=600)
+    with pytest.raises(DatasetError, match=r"batch size 600 is larger .* synthetic \(512 "):
+        fit(config)
