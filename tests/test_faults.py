@@ -335,3 +335,35 @@ def test_api_restart_loses_nothing(server_deployment):
 
 def _epochs(d: Deployment, study: str) -> int:
     return sum(t["epoch"] or 0 for t in trial_rows(d.env["SAMSWEEP_DATABASE_URL"], study))
+
+
+def test_a_deleted_optuna_study_fails_its_trials_with_the_real_reason(fault_deployment):
+    """optuna-dashboard can DELETE a study under a running samsweep study. The worker is
+    alive: its trials must fail once, with the exception that stopped them (the missing
+    Optuna record), never three times as 'worker lost'."""
+    d = fault_deployment
+    api = d.start_api()
+    spec = digits_spec(rho=(0.05,), batch_size=(16,), epochs=20, seeds=(0, 1))
+    study = httpx.post(f"{api}/studies", json=spec).json()["id"]
+    d.start_worker()
+    wait_for(
+        lambda: any(t["state"] == "RUNNING" and t["epoch"] >= 1 for t in trials(api, study)),
+        120,
+        d,
+        "a running trial",
+    )
+    url = Settings(database_url=d.env["SAMSWEEP_DATABASE_URL"]).resolved_optuna_url
+    name = httpx.get(f"{api}/studies/{study}").json()["optuna_study_name"]
+    optuna.delete_study(study_name=name, storage=url)  # what the dashboard's DELETE does
+    wait_for(
+        lambda: httpx.get(f"{api}/studies/{study}").json()["status"] == "complete",
+        120,
+        d,
+        "the study to finish",
+    )
+    ts = trials(api, study)
+    assert [t["state"] for t in ts] == ["FAILED", "FAILED"], ts
+    for t in ts:
+        assert t["attempts"] == 1 and "worker lost" not in t["error"], t["error"]
+        # the running one stopped at its next report; the queued one could not start
+        assert t["error"].startswith("error: KeyError:"), t["error"]
