@@ -11,19 +11,120 @@ from typing import Any
 
 import httpx
 import yaml
+from pydantic import ValidationError
 
 from samsweep.spec import StudySpec
 
 
+class SpecError(ValueError):
+    """A spec file that cannot be read, parsed or validated; the message names the file
+    (and the line and column where they are known) and is meant for the terminal as is."""
+
+
 def load_spec(path: Path) -> dict[str, Any]:
     """Read a YAML or JSON spec and check it locally, so typos fail before any server starts."""
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory, not a spec file") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read it: {e.strerror or e}") from None
+    data = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_yaml(path, text)
+    if data is None:
+        raise SpecError(f"{path}: the spec is empty")
     try:
         StudySpec.model_validate(data)
-    except Exception as e:
-        raise ValueError(f"{path}: invalid spec:\n{e}") from None
+    except ValidationError as e:
+        raise SpecError(_validation_message(path, text, e)) from None
+    except ValueError as e:  # a validator's own error that pydantic did not wrap
+        raise SpecError(f"{path}: invalid spec: {e}") from None
     return data
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(
+            _located(path, text, e.lineno, e.colno, f"could not parse JSON: {e.msg}")
+        ) from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        problem = e.problem or "syntax error"
+        if e.context:
+            m = e.context_mark
+            where = f" started at {m.line + 1}:{m.column + 1}" if m else ""
+            problem += f" ({e.context}{where})"
+        mark = e.problem_mark or e.context_mark
+        if mark is None:
+            raise SpecError(f"{path}: could not parse YAML: {problem}") from None
+        message = f"could not parse YAML: {problem}"
+        raise SpecError(_located(path, text, mark.line + 1, mark.column + 1, message)) from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: could not parse YAML: {e}") from None
+
+
+def _located(path: Path, text: str, line: int, column: int, message: str) -> str:
+    """`path:line:col: message`, then the offending line (editors and terminals link the
+    first form to the place)."""
+    lines = text.splitlines()
+    source = lines[line - 1] if 0 < line <= len(lines) else ""
+    shown = f"\n    {line} | {source[:200]}" if source.strip() else ""
+    return f"{path}:{line}:{column}: {message}{shown}"
+
+
+def _validation_message(path: Path, text: str, error: ValidationError) -> str:
+    """Each error as `path:line:col: field.path: message (got value)`; the position is
+    the YAML (or JSON, which YAML's parser reads too) node the error is about."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        root = None
+    errors = error.errors(include_url=False)
+    out = [f"{path}: invalid spec ({len(errors)} error{'s' if len(errors) != 1 else ''}):"]
+    for e in errors:
+        loc = e["loc"]
+        field = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc).lstrip(".")
+        message = e["msg"]
+        value = e.get("input")
+        if e["type"] != "missing" and not isinstance(value, dict | list):
+            shown = repr(value)
+            message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+        mark = _mark(root, loc)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}: " if mark is not None else ""
+        out.append(f"  {where}{field or '(the whole spec)'}: {message}")
+    return "\n".join(out)
+
+
+def _mark(node: yaml.Node | None, loc: tuple) -> yaml.Mark | None:
+    """The start of the node at `loc`, or of the nearest enclosing one that exists."""
+    if node is None:
+        return None
+    for i, key in enumerate(loc):
+        if isinstance(node, yaml.MappingNode):
+            match = [
+                (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key
+            ]
+            if not match:
+                break
+            k, node = match[0]
+            if i == len(loc) - 1:  # the field itself: point at its name
+                return k.start_mark
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            if not 0 <= key < len(node.value):
+                break
+            node = node.value[key]
+        else:
+            break
+    return node.start_mark
 
 
 def is_up(url: str) -> bool:
@@ -33,38 +134,69 @@ def is_up(url: str) -> bool:
         return False
 
 
-def run_study(
-    url: str,
-    spec: dict[str, Any],
-    follow: bool = True,
-    poll: float = 1.0,
-    token: str | None = None,
-) -> int:
+class Refused(Exception):
+    """The API answered a submission with an error status."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"the API refused the study ({status}): {body}")
+        self.status = status
+
+
+def connect(url: str, token: str | None = None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(base_url=url, timeout=30, headers=headers) as http:
-        r = http.post("/studies", json=spec)
-        if r.status_code not in (200, 201):
-            print(
-                f"samsweep: the API refused the study ({r.status_code}): {r.text}", file=sys.stderr
-            )
-            return 1
-        study_id = r.json()["id"]
-        print(f"study {study_id}: {r.json()['n_trials']} trials", file=sys.stderr)
-        if not follow:
-            print(study_id)
-            return 0
-        started, last = time.monotonic(), None
-        while True:
-            detail = http.get(f"/studies/{study_id}").raise_for_status().json()
-            last = _progress(detail, time.monotonic() - started, last)
-            if detail["status"] in ("complete", "cancelled"):
-                break
-            time.sleep(poll)
-        print(file=sys.stderr)
-        trials = http.get(f"/studies/{study_id}/trials").raise_for_status().json()["trials"]
-        best = http.get(f"/studies/{study_id}/best").raise_for_status().json()
-    print(format_results(trials, best, time.monotonic() - started))
+    return httpx.Client(base_url=url, timeout=30, headers=headers)
+
+
+def submit(http: httpx.Client, spec: dict[str, Any]) -> str:
+    """POST the study; returns its id."""
+    r = http.post("/studies", json=spec)
+    if r.status_code not in (200, 201):
+        raise Refused(r.status_code, r.text)
+    print(f"study {r.json()['id']}: {r.json()['n_trials']} trials", file=sys.stderr)
+    return r.json()["id"]
+
+
+def follow(http: httpx.Client, study_id: str, poll: float = 1.0) -> None:
+    """Show progress until the study is complete or cancelled."""
+    started, last = time.monotonic(), None
+    while True:
+        detail = http.get(f"/studies/{study_id}").raise_for_status().json()
+        last = _progress(detail, time.monotonic() - started, last)
+        if detail["status"] in ("complete", "cancelled"):
+            break
+        time.sleep(poll)
+    print(file=sys.stderr)
+
+
+def results(http: httpx.Client, study_id: str, seconds: float) -> int:
+    """Print the trials, the per-cell summary and the best; 1 when nothing completed."""
+    trials = http.get(f"/studies/{study_id}/trials").raise_for_status().json()["trials"]
+    best = http.get(f"/studies/{study_id}/best").raise_for_status().json()
+    print(format_results(trials, best, seconds))
     return 0 if best["best"] is not None else 1
+
+
+def cancel(http: httpx.Client, study_id: str) -> dict[str, Any]:
+    """POST /studies/{id}/cancel; returns the study's detail."""
+    return http.post(f"/studies/{study_id}/cancel", timeout=10).raise_for_status().json()
+
+
+def wait_stopped(http: httpx.Client, study_id: str, timeout: float, poll: float = 0.5) -> bool:
+    """Wait (at most `timeout` s) until no trial of the study is QUEUED or RUNNING."""
+    deadline = time.monotonic() + timeout
+    while True:
+        detail = http.get(f"/studies/{study_id}", timeout=10).raise_for_status().json()
+        if detail["counts"]["RUNNING"] == 0 and detail["counts"]["QUEUED"] == 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll)
+
+
+def cancel_command(url: str, study_id: str, token: bool) -> str:
+    """The shell line that cancels a study (the token is referred to, never printed)."""
+    auth = ' -H "Authorization: Bearer $SAMSWEEP_API_TOKEN"' if token else ""
+    return f"curl -X POST{auth} {url}/studies/{study_id}/cancel"
 
 
 def _progress(detail: dict[str, Any], elapsed: float, last: tuple | None) -> tuple:

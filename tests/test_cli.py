@@ -1,15 +1,23 @@
 """`samsweep up` as a user runs it: the embedded default starts, serves, and on
-SIGTERM stops everything it started (no orphaned worker keeps training)."""
+SIGTERM stops everything it started (no orphaned worker keeps training). And the
+CLI's answers to bad input: a spec that cannot be read, parsed or validated is one
+short message naming the file and the place, exit code 2, never a traceback; the
+Optuna storage URL hides its password unless asked."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.conftest import free_port, wait_healthy
+from samsweep.cli import _redact, main
+from samsweep.settings import get_settings
+from tests.conftest import ROOT, digits_spec, free_port, wait_healthy
 
 
 def _group_alive(pgid: int) -> bool:
@@ -20,6 +28,7 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
+@pytest.mark.e2e
 def test_up_stops_its_worker_on_sigterm(deployment_factory):
     d = deployment_factory()
     port = free_port()
@@ -33,3 +42,221 @@ def test_up_stops_its_worker_on_sigterm(deployment_factory):
         if time.monotonic() > deadline:
             pytest.fail(f"processes of `samsweep up` outlived it:\n{d.logs()}")
         time.sleep(0.2)
+
+
+# --- spec files ------------------------------------------------------------------------
+
+VALID_YAML = """\
+name: t
+dataset: {name: digits}
+model: {name: cnn}
+search:
+  rho: [0.0, 0.05]
+  batch_size: [16]
+  base_optimizer: [sgd]
+train: {epochs: 1, lr: 0.05}
+"""
+
+# (file name, text, the expected `file:line:col` and a phrase of the message)
+SYNTAX_ERRORS = [
+    (
+        "flow.yaml",
+        VALID_YAML.replace("[0.0, 0.05]", "[0.0, 0.05"),
+        ":6:13:",
+        "could not parse YAML",
+    ),
+    ("colon.yml", "name: t\nmodel: name: cnn\n", ":2:12:", "could not parse YAML: mapping values"),
+    ("tab.yaml", "name: t\nsearch:\n\trho: [0]\n", ":3:1:", "could not parse YAML"),
+    ("comma.json", '{"name": "t",\n  "seeds": [0,],\n}\n', ":2:15:", "could not parse JSON"),
+    ("trunc.json", '{"name": "t",\n  "model": {"name": "cnn"}', ":2:27:", "could not parse JSON"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "where", "phrase"), SYNTAX_ERRORS)
+def test_a_syntax_error_names_the_file_line_and_column(tmp_path, capsys, name, text, where, phrase):
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["run", str(path), "--state-dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert first.startswith(f"samsweep: {path}{where} {phrase}"), err
+    assert len(err.strip().splitlines()) <= 2, err
+    assert not (tmp_path / "state" / "up.log").exists()  # refused before any server starts
+
+
+def _invalid(suffix: str) -> str:
+    if suffix == ".json":
+        spec = digits_spec()
+        spec["search"]["rho"] = [True, 0.05]
+        spec["train"]["epochs"] = "2"
+        spec["tyop"] = 1
+        return json.dumps(spec, indent=2)
+    return (
+        VALID_YAML.replace("[0.0, 0.05]", "[yes, 0.05]").replace("epochs: 1", "epochs: '2'")
+        + "tyop: 1\n"
+    )
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json"])
+def test_an_invalid_spec_lists_each_error_by_field(tmp_path, capsys, suffix):
+    path = tmp_path / f"spec{suffix}"
+    path.write_text(_invalid(suffix))
+    assert main(["run", str(path), "--state-dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines[0] == f"samsweep: {path}: invalid spec (3 errors):", err
+    by_field = {line.split(": ", 2)[-2].strip(): line for line in lines[1:]}
+    assert set(by_field) == {"search.rho[0]", "train.epochs", "tyop"}, err
+    assert "(got True)" in by_field["search.rho[0]"]
+    assert "Extra inputs are not permitted" in by_field["tyop"]
+    # The place of each error in the file (YAML's parser reads JSON too).
+    text = path.read_text().splitlines()
+    expected = {"search.rho[0]": ("true", "yes"), "train.epochs": ("epochs",), "tyop": ("tyop",)}
+    for field, line in by_field.items():
+        assert line.strip().startswith(f"{path}:"), line
+        lineno = int(line.strip()[len(str(path)) + 1 :].split(":", 1)[0])
+        assert any(word in text[lineno - 1] for word in expected[field]), (line, text[lineno - 1])
+
+
+def _write(text: str | bytes):
+    def make(path):
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
+        return path
+
+    return make
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p, "no such file"),
+        (_mkdir, "is a directory, not a spec file"),
+        (_write(""), "the spec is empty"),
+        (_write(b"name: \xff\n"), "not UTF-8 text"),
+        (_write("- 1\n"), "Input should be a valid dictionary"),
+    ],
+)
+def test_an_unreadable_spec_is_one_line(tmp_path, capsys, make, message):
+    path = make(tmp_path / "spec.yaml")
+    assert main(["run", str(path), "--state-dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"samsweep: {path}") and message in err, err
+    assert len(err.strip().splitlines()) <= 2, err
+
+
+@pytest.mark.e2e
+def test_a_parse_error_from_the_real_command_has_no_traceback(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text(VALID_YAML.replace("train: {epochs: 1", "train: {epochs: 1]"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAMSWEEP_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "samsweep.cli", "run", str(path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"samsweep: {path}:8:"), result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    assert not (tmp_path / ".samsweep").exists()
+
+
+def test_no_follow_never_starts_a_server_it_would_stop_at_once(tmp_path, monkeypatch, capsys):
+    """It would submit, stop the server, and leave the study for the next `samsweep up`."""
+    monkeypatch.setenv("SAMSWEEP_API_URL", f"http://127.0.0.1:{free_port()}")
+    get_settings.cache_clear()
+    path = tmp_path / "spec.yaml"
+    path.write_text(VALID_YAML)
+    assert main(["run", str(path), "--no-follow", "--state-dir", str(tmp_path / "st")]) == 1
+    assert "start `samsweep up` first" in capsys.readouterr().err
+    assert not (tmp_path / "st" / "up.log").exists()
+
+
+def test_the_example_spec_loads():
+    from samsweep.client import load_spec
+
+    assert load_spec(ROOT / "examples" / "digits-label-noise.yaml")["name"]
+
+
+# --- optuna-url -------------------------------------------------------------------------
+
+
+def test_optuna_url_sqlite_is_an_absolute_path(tmp_path, capsys):
+    assert main(["optuna-url", "--state-dir", str(tmp_path / "st")]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"sqlite:///{(tmp_path / 'st').resolve()}/optuna.sqlite\n"
+    assert "does not exist yet" in err
+
+
+def test_optuna_url_postgres_hides_the_password_unless_asked(monkeypatch, capsys):
+    monkeypatch.setenv("SAMSWEEP_DATABASE_URL", "postgresql+psycopg://bob:s%40cr3t@db:5432/sam")
+    get_settings.cache_clear()
+    assert main(["optuna-url"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "postgresql+psycopg://bob:***@db:5432/sam?options=-csearch_path%3Doptuna\n"
+    assert "--show-password" in err and "s%40cr3t" not in out + err
+    assert main(["optuna-url", "--show-password"]) == 0
+    out, _ = capsys.readouterr()
+    assert out == "postgresql+psycopg://bob:s%40cr3t@db:5432/sam?options=-csearch_path%3Doptuna\n"
+
+
+def test_optuna_url_respects_an_explicit_optuna_url(monkeypatch, capsys):
+    monkeypatch.setenv("SAMSWEEP_OPTUNA_URL", "postgresql://u:pw@h/optuna_db")
+    get_settings.cache_clear()
+    assert main(["optuna-url"]) == 0
+    assert capsys.readouterr().out == "postgresql://u:***@h/optuna_db\n"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:p@h/d", "postgresql://u:***@h/d"),
+        ("postgresql://u:p:q@h:1/d?x=1", "postgresql://u:***@h:1/d?x=1"),
+        ("postgresql://u@h/d", "postgresql://u@h/d"),
+        ("postgresql://h/d", "postgresql://h/d"),
+        ("sqlite:////tmp/a:b@c.sqlite", "sqlite:////tmp/a:b@c.sqlite"),
+    ],
+)
+def test_redact(url, shown):
+    assert _redact(url) == shown
+
+
+def test_ctrl_c_in_a_command_is_exit_130_without_traceback(monkeypatch):
+    import samsweep.cli as cli
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_migrate", interrupted)
+    assert main(["migrate"]) == 130
+
+
+def test_parent_death_signal_is_set_in_the_child(tmp_path):
+    """The preexec_fn really sets PR_SET_PDEATHSIG (read back with PR_GET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    from samsweep.cli import _terminate_with_parent
+
+    code = (
+        "import ctypes; libc = ctypes.CDLL(None); s = ctypes.c_int();"
+        " libc.prctl(2, ctypes.byref(s)); print(s.value)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=_terminate_with_parent(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert int(out) == signal.SIGTERM
