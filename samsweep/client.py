@@ -6,6 +6,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,42 @@ def load_spec(path: Path) -> dict[str, Any]:
     return data
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice in one mapping is an error, not "last wins":
+    a repeated key would silently change the study (the API refuses them too)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader refuses it below, with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_json(path: Path, text: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise SpecError(f"{path}: could not parse JSON: duplicate key {e.args[0]!r}") from None
     except json.JSONDecodeError as e:
         raise SpecError(
             _located(path, text, e.lineno, e.colno, f"could not parse JSON: {e.msg}")
@@ -56,7 +90,7 @@ def _parse_json(path: Path, text: str) -> Any:
 
 def _parse_yaml(path: Path, text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.MarkedYAMLError as e:
         problem = e.problem or "syntax error"
         if e.context:
@@ -170,7 +204,7 @@ def follow(http: httpx.Client, study_id: str, poll: float = 1.0) -> None:
 
 def results(http: httpx.Client, study_id: str, seconds: float) -> int:
     """Print the trials, the per-cell summary and the best; 1 when nothing completed."""
-    trials = http.get(f"/studies/{study_id}/trials").raise_for_status().json()["trials"]
+    trials = all_trials(http, study_id, curves=False)  # the tables need no curves
     best = http.get(f"/studies/{study_id}/best").raise_for_status().json()
     print(format_results(trials, best, seconds))
     return 0 if best["best"] is not None else 1
@@ -217,6 +251,23 @@ def _progress(detail: dict[str, Any], elapsed: float, last: tuple | None) -> tup
 
 def _pct(x: float | None) -> str:
     return "   -  " if x is None else f"{100 * x:6.2f}"
+
+
+def all_trials(http: httpx.Client, study_id: str, curves: bool = True) -> list[dict[str, Any]]:
+    """Every trial of a study, page by page (GET /studies/{id}/trials is paginated)."""
+    trials: list[dict[str, Any]] = []
+    while True:
+        page = (
+            http.get(
+                f"/studies/{study_id}/trials",
+                params={"limit": 1000, "offset": len(trials), "curves": curves},
+            )
+            .raise_for_status()
+            .json()
+        )
+        trials += page["trials"]
+        if not page["trials"] or len(trials) >= page["total"]:
+            return trials
 
 
 def format_results(trials: list[dict[str, Any]], best: dict[str, Any], seconds: float) -> str:

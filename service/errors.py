@@ -62,14 +62,16 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=exc.status)
 
 
+def _detail(e: dict[str, Any]) -> dict[str, str]:
+    loc, message = tuple(e.get("loc", ())), e.get("msg", "invalid").removeprefix("Value error, ")
+    if e.get("type") == "json_invalid":  # loc is (body, character offset): say what and where
+        reason = (e.get("ctx") or {}).get("error", "")
+        return {"field": "body", "message": f"{message} at character {loc[-1]}: {reason}"}
+    return {"field": _field(loc), "message": message}
+
+
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    details = [
-        {
-            "field": _field(tuple(e.get("loc", ()))),
-            "message": e.get("msg", "invalid").removeprefix("Value error, "),
-        }
-        for e in exc.errors()
-    ]
+    details = [_detail(e) for e in exc.errors()]
     first = details[0] if details else {"field": "body", "message": "invalid request"}
     message = f"{first['field']}: {first['message']}"
     return JSONResponse(error_body("invalid_spec", message, first["field"], details), 422)

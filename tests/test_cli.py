@@ -69,6 +69,14 @@ SYNTAX_ERRORS = [
     ("tab.yaml", "name: t\nsearch:\n\trho: [0]\n", ":3:1:", "could not parse YAML"),
     ("comma.json", '{"name": "t",\n  "seeds": [0,],\n}\n', ":2:15:", "could not parse JSON"),
     ("trunc.json", '{"name": "t",\n  "model": {"name": "cnn"}', ":2:27:", "could not parse JSON"),
+    # a key given twice would silently keep the last value: refused, like the API does
+    (
+        "dup.yaml",
+        VALID_YAML.replace("train:", "search: {rho: [0.5]}\ntrain:"),
+        ":8:1:",
+        "could not parse YAML: found duplicate key 'search'",
+    ),
+    ("dup.json", '{"name": "t", "name": "u"}', ":", "could not parse JSON: duplicate key 'name'"),
 ]
 
 

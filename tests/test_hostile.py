@@ -255,3 +255,20 @@ def test_refusals_changed_nothing_and_memory_stayed_bounded(live):
     assert n == httpx.get(f"{url}/studies").json()["items"][0]["n_trials"]
     assert api.memory_info().rss - rss_before < FAT, api.memory_info().rss - rss_before
     assert "Traceback" not in d.procs[0].log_path.read_text()
+
+
+def _duplicated(where: str) -> str:
+    """A valid spec's JSON with one key given twice: at the top level or inside search."""
+    body = json.dumps(digits_spec())
+    if where == "top-level":
+        return body[:-1] + ', "name": "another"}'
+    return body.replace('"search": {', '"search": {"rho": [0.5], ', 1)
+
+
+@pytest.mark.parametrize("where,key", [("top-level", "name"), ("nested", "rho")])
+def test_duplicate_keys_are_refused_not_last_wins(live, where, key):
+    url, *_ = live
+    r, _ = _post(url, _duplicated(where))
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["field"] == "body" and f"duplicate key '{key}'" in error["message"], error

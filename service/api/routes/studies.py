@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, defer, sessionmaker
 from samsweep.db import FINISHED_STATES, Study, Trial
 from samsweep.spec import StudySpec
 from service import studies
+from service.api.body import StrictJsonRoute
 from service.api.deps import CeleryDep, DbDep, ReaderDep, SettingsDep, WriterDep
 from service.errors import responses
 from service.models import (
@@ -32,7 +33,7 @@ from service.models import (
     TrialPublic,
 )
 
-router = APIRouter(prefix="/studies", tags=["studies"])
+router = APIRouter(prefix="/studies", tags=["studies"], route_class=StrictJsonRoute)
 # Visible ASCII, no spaces: a key is an opaque token (a UUID, say), never free text.
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]+$"
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
