@@ -16,7 +16,7 @@ from celery import Celery
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from samsweep.db import Meta, Trial, TrialState, session_factory, utcnow
+from samsweep.db import Meta, Study, Trial, TrialState, session_factory, utcnow
 from samsweep.queue import broker_identity
 from samsweep.settings import Settings
 from service.studies import enqueue_pending
@@ -26,28 +26,31 @@ BROKER_IDENTITY = "broker_identity"
 
 
 def requeue_stale(session: Session, stale_after: float, max_attempts: int) -> int:
-    """Release trials whose heartbeat is older than `stale_after` seconds."""
+    """Release trials whose heartbeat is older than `stale_after` seconds: back to the
+    queue, FAILED after the last attempt, or CANCELLED if their study was cancelled
+    (a worker stopped before it saw the cancel must not leave it to be trained again)."""
     cutoff = utcnow() - timedelta(seconds=stale_after)
-    stale = list(
-        session.scalars(
-            select(Trial).where(
-                Trial.state == TrialState.RUNNING,
-                or_(Trial.heartbeat_at.is_(None), Trial.heartbeat_at < cutoff),
-            )
+    stale = session.execute(
+        select(Trial, Study.cancelled_at)
+        .join(Study, Study.id == Trial.study_id)
+        .where(
+            Trial.state == TrialState.RUNNING,
+            or_(Trial.heartbeat_at.is_(None), Trial.heartbeat_at < cutoff),
         )
-    )
-    for t in stale:
+    ).all()
+    for t, cancelled_at in stale:
         last_attempt = t.attempts >= max_attempts
-        values = (
-            {
+        if cancelled_at is not None:
+            values = {"state": TrialState.CANCELLED, "finished_at": utcnow(), "error": "cancelled"}
+        elif last_attempt:
+            values = {
                 "state": TrialState.FAILED,
                 "finished_at": utcnow(),
                 "error": f"worker lost: no heartbeat for {stale_after:.0f}s "
                 f"after {t.attempts} attempts",
             }
-            if last_attempt
-            else {"state": TrialState.QUEUED, "enqueued_at": None}
-        )
+        else:
+            values = {"state": TrialState.QUEUED, "enqueued_at": None}
         # Guarded by the claim token: if the worker beat in the meantime, nothing changes.
         session.execute(
             update(Trial)
@@ -58,12 +61,7 @@ def requeue_stale(session: Session, stale_after: float, max_attempts: int) -> in
             )
             .values(claim_token=None, **values)
         )
-        log.warning(
-            "trial %s: worker %s lost; %s",
-            t.id,
-            t.worker,
-            "failed" if last_attempt else "re-queued",
-        )
+        log.warning("trial %s: worker %s lost; %s", t.id, t.worker, values["state"])
     session.commit()
     return len(stale)
 

@@ -72,3 +72,24 @@ def test_oversized_body_is_413_before_any_work(deployment_factory, pg_url):
         assert r.status_code == 413, r.text
         assert r.json()["error"]["code"] == "body_too_large"
     assert httpx.get(f"{api}/studies").json()["total"] == 0
+
+
+def test_trials_are_paginated_and_curves_optional(server_deployment):
+    api = server_deployment.start_api()
+    spec = digits_spec(rho=[0.01 * i for i in range(20)], batch_size=range(8, 18), seeds=range(6))
+    created = httpx.post(f"{api}/studies", json=spec, timeout=60).json()
+    sid, n = created["id"], created["n_trials"]
+    assert n == 1200
+    page = httpx.get(f"{api}/studies/{sid}/trials", params={"limit": 7, "offset": 3}).json()
+    assert page["total"] == n and page["limit"] == 7 and page["offset"] == 3
+    assert [t["number"] for t in page["trials"]] == list(range(3, 10))
+    assert all(t["curves"] == [] for t in page["trials"])  # none run yet, but present
+    lean = httpx.get(f"{api}/studies/{sid}/trials", params={"curves": "false"}).json()
+    assert len(lean["trials"]) == 500 and all(t["curves"] is None for t in lean["trials"])
+    assert httpx.get(f"{api}/studies/{sid}/trials", params={"limit": 1001}).status_code == 422
+    # the client (samsweep run's tables) reads every page
+    from samsweep.client import all_trials
+
+    with httpx.Client(base_url=api, timeout=60) as http:
+        numbers = [t["number"] for t in all_trials(http, sid, curves=False)]
+    assert numbers == list(range(n))

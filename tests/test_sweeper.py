@@ -4,6 +4,7 @@ the broker never received are sent."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 
 import pytest
@@ -61,12 +62,28 @@ def test_requeue_stale_trials(session):
     assert exhausted.error.startswith("worker lost: no heartbeat for 30s after 3 attempts")
 
 
+def test_a_stale_trial_of_a_cancelled_study_is_cancelled_not_requeued(session):
+    dead = _running(session, 1, beat_age=120, attempts=1)
+    session.get(Study, "s1").cancelled_at = utcnow()
+    session.commit()
+    assert requeue_stale(session, stale_after=30, max_attempts=3) == 1
+    session.refresh(dead)
+    assert dead.state == TrialState.CANCELLED and dead.error == "cancelled"
+    assert dead.claim_token is None and dead.finished_at is not None
+
+
 class _RecordingCelery:
+    """Celery's producer side as enqueue_pending uses it, recording what it sends."""
+
     def __init__(self, fail_after: int | None = None) -> None:
         self.sent: list[int] = []
         self.fail_after = fail_after
 
-    def send_task(self, name, args, queue):
+    @contextlib.contextmanager
+    def producer_or_acquire(self):
+        yield None
+
+    def send_task(self, name, args, queue, producer=None):
         if self.fail_after is not None and len(self.sent) >= self.fail_after:
             raise ConnectionError("broker down")
         self.sent.append(args[0])
