@@ -48,6 +48,40 @@ def prepare_storage(settings: Settings) -> None:
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{OPTUNA_SCHEMA}"'))
     storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
     storage.engine.dispose()
+    if (
+        url.startswith("postgresql")
+        and settings.optuna_url is None
+        and settings.dashboard_db_password
+    ):
+        grant_read_only(db_url, settings.dashboard_db_role, settings.dashboard_db_password)
+
+
+def grant_read_only(db_url: str, role: str, password: str) -> None:
+    """A login role that can read Optuna's schema and change nothing, for optuna-dashboard:
+    it has no authentication and can DELETE a study, which must not reach the storage
+    (its DELETE then fails; tests/test_migrations.py). Idempotent: every migrate
+    re-applies the password and the grants, including to tables added since."""
+    from psycopg import sql
+
+    with engine_for(db_url).begin() as conn:
+        cur = conn.connection.dbapi_connection.cursor()
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+        verb = "ALTER" if cur.fetchone() else "CREATE"
+        for statement in (
+            f"{verb} ROLE {{role}} LOGIN PASSWORD {{pw}}",  # no other attribute: the defaults
+            "REVOKE ALL ON DATABASE {db} FROM {role}",
+            "GRANT CONNECT ON DATABASE {db} TO {role}",
+            "GRANT USAGE ON SCHEMA {schema} TO {role}",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        ):
+            cur.execute(
+                sql.SQL(statement).format(
+                    role=sql.Identifier(role),
+                    pw=sql.Literal(password),
+                    db=sql.Identifier(conn.connection.dbapi_connection.info.dbname),
+                    schema=sql.Identifier(OPTUNA_SCHEMA),
+                )
+            )
 
 
 # The grid axes are Optuna params. The seed is not a hyperparameter (optuna-dashboard's

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     broker_transport_options: dict[str, Any] = Field(
         default_factory=dict, description="extra kombu transport options (JSON), e.g. Redis's"
     )
+    dashboard_db_password: str | None = Field(
+        None,
+        description="PostgreSQL: `samsweep migrate` makes a read-only login role for "
+        "optuna-dashboard with this password (SELECT on Optuna's schema only)",
+    )
+    dashboard_db_role: str = Field(
+        "samsweep_dashboard", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="its name"
+    )
     checkpoint_dir: Path | None = Field(
         None, description="per-epoch checkpoints (shared by all workers); default state_dir"
     )

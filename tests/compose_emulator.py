@@ -259,10 +259,11 @@ class LocalPostgres:
                 text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": self.user}
             )
             quoted = '"' + self.user.replace('"', '""') + '"'
-            if not exists:
-                password = self.password.replace("'", "''")
-                conn.execute(text(f"CREATE ROLE {quoted} LOGIN PASSWORD '{password}'"))
-                self.created_role = True
+            # the image's POSTGRES_USER is a superuser (its init script makes it so)
+            password = self.password.replace("'", "''")
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(text(f"{verb} ROLE {quoted} LOGIN SUPERUSER PASSWORD '{password}'"))
+            self.created_role = not exists
             conn.execute(text(f'CREATE DATABASE "{self.fresh}" OWNER {quoted}'))
         engine.dispose()
         self.started = True
@@ -271,12 +272,29 @@ class LocalPostgres:
         parts = urlsplit(url)
         if (parts.port or self.container_port) != self.container_port:
             raise EmulationError(f"{url}: the postgres container listens on 5432 only")
-        if parts.username != self.user or parts.password != self.password:
+        if (parts.username, parts.password) != (self.user, self.password) and not (
+            self.started and self._role_created_by_a_service(parts.username)
+        ):
             raise EmulationError(f"{url}: not the role and password the postgres image created")
         if parts.path.lstrip("/") != self.database:
             raise EmulationError(f"{url}: the postgres image creates {self.database!r} only")
         netloc = f"{parts.username}:{parts.password}@{self.admin.host}:{self.admin.port or 5432}"
         return urlunsplit(parts._replace(netloc=netloc, path=f"/{self.fresh}"))
+
+    def _role_created_by_a_service(self, role: str | None) -> bool:
+        """A role another service made (samsweep migrate's read-only dashboard role), by
+        the time a service using it starts. Trust auth cannot check its password here."""
+        from sqlalchemy import text
+
+        engine = self._admin_engine()
+        with engine.connect() as conn:
+            found = conn.scalar(
+                text("SELECT has_database_privilege(:r, :db, 'CONNECT') FROM pg_roles"
+                     " WHERE rolname = :r AND rolcanlogin"),
+                {"r": role or "", "db": self.fresh},
+            )  # fmt: skip
+        engine.dispose()
+        return bool(found)
 
     def healthy(self) -> bool:
         from sqlalchemy import create_engine, text

@@ -13,6 +13,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from samsweep.cli import build_parser
 from samsweep.settings import Settings
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # what a user's .env holds (compose interpolates the file from it)
 DOTENV = {
     "POSTGRES_PASSWORD": "s3cret-s3cret",
+    "SAMSWEEP_DASHBOARD_DB_PASSWORD": "d4sh-d4sh",
     "SAMSWEEP_API_TOKENS": "alice:alice-token-0123456789",
 }
 
@@ -80,12 +82,20 @@ def test_no_default_secret_and_shared_settings(compose):
             == s["api"]["environment"]["SAMSWEEP_BROKER_URL"]
         )
 
-    # optuna-dashboard reads exactly the storage the workers write
+    # optuna-dashboard reads exactly the storage the workers write, as the read-only
+    # role that migrate makes with the password it is given
     def interpolate(value: str) -> str:
-        return re.sub(r"\$\{POSTGRES_PASSWORD[^}]*\}", "s3cret", value)
+        value = re.sub(r"\$\{POSTGRES_PASSWORD[^}]*\}", "s3cret", value)
+        return re.sub(r"\$\{SAMSWEEP_DASHBOARD_DB_PASSWORD[^}]*\}", "d4sh", value)
 
-    expected = Settings(database_url=interpolate(db_url)).resolved_optuna_url
-    assert interpolate(s["dashboard"]["command"][-1]) == expected
+    settings = Settings(database_url=interpolate(db_url))
+    expected = make_url(settings.resolved_optuna_url).set(
+        username=settings.dashboard_db_role, password="d4sh"
+    )
+    shown = make_url(interpolate(s["dashboard"]["command"][-1]))
+    assert shown.render_as_string(False) == expected.render_as_string(False)
+    made = s["migrate"]["environment"]["SAMSWEEP_DASHBOARD_DB_PASSWORD"]
+    assert interpolate(made) == "d4sh" and ":?" in made  # required, no default secret
 
 
 def _dockerfile_targets() -> set[str]:

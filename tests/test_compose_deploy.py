@@ -40,6 +40,7 @@ COMPOSE_FILE = Path(os.environ.get("SAMSWEEP_TEST_COMPOSE_FILE") or ROOT / "dock
 TOKEN = "alice-compose-" + secrets.token_hex(12)
 DOTENV = {
     "POSTGRES_PASSWORD": "pw-" + secrets.token_hex(8),
+    "SAMSWEEP_DASHBOARD_DB_PASSWORD": "dash-" + secrets.token_hex(8),
     "SAMSWEEP_API_TOKENS": f"alice:{TOKEN}",
     "SAMSWEEP_PRIVATE_STUDIES": "true",
     "SAMSWEEP_DATA_HOST_DIR": str(SHARED_DATA),  # holds cifar10-subset/
@@ -185,6 +186,10 @@ def test_compose_up_trains_cifar_resumes_a_killed_worker_and_keeps_the_dashboard
     shown = {s["study_name"] for s in r.json()["study_summaries"]}
     storage = emu.current("dashboard").argv[-1]
     assert shown == set(optuna.get_all_study_names(storage)) and len(shown) == 2
+    # ...as a read-only role: its DELETE cannot remove a study
+    study_id = r.json()["study_summaries"][0]["study_id"]
+    r = httpx.delete(f"http://127.0.0.1:{port}/api/studies/{study_id}", timeout=30)
+    assert r.status_code >= 400 and set(optuna.get_all_study_names(storage)) == shown
     # ...private studies included, so nothing outside loopback reaches it, while the
     # API, published on every interface, does answer there (the positive control)
     with pytest.raises(httpx.ConnectError):

@@ -54,3 +54,30 @@ def test_downgrade_leaves_optuna_alone(settings):
     assert optuna.get_all_study_names(storage=settings.resolved_optuna_url) == ["kept"]
     command.upgrade(cfg, "head")
     assert _tables(settings.resolved_database_url) >= SERVICE_TABLES
+
+
+def test_dashboard_role_reads_optuna_and_changes_nothing(pg_url):
+    """optuna-dashboard has no authentication and a DELETE button: its role may read
+    Optuna's schema and nothing else, so the DELETE cannot reach the storage."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ProgrammingError
+
+    settings = Settings(database_url=pg_url, dashboard_db_password="dash-pw-1")
+    migrate(settings)
+    migrate(settings.model_copy(update={"dashboard_db_password": "dash-pw-2"}))  # idempotent
+    owner = optuna.create_study(storage=settings.resolved_optuna_url, study_name="kept")
+    owner.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    dash = make_url(settings.resolved_optuna_url).set(
+        username="samsweep_dashboard", password="dash-pw-2"
+    )
+    url = dash.render_as_string(hide_password=False)
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["kept"]
+    with pytest.raises(optuna.exceptions.StorageInternalError) as refused:
+        optuna.delete_study(study_name="kept", storage=url)
+    assert "permission denied" in str(refused.value.__cause__)
+    assert optuna.get_all_study_names(storage=settings.resolved_optuna_url) == ["kept"]
+    engine = create_engine(dash)
+    with engine.connect() as conn, pytest.raises(ProgrammingError, match="permission denied"):
+        conn.execute(text("SELECT count(*) FROM public.samsweep_studies"))  # private specs
+    engine.dispose()
