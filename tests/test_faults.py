@@ -56,7 +56,12 @@ def kill(proc: subprocess.Popen) -> None:
 
 def optuna_trials(d: Deployment, study: str) -> list[optuna.trial.FrozenTrial]:
     url = Settings(database_url=d.env["SAMSWEEP_DATABASE_URL"]).resolved_optuna_url
-    name = httpx.get(f"{d.api_url}/studies/{study}").json()["optuna_study_name"]
+    engine = create_engine(d.env["SAMSWEEP_DATABASE_URL"])
+    with engine.connect() as conn:  # from the database: the API may be down in the test
+        name = conn.execute(
+            text("SELECT optuna_study_name FROM samsweep_studies WHERE id = :s"), {"s": study}
+        ).scalar_one()
+    engine.dispose()
     return optuna.load_study(study_name=name, storage=url).get_trials()
 
 
@@ -296,7 +301,9 @@ def test_diverged_trials_fail_with_reason_and_the_study_goes_on(server_deploymen
     api = d.start_api()
     d.start_worker()
     spec = digits_spec(rho=(0.0, 0.05), batch_size=(64,), epochs=3)
-    spec["train"]["lr"] = 1e10  # overflows in the first epoch (BatchNorm survives lr 100)
+    # Within the spec's bounds (lr <= 10), yet NaN in the first epoch: weight decay 1 at
+    # lr 10 multiplies the weights by -9 each step (BatchNorm alone survives lr 100).
+    spec["train"].update(lr=10.0, weight_decay=1.0)
     study = httpx.post(f"{api}/studies", json=spec).json()["id"]
     detail = wait_study(api, study, timeout=120, d=d)
     assert detail["status"] == "complete" and detail["counts"]["FAILED"] == 2
