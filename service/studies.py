@@ -237,13 +237,21 @@ def study_status(study: Study, counts: dict[str, int]) -> str:
     return "queued"
 
 
-def timings(session: Session, study: Study) -> dict[str, Any]:
-    started, last = session.execute(
-        select(func.min(Trial.started_at), func.max(Trial.finished_at)).where(
-            Trial.study_id == study.id
-        )
-    ).one()
-    return {"created_at": study.created_at, "started_at": started, "last_finished_at": last}
+def counts_and_timings(session: Session, study: Study) -> tuple[dict[str, int], dict[str, Any]]:
+    """Trials per state (every state present) and the first start / last finish: one
+    grouped query, not one for the counts and another for the times."""
+    counts = {s.value: 0 for s in TrialState}
+    started = last = None
+    rows = session.execute(
+        select(Trial.state, func.count(), func.min(Trial.started_at), func.max(Trial.finished_at))
+        .where(Trial.study_id == study.id)
+        .group_by(Trial.state)
+    )
+    for state, n, first, final in rows:
+        counts[state] = n
+        started = first if started is None or (first and first < started) else started
+        last = final if last is None or (final and final > last) else last
+    return counts, {"created_at": study.created_at, "started_at": started, "last_finished_at": last}
 
 
 def best_trial(session: Session, study_id: str) -> Trial | None:

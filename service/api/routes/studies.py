@@ -136,9 +136,8 @@ def cancel_study(study_id: str, db: DbDep, owner: WriterDep) -> StudyDetail:
 
 
 def _detail(session: Session, study: Study) -> StudyDetail:
-    counts = studies.state_counts(session, study.id)
+    counts, t = studies.counts_and_timings(session, study)
     finished = sum(counts[s] for s in FINISHED_STATES)
-    t = studies.timings(session, study)
     end = t["last_finished_at"] if finished == study.n_trials else None
     return StudyDetail(
         **_summary(study, counts).model_dump(),

@@ -1,0 +1,130 @@
+"""Read load on a real uvicorn in front of PostgreSQL, driven by wrk (a real load
+generator, `apt-get install wrk`), on a 1000-trial study with recorded results.
+
+    python -m benchmarks.load [--seconds 10] [--clients 1,10,100,500]
+
+For each number of concurrent clients (wrk's open connections, each with one request
+in flight at all times) and each read — the study (`GET /studies/{id}`), its best
+trial (`/best`) and a page of 100 trials without curves (`/trials?limit=100&curves=false`)
+— it prints requests/s, p50 and p99 latency, and errors (non-2xx answers, socket
+errors, timeouts). After the runs it checks the API's log: no request waited out the
+pool (`QueuePool limit`) and the sweeper never failed.
+
+A closed-loop generator like wrk obeys Little's law: with c clients always waiting,
+latency ≈ c / throughput. Past the point where the server is saturated, adding clients
+adds latency, not requests/s; the throughput column is what bounds p50 at 100 and 500.
+Needs PostgreSQL and Redis as for the tests (SAMSWEEP_TEST_POSTGRES / _REDIS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+from sqlalchemy import create_engine, text
+
+from benchmarks.live import grid_spec, live_api
+
+EPOCHS = 20  # per-epoch curves on every trial, as a real study has
+
+
+def _unit(value: str) -> float:
+    """wrk's '1.23ms' / '850.00us' / '2.01s' in milliseconds."""
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def wrk(url: str, clients: int, seconds: int) -> dict:
+    out = subprocess.run(
+        ["wrk", f"-t{min(2, clients)}", f"-c{clients}", f"-d{seconds}s", "--latency",
+         "--timeout", "30s", url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    pct = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
+    if set(pct) != {"50", "99"}:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": _unit(pct["50"]),
+        "p99": _unit(pct["99"]),
+        "errors": (int(non2xx.group(1)) if non2xx else 0)
+        + (sum(map(int, socket_errors.groups())) if socket_errors else 0),
+    }
+
+
+def _populate(db_url: str) -> None:
+    """Results on every trial, as after a finished study (the reads then carry them)."""
+    rng = random.Random(0)
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        ids = [i for (i,) in conn.execute(text("SELECT id FROM samsweep_trials"))]
+        rows = []
+        for i in ids:
+            acc = rng.uniform(0.8, 0.99)
+            curves = [
+                {"epoch": e, "train_loss": 1 / e, "test_accuracy": acc * e / EPOCHS, "lr": 0.1}
+                for e in range(1, EPOCHS + 1)
+            ]
+            metrics = {"test_accuracy": acc, "train_accuracy": acc + 0.01, "gap": 0.01}
+            rows.append({"id": i, "v": acc, "m": json.dumps(metrics), "c": json.dumps(curves)})
+        conn.execute(
+            text(
+                "UPDATE samsweep_trials SET state='COMPLETE', value=:v, metrics=CAST(:m AS jsonb),"
+                " curves=CAST(:c AS jsonb), epoch=20, finished_at=now() WHERE id=:id"
+            ),
+            rows,
+        )
+    engine.dispose()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=int, default=10)
+    p.add_argument("--clients", default="1,10,100,500")
+    args = p.parse_args()
+    if shutil.which("wrk") is None:
+        print("benchmarks.load needs wrk: apt-get install wrk", file=sys.stderr)
+        return 2
+    with live_api() as api:
+        t = time.perf_counter()
+        r = httpx.post(f"{api.url}/studies", json=grid_spec(10, 10, 10, EPOCHS), timeout=60)
+        created = r.raise_for_status().json()
+        create_ms = 1000 * (time.perf_counter() - t)
+        sid = created["id"]
+        _populate(api.db_url)
+        print(f"{created['n_trials']}-trial study created in {create_ms:.0f} ms (POST /studies)")
+        reads = {
+            "study": f"{api.url}/studies/{sid}",
+            "best": f"{api.url}/studies/{sid}/best",
+            "trials": f"{api.url}/studies/{sid}/trials?limit=100&curves=false",
+        }
+        print(f"{'clients':>7} {'read':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        for clients in map(int, args.clients.split(",")):
+            for read, url in reads.items():
+                m = wrk(url, clients, args.seconds)
+                print(
+                    f"{clients:>7} {read:>7} {m['rps']:>8.0f} {m['p50']:>8.1f} {m['p99']:>8.1f}"
+                    f" {m['errors']:>6}",
+                    flush=True,
+                )
+        log_text = api.log_path.read_text()
+        print(
+            f"pool timeouts: {log_text.count('QueuePool limit')}; "
+            f"sweeper failures: {log_text.count('sweep failed')}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
