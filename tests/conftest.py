@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +226,17 @@ def trial_rows(db_url: str, study_id: str) -> list[dict]:
         result = [dict(r) for r in rows]
     engine.dispose()
     return result
+
+
+def wait_for(cond: Callable[[], object], timeout: float, source, what: str, poll: float = 0.2):
+    """Poll `cond` until it returns something truthy (returned); on timeout fail the test
+    with `source.logs()` (a Deployment, a compose Emulation)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := cond():
+            return value
+        time.sleep(poll)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}\n{source.logs()}")
 
 
 def wait_study(api: str, study_id: str, timeout: float = 240, d: Deployment | None = None) -> dict:

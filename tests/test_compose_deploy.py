@@ -31,7 +31,7 @@ import yaml
 
 from samsweep.settings import Settings
 from tests.compose_emulator import Container, Emulation
-from tests.conftest import PG_ADMIN, REDIS, SHARED_DATA, _require, digits_spec
+from tests.conftest import PG_ADMIN, REDIS, SHARED_DATA, _require, digits_spec, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -88,15 +88,6 @@ def emulate(tmp_path: Path) -> Iterator[Callable[..., Emulation]]:
         emu.close()
 
 
-def wait_until(cond: Callable[[], object], timeout: float, emu: Emulation, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := cond():
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}\n{emu.logs()}")
-
-
 def trials(api: str, study: str) -> list[dict]:
     r = httpx.get(f"{api}/studies/{study}/trials", headers=AUTH, timeout=30)
     assert r.status_code == 200, r.text
@@ -109,7 +100,7 @@ def wait_complete(api: str, study: str, emu: Emulation, timeout: float) -> list[
         assert r.status_code == 200, r.text
         return r.json()["status"] in ("complete", "cancelled")
 
-    wait_until(finished, timeout, emu, f"study {study} to finish")
+    wait_for(finished, timeout, emu, f"study {study} to finish")
     ts = trials(api, study)
     assert [t["state"] for t in ts] == ["COMPLETE"] * len(ts), (ts, emu.logs())
     return ts
@@ -158,7 +149,7 @@ def test_compose_up_trains_cifar_resumes_a_killed_worker_and_keeps_the_dashboard
     assert r.status_code == 201, r.text
     second = r.json()["id"]
     t = time.monotonic()
-    wait_until(
+    wait_for(
         lambda: any(x["state"] == "RUNNING" and x["epoch"] >= 1 for x in trials(api, second)),
         300,
         emu,
@@ -224,7 +215,7 @@ def test_the_emulation_catches_finding_7(emulate):
     assert r.status_code == 201, r.text
     # the dashboard answers from outside loopback
     _, port = emu.listen_address("dashboard", 8080)
-    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/api/studies"), 60, emu, "the dashboard")
+    wait_for(lambda: _answers(f"http://127.0.0.1:{port}/api/studies"), 60, emu, "the dashboard")
     assert _answers(f"http://127.0.0.2:{port}/api/studies")
 
 

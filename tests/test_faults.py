@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,6 +23,7 @@ from tests.conftest import (
     digits_spec,
     free_port,
     trial_rows,
+    wait_for,
     wait_healthy,
     wait_study,
 )
@@ -34,15 +34,6 @@ pytestmark = pytest.mark.e2e
 def recovered(fault: str, since: float) -> None:
     """Print how long recovery took (informational: never asserted; run with -s)."""
     print(f"\n[recovery] {fault}: {time.monotonic() - since:.1f}s")
-
-
-def wait_for(cond: Callable[[], object], timeout: float, d: Deployment, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := cond():
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}\n{d.logs()}")
 
 
 def trials(api: str, study: str) -> list[dict]:
