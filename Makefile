@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-api clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/sam_step.py
+
+# The API's door and read load on a real uvicorn (PostgreSQL and Redis as for the tests;
+# the load benchmark needs wrk: apt-get install wrk).
+bench-api: setup
+	bash scripts/services.sh
+	$(PY) -m benchmarks.door
+	$(PY) -m benchmarks.load
 
 clean:
 	rm -rf .samsweep
