@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -49,7 +50,7 @@ def _replay(session: Session, owner: str, key: str, digest: str) -> Study | None
         raise IdempotencyMismatch(
             "this Idempotency-Key was used with a different request body; "
             "use a new key for a different study",
-            field="Idempotency-Key",
+            field="idempotency-key",  # as FastAPI names the header's own 422s
         )
     return session.get(Study, row.study_id)
 
@@ -76,6 +77,7 @@ def create_study(
         existing = _replay(session, scope, idempotency_key, digest)
         if existing is not None:
             return existing, False
+        session.rollback()  # hold no pooled connection while the dataset files are checked
     try:
         check_spec(spec, settings.data_dir, settings.max_grid_trials)
     except SpecError as e:
@@ -102,7 +104,9 @@ def create_study(
             session.flush()  # a concurrent request with this key waits here for our commit
     except IntegrityError as e:
         session.rollback()
-        existing = _replay(session, scope, idempotency_key or "", digest)
+        if idempotency_key is None:
+            raise
+        existing = _replay(session, scope, idempotency_key, digest)
         if existing is None:  # the other request rolled back after all: let the client retry
             raise Conflict("a study with this Idempotency-Key is being created; retry") from e
         return existing, False
@@ -128,52 +132,53 @@ def create_study(
     return study, True
 
 
+# One sender at a time per API process (the create's background send and the sweeper),
+# so a trial is not sent twice by one API; several API replicas may still overlap, and
+# the worker's claim makes such a duplicate harmless.
+_sending = threading.Lock()
+
+
 def enqueue_pending(
     session: Session, celery: Celery, queue: str, study_id: str | None = None, batch: int = 500
 ) -> int:
     """Send a task for every QUEUED trial never handed to the broker; returns how many.
 
-    The database is the source of truth: if the broker is down now, the trials stay
-    QUEUED with no `enqueued_at`, and a later call (the API's sweeper) sends them.
-    Trials are marked in batches with one compare-and-set UPDATE ... RETURNING before
-    sending, so concurrent callers (a create and the sweeper) never send a trial twice;
-    a batch is sent over one broker connection, and what could not be sent is unmarked.
+    The database is the source of truth: a trial is marked sent (`enqueued_at`) only
+    after the broker took it, so a broker outage, or this process dying mid-send,
+    leaves the rest unmarked for a later call (the API's sweeper) and loses nothing; at
+    worst a trial is sent twice, which the worker's claim absorbs. Batches go over one
+    broker connection.
     """
     pending = (Trial.state == TrialState.QUEUED, Trial.enqueued_at.is_(None))
     scope = () if study_id is None else (Trial.study_id == study_id,)
     sent = 0
-    while True:
-        ids = session.scalars(
-            select(Trial.id).where(*pending, *scope).order_by(Trial.id).limit(batch)
-        ).all()
-        if not ids:
-            return sent
-        marked = session.scalars(
-            update(Trial)
-            .where(Trial.id.in_(ids), *pending)
-            .values(enqueued_at=utcnow())
-            .returning(Trial.id),
-            execution_options={"synchronize_session": False},
-        ).all()
-        session.commit()
-        done = 0
-        try:
-            with celery.producer_or_acquire() as producer:
-                for trial_id in sorted(marked):
-                    enqueue_trial(celery, queue, trial_id, producer=producer)
-                    done += 1
-        except Exception as e:  # broker unreachable: unmark the rest for the sweeper
-            log.warning("could not enqueue %d trial(s): %s", len(marked) - done, e)
-            unsent = sorted(marked)[done:]
-            session.execute(
-                update(Trial)
-                .where(Trial.id.in_(unsent), Trial.state == TrialState.QUEUED)
-                .values(enqueued_at=None),
-                execution_options={"synchronize_session": False},
-            )
-            session.commit()
-            return sent + done
-        sent += done
+    with _sending:
+        while True:
+            ids = session.scalars(
+                select(Trial.id).where(*pending, *scope).order_by(Trial.id).limit(batch)
+            ).all()
+            session.rollback()  # no transaction (or pooled connection) held while sending
+            if not ids:
+                return sent
+            done: list[int] = []
+            try:
+                with celery.producer_or_acquire() as producer:
+                    for trial_id in ids:
+                        enqueue_trial(celery, queue, trial_id, producer=producer)
+                        done.append(trial_id)
+            except Exception as e:  # broker unreachable: the unsent stay unmarked
+                log.warning("could not enqueue %d trial(s): %s", len(ids) - len(done), e)
+            if done:
+                session.execute(
+                    update(Trial)
+                    .where(Trial.id.in_(done), Trial.enqueued_at.is_(None))
+                    .values(enqueued_at=utcnow()),
+                    execution_options={"synchronize_session": False},
+                )
+                session.commit()
+            sent += len(done)
+            if len(done) < len(ids):
+                return sent
 
 
 STUDY_ID = re.compile(r"[0-9a-f]{32}")

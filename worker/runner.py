@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from optuna.exceptions import StorageInternalError
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
@@ -98,11 +99,25 @@ def claim(sessions: sessionmaker, trial_id: int) -> Claim | None:
             return None
         trial = session.get(Trial, trial_id)
         study = trial.study
+        try:
+            spec, cell = StudySpec.model_validate(study.spec), Cell.model_validate(trial.params)
+        except ValidationError as e:
+            # Stored before a stricter spec existed: this trial cannot run. FAIL it with
+            # the reason now, never leave it RUNNING for the sweeper to call "worker lost".
+            reason = f"error: the stored spec no longer validates: {e}".splitlines()[0]
+            session.execute(
+                update(Trial)
+                .where(Trial.id == trial_id, Trial.claim_token == token)
+                .values(state=TrialState.FAILED, finished_at=utcnow(), error=reason)
+            )
+            session.commit()
+            log.error("trial %s: %s", trial_id, e)
+            return None
         return Claim(
             trial_id=trial_id,
             token=token,
-            spec=StudySpec.model_validate(study.spec),
-            cell=Cell.model_validate(trial.params),
+            spec=spec,
+            cell=cell,
             optuna_study_name=study.optuna_study_name,
             study_id=study.id,
             curves=list(trial.curves or []),
@@ -293,11 +308,11 @@ def _train_and_record(c: Claim, settings: Settings, sessions, optuna_id: int, he
         if with_db_retry(lambda: _cancelled(sessions, c), "check for cancel", retry):
             raise Stop("cancelled")
 
-    device = resolve_device(settings.device, settings.torch_threads)
     ckpt = checkpoint_path(settings, c)
-    config = trial_config(c, settings, device, ckpt)
-    outcome = "complete"
-    try:
+    device, outcome = settings.device, "complete"
+    try:  # the set-up too: a dataset refused here fails the Optuna trial as well
+        device = resolve_device(settings.device, settings.torch_threads)
+        config = trial_config(c, settings, device, ckpt)
         result = trainer.fit(config, on_epoch=on_epoch)
     except Stop as e:
         if e.reason != "cancelled":

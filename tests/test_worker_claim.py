@@ -1,0 +1,31 @@
+"""The worker's claim on PostgreSQL: a trial whose stored spec no longer validates (it
+was stored before a stricter spec, say) is FAILED with that reason at once, never left
+RUNNING for the sweeper to call "worker lost"."""
+
+from __future__ import annotations
+
+from samsweep.db import Study, Trial, TrialState, session_factory
+from samsweep.migrate import migrate
+from samsweep.settings import Settings
+from samsweep.spec import StudySpec
+from tests.conftest import digits_spec
+from worker.runner import claim
+
+
+def test_a_stored_spec_that_no_longer_validates_fails_the_trial(pg_url):
+    migrate(Settings(database_url=pg_url))
+    sessions = session_factory(pg_url)
+    spec = StudySpec.model_validate(digits_spec()).model_dump(mode="json")
+    spec["name"] = "tab\there"  # accepted once; the printable-text rule refuses it now
+    cell = StudySpec.model_validate(digits_spec()).cells()[0]
+    with sessions() as s:
+        s.add(Study(id="s1", name="old", spec=spec, n_trials=1, optuna_study_name="old-s1"))
+        s.add(Trial(study_id="s1", number=0, cell_key=cell.key, seed=0, params=cell.params()))
+        s.commit()
+        trial_id = s.query(Trial.id).scalar()
+    assert claim(sessions, trial_id) is None
+    with sessions() as s:
+        t = s.get(Trial, trial_id)
+        assert t.state == TrialState.FAILED and t.finished_at is not None
+        assert t.error.startswith("error: the stored spec no longer validates"), t.error
+        assert t.attempts == 1
