@@ -10,6 +10,7 @@ attributes) is therefore what optuna-dashboard shows.
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 from typing import Any
 
@@ -60,15 +61,28 @@ def grant_read_only(db_url: str, role: str, password: str) -> None:
     """A login role that can read Optuna's schema and change nothing, for optuna-dashboard:
     it has no authentication and can DELETE a study, which must not reach the storage
     (its DELETE then fails; tests/test_migrations.py). Idempotent: every migrate
-    re-applies the password and the grants, including to tables added since."""
+    re-applies the password and the grants, including to tables added since. An
+    existing role is reused only if it is a plain login role (no superuser, createdb,
+    createrole, replication or bypassrls, member of nothing) and not the role migrate
+    itself runs as; anything else is refused rather than silently reset."""
     from psycopg import sql
 
-    with engine_for(db_url).begin() as conn:
-        cur = conn.connection.dbapi_connection.cursor()
-        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-        verb = "ALTER" if cur.fetchone() else "CREATE"
+    with engine_for(db_url).begin() as conn, conn.connection.dbapi_connection.cursor() as cur:
+        cur.execute(
+            "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls"
+            " OR EXISTS (SELECT 1 FROM pg_auth_members WHERE member = r.oid),"
+            " rolname = current_user FROM pg_roles r WHERE rolname = %s",
+            (role,),
+        )
+        found = cur.fetchone()
+        if found is not None and any(found):
+            raise RuntimeError(
+                f"SAMSWEEP_DASHBOARD_DB_ROLE={role!r} names an existing role that is not a "
+                "plain login role (or is the one migrate runs as): choose another name"
+            )
+        verb = "CREATE" if found is None else "ALTER"
         for statement in (
-            f"{verb} ROLE {{role}} LOGIN PASSWORD {{pw}}",  # no other attribute: the defaults
+            f"{verb} ROLE {{role}} LOGIN PASSWORD {{pw}}",
             "REVOKE ALL ON DATABASE {db} FROM {role}",
             "GRANT CONNECT ON DATABASE {db} TO {role}",
             "GRANT USAGE ON SCHEMA {schema} TO {role}",
@@ -108,7 +122,9 @@ def distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
 
 def create_study(url: str, name: str, samsweep_id: str, spec: StudySpec) -> None:
     study = optuna.create_study(storage=get_storage(url), study_name=name, direction="maximize")
-    study.set_metric_names([spec.objective])
+    with warnings.catch_warnings():  # stable since Optuna 3.2, still flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([spec.objective])
     study.set_user_attr("samsweep_study_id", samsweep_id)
     study.set_user_attr("objective", spec.objective)
     study.set_user_attr("spec_name", spec.name)

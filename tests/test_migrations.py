@@ -81,3 +81,25 @@ def test_dashboard_role_reads_optuna_and_changes_nothing(pg_url):
     with engine.connect() as conn, pytest.raises(ProgrammingError, match="permission denied"):
         conn.execute(text("SELECT count(*) FROM public.samsweep_studies"))  # private specs
     engine.dispose()
+
+
+@pytest.mark.parametrize("role", ["postgres", "samsweep_dash_priv"])
+def test_dashboard_role_is_never_a_privileged_or_own_role(pg_url, role):
+    """An existing role with privileges (or the one migrate runs as) is refused, never
+    silently given a new password and reused."""
+    from sqlalchemy import text
+
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP ROLE IF EXISTS samsweep_dash_priv"))
+        conn.execute(text("CREATE ROLE samsweep_dash_priv LOGIN CREATEDB"))
+    try:
+        settings = Settings(
+            database_url=pg_url, dashboard_db_password="pw", dashboard_db_role=role
+        )
+        with pytest.raises(RuntimeError, match="not a plain login role"):
+            migrate(settings)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text("DROP ROLE IF EXISTS samsweep_dash_priv"))
+        admin.dispose()
