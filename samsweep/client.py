@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 import time
@@ -61,7 +62,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """safe_load, but a key given twice in one mapping is an error, not "last wins":
-    a repeated key would silently change the study (the API refuses them too)."""
+    a repeated key would silently change the study (the API refuses them too); and
+    YAML 1.2's floats, so `lr: 1e-3` is a number (PyYAML's YAML 1.1 reads it as a
+    string, which the strict spec then refuses)."""
 
     def construct_mapping(self, node, deep=False):
         seen: set[Any] = set()
@@ -75,6 +78,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2's float syntax (1e-3, 5E-4, .5, 1.0e+3); the rest of YAML 1.1 stays.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def _parse_json(path: Path, text: str) -> Any:

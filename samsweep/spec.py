@@ -14,15 +14,25 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 # The longest grid axis and seed list. The grid is their product, refused above the
 # deployment's SAMSWEEP_MAX_GRID_TRIALS (samsweep.catalog) before anything is built.
 MAX_AXIS = 100
 MAX_BATCH = 1_000_000
-# Printable text only: NUL and other control characters are refused (PostgreSQL text
-# cannot hold NUL; a path or name with a newline is never intended).
-PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+
+def _printable(text: str) -> str:
+    """Printable text only (str.isprintable: no NUL, control, format or separator
+    characters but the space, so no newline, no U+2028, no bidi override). PostgreSQL
+    text cannot hold NUL, and such a name or path is never intended."""
+    if not text.isprintable():
+        bad = next(c for c in text if not c.isprintable())
+        raise ValueError(f"must be printable text; found U+{ord(bad):04X}")
+    return text
+
+
+Printable = Annotated[str, AfterValidator(_printable)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
 # SAM's useful rho is 0.01-0.5; ASAM's is 10-40x larger (0.5-2.0): 10 bounds both.
@@ -48,12 +58,11 @@ def _unique(values: list[Any]) -> list[Any]:
 
 class DatasetSpec(_Strict):
     name: Literal["digits", "cifar10", "cifar100", "synthetic"]
-    path: str | None = Field(
+    path: Printable | None = Field(
         None,
         validate_default=True,
         min_length=1,
         max_length=1024,
-        pattern=PRINTABLE,
         description="directory under the data root (cifar10/100)",
     )
     val_fraction: float = Field(
@@ -195,7 +204,7 @@ class SharpnessSpec(_Strict):
 
 
 class StudySpec(_Strict):
-    name: str = Field(min_length=1, max_length=200, pattern=PRINTABLE)
+    name: Printable = Field(min_length=1, max_length=200)
     dataset: DatasetSpec
     model: ModelSpec
     search: SearchSpec

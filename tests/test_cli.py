@@ -16,6 +16,7 @@ import time
 import pytest
 
 from samsweep.cli import _redact, main
+from samsweep.client import SpecError, load_spec
 from samsweep.settings import get_settings
 from tests.conftest import ROOT, digits_spec, free_port, wait_healthy
 
@@ -268,3 +269,15 @@ def test_parent_death_signal_is_set_in_the_child(tmp_path):
         timeout=30,
     ).stdout
     assert int(out) == signal.SIGTERM
+
+
+def test_yaml_exponents_are_numbers_and_yes_is_not(tmp_path):
+    """PyYAML reads YAML 1.1, where `1e-3` is a string; the strict spec would refuse the
+    most common way to write a learning rate. Booleans stay booleans (and are refused)."""
+    path = tmp_path / "exp.yaml"
+    path.write_text(VALID_YAML.replace("lr: 0.05", "lr: 1e-3, weight_decay: 5E-4"))
+    spec = load_spec(path)
+    assert spec["train"]["lr"] == 0.001 and spec["train"]["weight_decay"] == 0.0005
+    path.write_text(VALID_YAML.replace("[0.0, 0.05]", "[yes]"))
+    with pytest.raises(SpecError, match=r"search\.rho\[0\]: Input should be a valid number"):
+        load_spec(path)

@@ -160,6 +160,8 @@ def test_huge_grids_are_refused_quickly(live, body, field):
     [
         ("name", "nul\x00byte"),
         ("name", "new\nline"),
+        ("name", "line\u2028separator"),
+        ("name", "bidi\u202eoverride"),
         ("name", "x" * 201),
         ("name", ""),
         ("dataset", {"name": "cifar10", "path": "a\x00b"}),
@@ -167,8 +169,8 @@ def test_huge_grids_are_refused_quickly(live, body, field):
         ("dataset", {"name": "cifar10", "path": ("d/" * 600)}),
         ("dataset", {"name": "cifar10", "path": ""}),
     ],
-    ids=["nul-name", "newline-name", "long-name", "empty-name", "nul-path", "5000-path",
-         "deep-path", "empty-path"],
+    ids=["nul-name", "newline-name", "u2028-name", "bidi-name", "long-name", "empty-name",
+         "nul-path", "5000-path", "deep-path", "empty-path"],
 )  # fmt: skip
 def test_hostile_strings_are_422(live, field, value):
     url, *_ = live

@@ -104,7 +104,7 @@ def test_same_key_different_body_is_422_and_changes_nothing(api):
     other = httpx.post(f"{url}/studies", json=digits_spec(epochs=5), headers=key)
     assert other.status_code == 422, other.text
     error = other.json()["error"]
-    assert error["code"] == "idempotency_key_reused" and error["field"] == "Idempotency-Key"
+    assert error["code"] == "idempotency_key_reused" and error["field"] == "idempotency-key"
     assert "different request body" in error["message"]
     # racing different bodies under one fresh key: exactly one wins, the rest are 422
     bodies = [digits_spec(epochs=1 + i % 2) for i in range(RACERS)]

@@ -8,7 +8,8 @@ hold a request that waits for a pooled connection while the teardowns that would
 return connections wait for a thread, and nothing is answered until the pool times
 out (fastapi#3205, #12066). Opened inside the endpoint, a connection is taken and
 given back in one thread call, so more concurrent requests than pooled connections
-queue instead of deadlocking (tests/test_load.py).
+queue instead of deadlocking (tests/test_load.py). The dependencies themselves do no
+I/O, so they are `async def`: a sync one would cost each request a threadpool hop.
 """
 
 from __future__ import annotations
@@ -33,15 +34,15 @@ bearer = HTTPBearer(
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_db(request: Request) -> sessionmaker:
+async def get_db(request: Request) -> sessionmaker:
     return session_factory(request.app.state.settings.resolved_database_url)
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
@@ -49,12 +50,12 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
     return None if credentials is None else credentials.credentials
 
 
-def writer(request: Request, credentials: Credentials) -> str | None:
+async def writer(request: Request, credentials: Credentials) -> str | None:
     """The owner of a write call (401 without a valid token when tokens are configured)."""
     return owner_for(_token(credentials), request.app.state.settings.api_tokens)
 
 
-def reader(request: Request, credentials: Credentials) -> str | None:
+async def reader(request: Request, credentials: Credentials) -> str | None:
     """The owner whose studies a read may see; None = all (studies are not private)."""
     settings = request.app.state.settings
     if not settings.private_studies:
