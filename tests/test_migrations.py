@@ -94,9 +94,7 @@ def test_dashboard_role_is_never_a_privileged_or_own_role(pg_url, role):
         conn.execute(text("DROP ROLE IF EXISTS samsweep_dash_priv"))
         conn.execute(text("CREATE ROLE samsweep_dash_priv LOGIN CREATEDB"))
     try:
-        settings = Settings(
-            database_url=pg_url, dashboard_db_password="pw", dashboard_db_role=role
-        )
+        settings = Settings(database_url=pg_url, dashboard_db_password="pw", dashboard_db_role=role)
         with pytest.raises(RuntimeError, match="not a plain login role"):
             migrate(settings)
     finally:
