@@ -365,3 +365,25 @@ def test_a_deleted_optuna_study_fails_its_trials_with_the_real_reason(fault_depl
         assert t["attempts"] == 1 and "worker lost" not in t["error"], t["error"]
         # the running one stopped at its next report; the queued one could not start
         assert t["error"].startswith("error: KeyError:"), t["error"]
+
+
+def test_out_of_memory_cell_is_infeasible_and_not_retried(server_deployment):
+    """A worker limited to 3 GiB of address space: batch 4096 fails to allocate (the real
+    CPU allocator error), its cell is INFEASIBLE at once, and batch 32 still trains.
+    (Restored: it backs the README's 'allocation failure (INFEASIBLE)' row.)"""
+    d = server_deployment
+    api = d.start_api()
+    d.start_worker(memory_limit=3 * 2**30)
+    spec = digits_spec(rho=(0.0,), batch_size=(32, 4096), epochs=1)
+    spec["dataset"] = {"name": "cifar10", "path": "cifar10-subset"}
+    study = httpx.post(f"{api}/studies", json=spec).json()["id"]
+    detail = wait_study(api, study, timeout=240, d=d)
+    assert detail["status"] == "complete", detail
+    by_batch = {t["params"]["batch_size"]: t for t in trials(api, study)}
+    assert by_batch[32]["state"] == "COMPLETE", by_batch[32]
+    oom = by_batch[4096]
+    assert oom["state"] == "INFEASIBLE" and oom["attempts"] == 1
+    assert oom["error"] == "infeasible: out of memory at batch size 4096 on cpu"
+    assert detail["counts"]["INFEASIBLE"] == 1
+    states = sorted(f.state.name for f in optuna_trials(d, study))
+    assert states == ["COMPLETE", "FAIL"]
