@@ -40,6 +40,7 @@ Rho = Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False)]
 BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 FILE_DATASETS = ("cifar10", "cifar100")
+FLIP_SAFE_DATASETS = FILE_DATASETS  # natural images: a mirror image keeps its class
 
 
 class _Strict(BaseModel):
@@ -87,9 +88,13 @@ class DatasetSpec(_Strict):
 
     @field_validator("augment")
     @classmethod
-    def _no_flips_on_digits(cls, augment: str, info: ValidationInfo) -> str:
-        if augment != "none" and info.data.get("name") == "digits":
-            raise ValueError("digits cannot be flipped (a flipped digit is another symbol)")
+    def _flips_on_natural_images_only(cls, augment: str, info: ValidationInfo) -> str:
+        name = info.data.get("name")
+        if augment != "none" and name is not None and name not in FLIP_SAFE_DATASETS:
+            raise ValueError(
+                f"{augment} flips images, which changes the class on {name!r} "
+                f"(a flipped digit is another symbol); allowed on {', '.join(FLIP_SAFE_DATASETS)}"
+            )
         return augment
 
 
