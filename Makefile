@@ -27,11 +27,13 @@ demo: setup
 # The tests talk to real PostgreSQL and Redis; scripts/services.sh starts them if down.
 test: setup
 	$(VENV)/bin/ruff check samsweep service worker trainer tests benchmarks migrations
+	$(VENV)/bin/ruff format --check samsweep service worker trainer tests benchmarks migrations
 	bash scripts/services.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check samsweep service worker trainer tests benchmarks migrations
+	$(VENV)/bin/ruff format --check samsweep service worker trainer tests benchmarks migrations
 
 bench: setup
 	$(PY) benchmarks/sam_step.py

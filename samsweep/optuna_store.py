@@ -134,10 +134,6 @@ def delete_study(url: str, name: str) -> None:
     optuna.delete_study(study_name=name, storage=get_storage(url))
 
 
-def study_id(url: str, name: str) -> int:
-    return get_storage(url).get_study_id_from_name(name)
-
-
 # User attributes samsweep puts on an Optuna trial besides the trial's metrics.
 BOOKKEEPING = frozenset({"samsweep_trial_id", "fail_reason", "seed"})
 
@@ -182,7 +178,7 @@ def settle_earlier_attempts(
 
 
 def report(url: str, trial_id: int, step: int, value: float | None) -> None:
-    """Intermediate value for live curves (and pruners)."""
+    """Intermediate value: optuna-dashboard's live curve of the objective."""
     if value is not None and math.isfinite(value):
         get_storage(url).set_trial_intermediate_value(trial_id, step, value)
 
@@ -208,7 +204,3 @@ def fail_trial(url: str, trial_id: int, reason: str) -> None:
 def _fail(storage: optuna.storages.RDBStorage, trial_id: int, reason: str) -> None:
     storage.set_trial_user_attr(trial_id, "fail_reason", reason)
     storage.set_trial_state_values(trial_id, TrialState.FAIL)
-
-
-def get_trial(url: str, trial_id: int) -> optuna.trial.FrozenTrial:
-    return get_storage(url).get_trial(trial_id)
