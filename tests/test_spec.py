@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from samsweep.spec import StudySpec
@@ -46,3 +48,26 @@ def test_spec_round_trips_through_json():
 def test_rho_must_be_finite_and_in_range(rho):
     with pytest.raises(ValidationError, match="search.rho.0|rho"):
         _spec(rho=[rho])
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(
+    rho=st.lists(st.sampled_from([0.0, 0.01, 0.05, 0.1, 0.5]), min_size=1, unique=True),
+    batch=st.lists(st.sampled_from([8, 16, 32]), min_size=1, unique=True),
+    variants=st.lists(st.sampled_from(["sam", "asam"]), min_size=1, unique=True),
+    ms=st.lists(st.sampled_from([None, 4, 8]), min_size=1, unique=True),
+    seeds=st.lists(st.integers(0, 9), min_size=1, max_size=4, unique=True),
+)
+def test_n_trials_from_list_lengths_equals_the_built_grid(rho, batch, variants, ms, seeds):
+    """n_trials is arithmetic on the list lengths (a hostile grid is refused before any
+    cell is built); it must always equal the grid cells() builds."""
+    spec = _spec(rho=rho, batch_size=batch, sam_variant=variants, m=ms)
+    spec = spec.model_copy(update={"seeds": seeds})
+    assert spec.n_trials == len(spec.cells())
+
+
+def test_a_huge_grid_is_counted_without_being_built():
+    spec = _spec(rho=[0.001 * i for i in range(100)], batch_size=list(range(1, 101)))
+    spec = spec.model_copy(update={"seeds": list(range(100))})
+    # (99 SAM rhos + rho 0 once) x 100 batch sizes x 100 seeds; cells() would build 10^6
+    assert spec.n_trials == 100 * 100 * 100
