@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,13 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_exponential,
+)
 
 from samsweep import optuna_store
 from samsweep.catalog import contained_dataset_dir
@@ -59,22 +65,27 @@ def worker_name() -> str:
 
 
 def with_db_retry(fn: Callable[[], T], what: str, budget: float = 120.0) -> T:
-    """Call `fn`, retrying with exponential backoff while the database is unreachable.
+    """Call `fn`, retrying with exponential backoff (0.25 s doubling to 10 s) while the
+    database is unreachable; re-raises the last error once `budget` seconds have
+    passed. Optuna wraps the same connection errors in StorageInternalError, so both
+    are retried; nothing else is (tests/test_faults.py: PostgreSQL refusing for 8 s)."""
 
-    Gives up (re-raises) once `budget` seconds have passed. Optuna wraps the same
-    connection errors in StorageInternalError, so both are retried.
-    """
-    deadline = time.monotonic() + budget
-    delay = 0.25
-    while True:
-        try:
-            return fn()
-        except (OperationalError, StorageInternalError) as e:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, e, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    def warn(state: RetryCallState) -> None:
+        log.warning(
+            "%s: database unavailable (%s); retrying in %.1fs",
+            what,
+            state.outcome.exception() if state.outcome else None,
+            state.upcoming_sleep,
+        )
+
+    retrying = Retrying(
+        retry=retry_if_exception_type((OperationalError, StorageInternalError)),
+        wait=wait_exponential(multiplier=0.25, min=0.25, max=10.0),
+        stop=stop_before_delay(budget),  # never sleeps past the budget
+        before_sleep=warn,
+        reraise=True,
+    )
+    return retrying(fn)
 
 
 def claim(sessions: sessionmaker, trial_id: int) -> Claim | None:
