@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from samsweep.settings import get_settings
+from samsweep.settings import get_settings, reveal
 
 
 def _use_state_dir(state_dir: Path | None) -> None:
@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"samsweep: {e}", file=sys.stderr)
         return 2
     url = (args.url or settings.api_url).rstrip("/")
-    run = _Run(url, settings.api_token, settings.state_dir)
+    run = _Run(url, reveal(settings.api_token), settings.state_dir)
     with _Signals() as signals:
         try:
             return run.submit_and_follow(

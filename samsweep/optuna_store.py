@@ -54,7 +54,8 @@ def prepare_storage(settings: Settings) -> None:
         and settings.optuna_url is None
         and settings.dashboard_db_password
     ):
-        grant_read_only(db_url, settings.dashboard_db_role, settings.dashboard_db_password)
+        password = settings.dashboard_db_password.get_secret_value()
+        grant_read_only(db_url, settings.dashboard_db_role, password)
 
 
 def grant_read_only(db_url: str, role: str, password: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OPTUNA_SCHEMA = "optuna"
@@ -41,10 +41,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="runs of a trial whose worker died")
     sweep_seconds: float = Field(10.0, gt=0, description="API re-sends never-queued trials")
     api_url: str = Field("http://127.0.0.1:8000", description="where `samsweep run` submits")
-    api_token: str | None = Field(None, description="bearer token `samsweep run` sends")
+    api_token: SecretStr | None = Field(None, description="bearer token `samsweep run` sends")
     # Credentials. With tokens configured, every write needs `Authorization: Bearer <token>`;
     # with private_studies, reads need one too and each owner sees only their studies.
-    api_tokens: str | None = Field(None, description="comma-separated owner:token pairs")
+    api_tokens: SecretStr | None = Field(None, description="comma-separated owner:token pairs")
     private_studies: bool = Field(False, description="studies visible to their owner only")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body")
     broker_visibility_timeout: float = Field(
@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     broker_transport_options: dict[str, Any] = Field(
         default_factory=dict, description="extra kombu transport options (JSON), e.g. Redis's"
     )
-    dashboard_db_password: str | None = Field(
+    dashboard_db_password: SecretStr | None = Field(
         None,
         description="PostgreSQL: `samsweep migrate` makes a read-only login role for "
         "optuna-dashboard with this password (SELECT on Optuna's schema only)",
@@ -95,9 +95,15 @@ class Settings(BaseSettings):
     def resolved_checkpoint_dir(self) -> Path:
         return self.checkpoint_dir or self.state_dir / "checkpoints"
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _well_formed_tokens(cls, value: SecretStr | None) -> SecretStr | None:
+        parse_tokens(reveal(value))  # a malformed list stops every process at start-up
+        return value
+
     def tokens(self) -> dict[str, str]:
         """owner -> token, from `api_tokens`; empty when no credentials are configured."""
-        return parse_tokens(self.api_tokens)
+        return parse_tokens(reveal(self.api_tokens))
 
     @property
     def stale_after_seconds(self) -> float:
@@ -107,6 +113,11 @@ class Settings(BaseSettings):
     @property
     def is_embedded_broker(self) -> bool:
         return self.resolved_broker_url.startswith("sqla+")
+
+
+def reveal(secret: SecretStr | None) -> str | None:
+    """The secret's text, where it is used (secrets print as ********** elsewhere)."""
+    return None if secret is None else secret.get_secret_value()
 
 
 def parse_tokens(value: str | None) -> dict[str, str]:

@@ -65,7 +65,7 @@ def test_dashboard_role_reads_optuna_and_changes_nothing(pg_url):
 
     settings = Settings(database_url=pg_url, dashboard_db_password="dash-pw-1")
     migrate(settings)
-    migrate(settings.model_copy(update={"dashboard_db_password": "dash-pw-2"}))  # idempotent
+    migrate(Settings(database_url=pg_url, dashboard_db_password="dash-pw-2"))  # idempotent
     owner = optuna.create_study(storage=settings.resolved_optuna_url, study_name="kept")
     owner.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     dash = make_url(settings.resolved_optuna_url).set(

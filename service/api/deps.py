@@ -22,7 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import sessionmaker
 
 from samsweep.db import session_factory
-from samsweep.settings import Settings
+from samsweep.settings import Settings, reveal
 from service.auth import owner_for
 
 # Declares the security scheme in OpenAPI; the token itself is checked by owner_for.
@@ -52,7 +52,7 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
 
 async def writer(request: Request, credentials: Credentials) -> str | None:
     """The owner of a write call (401 without a valid token when tokens are configured)."""
-    return owner_for(_token(credentials), request.app.state.settings.api_tokens)
+    return owner_for(_token(credentials), reveal(request.app.state.settings.api_tokens))
 
 
 async def reader(request: Request, credentials: Credentials) -> str | None:
@@ -60,7 +60,7 @@ async def reader(request: Request, credentials: Credentials) -> str | None:
     settings = request.app.state.settings
     if not settings.private_studies:
         return None
-    return owner_for(_token(credentials), settings.api_tokens)
+    return owner_for(_token(credentials), reveal(settings.api_tokens))
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
