@@ -11,15 +11,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from sqlalchemy import create_engine, text
+
+from samsweep.client import ServerExited, wait_until_up
 
 PG_ADMIN = os.environ.get(
     "SAMSWEEP_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -71,16 +71,10 @@ def live_api(**settings: str) -> Iterator[LiveApi]:
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or api.poll() is not None:
-                raise RuntimeError(f"the API did not start: {log_path.read_text()}")
-            time.sleep(0.3)
+        try:
+            wait_until_up(url, timeout=60, process=api)
+        except (ServerExited, TimeoutError) as e:
+            raise RuntimeError(f"the API did not start ({e}): {log_path.read_text()}") from None
         yield LiveApi(url, db_url, api.pid, log_path, queue)
     finally:
         os.killpg(api.pid, signal.SIGTERM)

@@ -278,11 +278,12 @@ class _Run:
                 # Killed without cleaning up (SIGKILL), this process still stops it.
                 preexec_fn=_terminate_with_parent(),
             )
-        deadline = time.monotonic() + 120
-        while not client.is_up(self.url):
-            if self.server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"samsweep: the embedded server did not start; see {log_path}")
-            time.sleep(0.5)
+        try:
+            client.wait_until_up(self.url, timeout=120, process=self.server, poll=0.5)
+        except (client.ServerExited, TimeoutError):
+            raise SystemExit(
+                f"samsweep: the embedded server did not start; see {log_path}"
+            ) from None
 
     def interrupted(self, signals: _Signals) -> None:
         """After the first stop signal: cancel what only this command would have run."""

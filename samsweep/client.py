@@ -225,6 +225,23 @@ def results(http: httpx.Client, study_id: str, seconds: float) -> int:
     return 0 if best["best"] is not None else 1
 
 
+class ServerExited(RuntimeError):
+    """The server process being waited for ended before it answered."""
+
+
+def wait_until_up(url: str, timeout: float, process=None, poll: float = 0.3) -> None:
+    """Poll GET /health until it answers 200 (the one "wait until healthy" loop: the CLI,
+    the tests and the benchmarks use it). Raises ServerExited if `process` (a Popen)
+    ends first, TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not is_up(url):
+        if process is not None and process.poll() is not None:
+            raise ServerExited(f"{process.args} exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not healthy after {timeout:.0f}s")
+        time.sleep(poll)
+
+
 def cancel(http: httpx.Client, study_id: str) -> dict[str, Any]:
     """POST /studies/{id}/cancel; returns the study's detail."""
     return http.post(f"/studies/{study_id}/cancel", timeout=10).raise_for_status().json()

@@ -160,19 +160,12 @@ def _limit_memory(limit: int):
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"{proc.args} exited with {proc.returncode}: {proc.log_path.read_text()}"
-            )  # type: ignore[attr-defined]
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not healthy after {timeout}s")
+    from samsweep.client import ServerExited, wait_until_up
+
+    try:
+        wait_until_up(url, timeout, process=proc)
+    except ServerExited as e:
+        raise RuntimeError(f"{e}: {proc.log_path.read_text()}") from None  # type: ignore[attr-defined]
 
 
 def base_env(tmp: Path, **settings: str) -> dict[str, str]:
