@@ -46,7 +46,7 @@ from functools import partial
 
 import torch
 
-from trainer.config import TrialConfig
+from trainer.config import DatasetConfig, ModelConfig, TrialConfig
 from trainer.models import build_model
 from trainer.sam import SAM
 from trainer.steps import StepOptions, base_step, build_base_optimizer, sam_step
@@ -96,7 +96,12 @@ class OptimizerTimer:
 
 def make_steps(name: str, channels: int, size: int, device: torch.device):
     """(base step, SAM step, SAM's optimizer timer), same init for both models."""
-    config = TrialConfig(dataset="synthetic", model=name, rho=0.05, device=str(device))
+    config = TrialConfig(
+        dataset=DatasetConfig(name="synthetic"),
+        model=ModelConfig(name=name),
+        rho=0.05,
+        device=str(device),
+    )
     steps = []
     for _ in range(2):
         torch.manual_seed(0)

@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from samsweep.db import engine_for
 from samsweep.settings import OPTUNA_SCHEMA, Settings
-from samsweep.spec import Cell, StudySpec
+from samsweep.spec import StudySpec, TrialParams
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -111,13 +111,12 @@ def study_name(name: str, samsweep_id: str) -> str:
 
 
 def distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
-    """Every grid axis as a categorical; choices are the values the cells really take
-    (sam_variant and m are None on rho = 0 cells)."""
-    cells = spec.cells()
-    axes = AXES
+    """Every grid axis as a categorical; choices are the values the trials really take
+    (sam_variant and m are None on rho = 0 trials)."""
+    trials = spec.trials()
     return {
-        axis: CategoricalDistribution(tuple(dict.fromkeys(getattr(c, axis) for c in cells)))
-        for axis in axes
+        axis: CategoricalDistribution(tuple(dict.fromkeys(getattr(t, axis) for t in trials)))
+        for axis in AXES
     }
 
 
@@ -140,9 +139,9 @@ BOOKKEEPING = frozenset({"samsweep_trial_id", "fail_reason", "seed"})
 
 
 def start_trial(
-    url: str, study_name: str, spec: StudySpec, cell: Cell, samsweep_trial_id: int
+    url: str, study_name: str, spec: StudySpec, params: TrialParams, samsweep_trial_id: int
 ) -> tuple[int, int]:
-    """Create this cell's Optuna trial, RUNNING, with its params; returns (id, number).
+    """Create this trial's Optuna trial, RUNNING, with its params; returns (id, number).
 
     It is tagged with our trial id, so a later attempt can find it even if the worker
     died before recording the Optuna id on our row.
@@ -150,9 +149,9 @@ def start_trial(
     storage = get_storage(url)
     template = optuna.trial.create_trial(
         state=TrialState.RUNNING,
-        params={axis: getattr(cell, axis) for axis in AXES},
+        params={axis: getattr(params, axis) for axis in AXES},
         distributions=distributions(spec),
-        user_attrs={"samsweep_trial_id": samsweep_trial_id, "seed": cell.seed},
+        user_attrs={"samsweep_trial_id": samsweep_trial_id, "seed": params.seed},
     )
     trial_id = storage.create_new_trial(storage.get_study_id_from_name(study_name), template)
     return trial_id, storage.get_trial_number_from_id(trial_id)

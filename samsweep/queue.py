@@ -2,7 +2,7 @@
 
 Delivery is at-least-once (late acks, redelivery of a lost worker's task), so the
 task itself must be idempotent: it claims its trial row in the database first
-(worker/runner.py). The broker carries only trial ids.
+(worker/claim.py). The broker carries only trial ids.
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ class ModelSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    """The grid: every combination is one trial per seed (rho = 0 once, see cells())."""
+    """The grid: every combination is one trial per seed (rho = 0 once, see trials())."""
 
     rho: list[Rho] = Field(
         min_length=1, max_length=MAX_AXIS, description="SAM neighbourhood sizes; 0 = base optimizer"
@@ -230,37 +230,41 @@ class StudySpec(_Strict):
 
     @property
     def n_trials(self) -> int:
-        """len(cells()), computed from the list lengths without building the grid."""
+        """len(trials()), computed from the list lengths without building the grid."""
         s = self.search
         sam_rhos = sum(1 for r in s.rho if r > 0)
         per_pair = sam_rhos * len(s.sam_variant) * len(s.m) + (len(s.rho) - sam_rhos)
         return len(s.base_optimizer) * len(s.batch_size) * len(self.seeds) * per_pair
 
-    def cells(self) -> list[Cell]:
-        """Every (grid cell, seed) in a fixed order: the trial numbers follow it.
+    def trials(self) -> list[TrialParams]:
+        """Every trial's grid point and seed, in a fixed order: trial numbers follow it.
 
         rho = 0 is the base optimizer alone: SAM's variant and m do not apply to it,
-        so it is one cell per (optimizer, batch size) with sam_variant and m None,
+        so it is one grid cell per (optimizer, batch size) with sam_variant and m None,
         not one identical run per variant and m.
         """
-        s, cells, seen = self.search, [], set()
+        s, trials, seen = self.search, [], set()
         grid = itertools.product(
             s.base_optimizer, s.batch_size, s.rho, s.sam_variant, s.m, self.seeds
         )
         for opt, batch, rho, variant, m, seed in grid:
             if rho == 0:
                 variant, m = None, None
-            cell = Cell(
+            params = TrialParams(
                 rho=rho, batch_size=batch, base_optimizer=opt, sam_variant=variant, m=m, seed=seed
             )
-            if (cell.key, seed) not in seen:
-                seen.add((cell.key, seed))
-                cells.append(cell)
-        return cells
+            if (params.cell_key, seed) not in seen:
+                seen.add((params.cell_key, seed))
+                trials.append(params)
+        return trials
 
 
-class Cell(_Strict):
-    """One trial's coordinates in the grid."""
+class TrialParams(_Strict):
+    """One trial's point in the grid (one value per search axis) and its seed.
+
+    A *grid cell* is the same point without the seed: its trials, one per seed, are
+    the samples the report's mean and std are taken over (``cell_key``).
+    """
 
     rho: float
     batch_size: int
@@ -270,12 +274,9 @@ class Cell(_Strict):
     seed: int
 
     @property
-    def key(self) -> str:
+    def cell_key(self) -> str:
         """Identifies the grid cell (without the seed); unique with the seed per study."""
         return (
             f"rho={self.rho!r}|batch_size={self.batch_size}|base_optimizer={self.base_optimizer}"
             f"|sam_variant={self.sam_variant}|m={self.m}"
         )
-
-    def params(self) -> dict[str, Any]:
-        return self.model_dump()

@@ -114,9 +114,9 @@ def create_study(
     # trial). Measured for the largest allowed grid: faster than insertmanyvalues with
     # RETURNING, and far faster than one multi-VALUES statement, whose compile dominates.
     rows = [
-        {"study_id": study_id, "number": i, "cell_key": c.key, "seed": c.seed,
-         "params": c.params()}
-        for i, c in enumerate(spec.cells())
+        {"study_id": study_id, "number": i, "cell_key": t.cell_key, "seed": t.seed,
+         "params": t.model_dump()}
+        for i, t in enumerate(spec.trials())
     ]  # fmt: skip
     session.execute(insert(Trial), rows)
     # Optuna's study is created inside our transaction's lifetime: if it fails we roll
@@ -195,7 +195,7 @@ def get_study(session: Session, study_id: str, owner: str | None = None) -> Stud
 def cancel_study(session: Session, study: Study) -> None:
     """Mark the study cancelled and its QUEUED trials CANCELLED, in one transaction.
 
-    Running trials see `cancelled_at` at their next epoch boundary (worker/runner.py)
+    Running trials see `cancelled_at` at their next epoch boundary (worker/recorder.py)
     and stop; a queued task delivered later finds its trial no longer QUEUED.
     Finished trials keep their results. Cancelling twice changes nothing more.
     """

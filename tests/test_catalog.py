@@ -69,31 +69,6 @@ def test_file_batch_size_is_refused_above_the_certain_bound_only(val_fraction):
     check_spec(spec(bound), SHARED_DATA, 100)
 
 
-def test_the_door_knows_what_the_trainer_can_run():
-    """The spec's allowed values are exactly the trainer's, so nothing passes the door
-    that every trial would then fail (e.g. synthetic with crop_flip did)."""
-    import typing
-
-    from samsweep import spec as s
-    from trainer import augment, data, models, schedule
-
-    def literal(annotation) -> set:
-        for arg in typing.get_args(annotation) or (annotation,):
-            if typing.get_origin(arg) is typing.Literal:
-                return set(typing.get_args(arg))
-            if typing.get_args(arg):
-                return literal(arg)
-        return set(typing.get_args(annotation))
-
-    assert literal(s.DatasetSpec.model_fields["name"].annotation) == set(data.DATASETS)
-    assert literal(s.DatasetSpec.model_fields["augment"].annotation) == set(augment.AUGMENTS)
-    assert set(s.FLIP_SAFE_DATASETS) == set(augment.FLIP_SAFE_DATASETS)
-    assert set(s.FILE_DATASETS) == set(data.ON_DISK)
-    assert literal(s.ModelSpec.model_fields["name"].annotation) == set(models.MODELS)
-    assert literal(s.TrainSpec.model_fields["schedule"].annotation) == set(schedule.SCHEDULES)
-    assert literal(s.TrainSpec.model_fields["lr_scaling"].annotation) == set(schedule.LR_SCALINGS)
-
-
 @pytest.mark.parametrize("augment", ["crop_flip", "crop_flip_cutout"])
 @pytest.mark.parametrize("dataset", ["digits", "synthetic"])
 def test_flips_are_refused_where_the_trainer_refuses_them(dataset, augment):

@@ -27,7 +27,6 @@ from samsweep.catalog import (
     contained_dataset_dir,
     dataset_files,
 )
-from samsweep.settings import Settings
 from samsweep.spec import StudySpec
 from tests.conftest import SHARED_DATA, digits_spec, trial_rows, wait_study
 from trainer.data import DatasetError, load_dataset
@@ -265,19 +264,18 @@ def test_a_file_swapped_after_the_check_is_refused_when_read(tree, tmp_path):
 
 def test_the_worker_refuses_a_file_swapped_after_the_api_accepted(tree):
     """trial_config resolves through the same check: an escape made later is refused."""
-    from worker.runner import Claim, trial_config
+    from worker.trial_config import trial_config
 
     root, outside = tree
     spec = cifar_spec("good")
     check_spec(spec, root, 100)  # what the API did
-    claim = Claim(1, "t", spec, spec.cells()[0], "o", "s", [], 1)
-    settings = Settings(data_dir=root)
-    config = trial_config(claim, settings, "cpu")
-    assert config.dataset_path == str((root / "good" / BATCHES).resolve())
+    params = spec.trials()[0]
+    config = trial_config(spec, params, data_dir=root)
+    assert config.dataset.path == str((root / "good" / BATCHES).resolve())
     target = root / "good" / BATCHES / "data_batch_1"
     target.unlink()
     target.symlink_to(outside / BATCHES / "data_batch_1")
-    error = refusal(trial_config, claim, settings, "cpu")
+    error = refusal(lambda: trial_config(spec, params, data_dir=root))
     assert f"{BATCHES}/data_batch_1: resolves outside" in error.message
 
 

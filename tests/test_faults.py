@@ -124,17 +124,18 @@ def test_killed_workers_resume_from_checkpoint_and_record_once(fault_deployment)
     )
     assert not list(Path(d.env["SAMSWEEP_CHECKPOINT_DIR"]).rglob("*.pt"))  # cleaned up
 
-    # resumed == uninterrupted: retrain one resumed cell here, in one go
+    # resumed == uninterrupted: retrain one resumed trial here, in one go, from the
+    # stored spec and params through the worker's own mapping (nothing restated)
     import torch
 
     import trainer
+    from samsweep.spec import StudySpec, TrialParams
+    from worker.trial_config import trial_config
 
     torch.set_num_threads(1)  # as the workers (SAMSWEEP_TORCH_THREADS=1)
     t = resumed[0]
-    config = trainer.TrialConfig(
-        dataset="digits", model="cnn", rho=0.05, batch_size=16, epochs=10, lr=0.05,
-        momentum=0.9, weight_decay=5e-4, schedule="cosine", seed=t["params"]["seed"],
-    )  # fmt: skip
+    stored = httpx.get(f"{api}/studies/{study}").json()["spec"]
+    config = trial_config(StudySpec.model_validate(stored), TrialParams(**t["params"]))
     assert trainer.fit(config).test_accuracy == t["metrics"]["test_accuracy"]
 
 

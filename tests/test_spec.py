@@ -19,20 +19,20 @@ def _spec(**search) -> StudySpec:
 
 def test_grid_is_the_product_times_seeds_in_a_fixed_order():
     spec = StudySpec.model_validate(digits_spec(rho=(0.05, 0.1), batch_size=(16, 64), seeds=(0, 1)))
-    cells = spec.cells()
-    assert spec.n_trials == len(cells) == 8
-    assert [(c.batch_size, c.rho, c.seed) for c in cells[:4]] == [
+    trials = spec.trials()
+    assert spec.n_trials == len(trials) == 8
+    assert [(c.batch_size, c.rho, c.seed) for c in trials[:4]] == [
         (16, 0.05, 0), (16, 0.05, 1), (16, 0.1, 0), (16, 0.1, 1)
     ]  # fmt: skip
-    assert len({(c.key, c.seed) for c in cells}) == 8
+    assert len({(c.cell_key, c.seed) for c in trials}) == 8
 
 
 def test_baseline_is_one_cell_whatever_the_sam_variants_and_m():
     spec = _spec(rho=[0.0, 0.05], batch_size=[16], sam_variant=["sam", "asam"], m=[None, 8])
-    cells = spec.cells()
-    baseline = [c for c in cells if c.rho == 0]
+    trials = spec.trials()
+    baseline = [c for c in trials if c.rho == 0]
     assert len(baseline) == 1 and baseline[0].sam_variant is None and baseline[0].m is None
-    assert {(c.sam_variant, c.m) for c in cells if c.rho > 0} == {
+    assert {(c.sam_variant, c.m) for c in trials if c.rho > 0} == {
         ("sam", None), ("sam", 8), ("asam", None), ("asam", 8)
     }  # fmt: skip
     assert spec.n_trials == 5
@@ -41,7 +41,7 @@ def test_baseline_is_one_cell_whatever_the_sam_variants_and_m():
 def test_spec_round_trips_through_json():
     spec = _spec(sam_variant=["asam"], m=[4])
     again = StudySpec.model_validate(spec.model_dump(mode="json"))
-    assert again == spec and again.cells() == spec.cells()
+    assert again == spec and again.trials() == spec.trials()
 
 
 @pytest.mark.parametrize("rho", [float("nan"), float("inf"), -0.01, 10.5])
@@ -60,14 +60,14 @@ def test_rho_must_be_finite_and_in_range(rho):
 )
 def test_n_trials_from_list_lengths_equals_the_built_grid(rho, batch, variants, ms, seeds):
     """n_trials is arithmetic on the list lengths (a hostile grid is refused before any
-    cell is built); it must always equal the grid cells() builds."""
+    cell is built); it must always equal the number trials() builds."""
     spec = _spec(rho=rho, batch_size=batch, sam_variant=variants, m=ms)
     spec = spec.model_copy(update={"seeds": seeds})
-    assert spec.n_trials == len(spec.cells())
+    assert spec.n_trials == len(spec.trials())
 
 
 def test_a_huge_grid_is_counted_without_being_built():
     spec = _spec(rho=[0.001 * i for i in range(100)], batch_size=list(range(1, 101)))
     spec = spec.model_copy(update={"seeds": list(range(100))})
-    # (99 SAM rhos + rho 0 once) x 100 batch sizes x 100 seeds; cells() would build 10^6
+    # (99 SAM rhos + rho 0 once) x 100 batch sizes x 100 seeds; trials() would build 10^6
     assert spec.n_trials == 100 * 100 * 100

@@ -34,8 +34,8 @@ def session(pg_url):
             )
         )
         s.add_all(
-            Trial(study_id="s1", number=i, cell_key=c.key, seed=c.seed, params=c.params())
-            for i, c in enumerate(spec.cells())
+            Trial(study_id="s1", number=i, cell_key=t.cell_key, seed=t.seed, params=t.model_dump())
+            for i, t in enumerate(spec.trials())
         )
         s.commit()
         yield s

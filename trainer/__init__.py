@@ -12,9 +12,13 @@ final weights' loss increase in a ρ-ball and top Hessian eigenvalue).
 """
 
 from trainer.config import (
+    DatasetConfig,
     DivergedError,
     EpochCallback,
     EpochMetrics,
+    ModelConfig,
+    SharpnessConfig,
+    TrainConfig,
     TrainingError,
     TrialConfig,
     TrialResult,
@@ -29,7 +33,11 @@ __all__ = [
     "DATASETS",
     "MODELS",
     "SAM",
+    "ModelConfig",
+    "SharpnessConfig",
+    "TrainConfig",
     "Dataset",
+    "DatasetConfig",
     "DatasetError",
     "DivergedError",
     "EpochCallback",

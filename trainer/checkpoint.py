@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 
 from trainer.config import TrialConfig
 
-VERSION = 1
+VERSION = 2  # 2: the config has the spec's sections (train.lr, ...)
 MAY_DIFFER = ("checkpoint_path", "device")  # where a run is stored and executed
 
 
@@ -61,7 +60,7 @@ def load_checkpoint(path: str | os.PathLike, config: TrialConfig) -> dict[str, A
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("version") != VERSION:
         raise ValueError(f"checkpoint {path} has version {state.get('version')}, not {VERSION}")
-    saved, current = state["config"], asdict(config)
+    saved, current = state["config"], config.flat()
     differ = sorted(
         key
         for key in saved.keys() | current.keys()
@@ -73,7 +72,7 @@ def load_checkpoint(path: str | os.PathLike, config: TrialConfig) -> dict[str, A
     return state
 
 
-def capture_rng(generators: dict[str, torch.Generator | None], device: str) -> dict[str, Any]:
+def capture_rng_state(generators: dict[str, torch.Generator | None], device: str) -> dict[str, Any]:
     """The state of every generator a training epoch draws from."""
     keys, pos, has_gauss, cached = np.random.get_state()[1:]
     device_type = torch.device(device).type
@@ -94,10 +93,10 @@ def capture_rng(generators: dict[str, torch.Generator | None], device: str) -> d
     }
 
 
-def restore_rng(
+def restore_rng_state(
     states: dict[str, Any], generators: dict[str, torch.Generator | None], device: str
 ) -> None:
-    """Put every generator back where :func:`capture_rng` found it.
+    """Put every generator back where :func:`capture_rng_state` found it.
 
     A generator saved on another device type (a CPU checkpoint resumed on CUDA)
     cannot take that state; it keeps its fresh seeding. Runs on different device

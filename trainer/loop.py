@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,7 +32,13 @@ from torch import Tensor, nn
 
 from trainer import sharpness
 from trainer.augment import Augment, build_augment
-from trainer.checkpoint import VERSION, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from trainer.checkpoint import (
+    VERSION,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from trainer.config import DivergedError, EpochCallback, EpochMetrics, TrialConfig, TrialResult
 from trainer.data import Dataset, DatasetError, load_dataset
 from trainer.models import build_model
@@ -152,7 +158,7 @@ class _Run:
     earlier_wall_seconds: float = 0.0  # wall time of the processes before this one
 
     def prepare_eval(self, x: Tensor) -> Tensor:
-        if self.config.channels_last:
+        if self.config.uses_channels_last:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -172,7 +178,7 @@ def fit(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResu
     started = time.perf_counter()
     run = _setup(config)
     resumed_from = _resume(run) if config.checkpoint_path else None
-    for epoch in range(len(run.history) + 1, config.epochs + 1):
+    for epoch in range(len(run.history) + 1, config.train.epochs + 1):
         epoch_start = time.perf_counter()
         train_loss, train_acc = train_epoch(
             run.step,
@@ -199,32 +205,32 @@ def _setup(config: TrialConfig) -> _Run:
     """Data, model, optimizer, schedule, generators: everything seeded, nothing run."""
     shuffle = seed_everything(config.seed)
     data = load_dataset(
-        config.dataset,
-        config.dataset_path,
-        val_fraction=config.val_fraction,
-        label_noise=config.label_noise,
+        config.dataset.name,
+        config.dataset.path,
+        val_fraction=config.dataset.val_fraction,
+        label_noise=config.dataset.label_noise,
         seed=config.seed,
         device=config.device,
     )
     if config.batch_size > len(data.train_y):  # the API bounds this only from file sizes
         raise DatasetError(
             f"batch size {config.batch_size} is larger than the training set of "
-            f"{config.dataset_path or config.dataset} ({len(data.train_y)} examples after "
+            f"{config.dataset.path or config.dataset.name} ({len(data.train_y)} examples after "
             "the validation split)"
         )
     model = build_model(
-        config.model,
+        config.model.name,
         data.in_channels,
         data.num_classes,
         data.image_size,
-        depth=config.model_depth,
-        width=config.model_width,
-        dropout=config.dropout,
+        depth=config.model.depth,
+        width=config.model.width,
+        dropout=config.model.dropout,
     ).to(config.device)
-    if config.channels_last:
+    if config.uses_channels_last:
         model = model.to(memory_format=torch.channels_last)
     augment = build_augment(
-        config.augment, config.dataset, data.image_size, config.seed, config.device
+        config.dataset.augment, config.dataset.name, data.image_size, config.seed, config.device
     )
     step, base, options = build_step(model, config)
     steps_per_epoch = math.ceil(len(data.train_x) / config.batch_size)
@@ -236,12 +242,12 @@ def _setup(config: TrialConfig) -> _Run:
 def _checkpoint(run: _Run, started: float) -> dict:
     return {
         "version": VERSION,
-        "config": asdict(run.config),
+        "config": run.config.flat(),
         "epoch": len(run.history),
         "model": run.model.state_dict(),
         "optimizer": run.base.state_dict(),
         "scheduler": run.scheduler.state_dict(),
-        "rng": capture_rng(run.generators, run.config.device),
+        "rng": capture_rng_state(run.generators, run.config.device),
         "history": [m.to_dict() for m in run.history],
         "train_seconds": run.train_seconds,
         "wall_seconds": run.earlier_wall_seconds + time.perf_counter() - started,
@@ -256,7 +262,7 @@ def _resume(run: _Run) -> int | None:
     run.model.load_state_dict(state["model"])
     run.base.load_state_dict(state["optimizer"])  # lr and momentum/Adam state
     run.scheduler.load_state_dict(state["scheduler"])
-    restore_rng(state["rng"], run.generators, run.config.device)
+    restore_rng_state(state["rng"], run.generators, run.config.device)
     run.history = [EpochMetrics(**m) for m in state["history"]]
     run.train_seconds = state["train_seconds"]
     run.earlier_wall_seconds = state["wall_seconds"]
@@ -315,6 +321,8 @@ def _final_result(run: _Run, started: float, resumed_from: int | None) -> TrialR
         hessian_max_eig=eig,
         train_clean_accuracy=clean_acc,
         resumed_from_epoch=resumed_from,
+        device=config.device,
+        precision=config.precision,
         history=history,
     )
 
@@ -322,15 +330,15 @@ def _final_result(run: _Run, started: float, resumed_from: int | None) -> TrialR
 def _sharpness(run: _Run) -> tuple[float | None, float | None]:
     """sharpness.measure on the fixed training subset, or (None, None) if disabled."""
     config, data = run.config, run.data
-    if config.sharpness_samples == 0:
+    if config.sharpness.samples == 0:
         return None, None
-    index = sharpness.sharpness_subset(len(data.train_x), config.sharpness_samples)
+    index = sharpness.sharpness_subset(len(data.train_x), config.sharpness.samples)
     index = index.to(data.train_x.device)
     return sharpness.measure(
         run.model,
         run.prepare_eval(data.train_x[index]),
         data.train_y[index],
-        rho=config.sharpness_rho,
-        steps=config.sharpness_steps,
-        iters=config.hessian_iters,
+        rho=config.sharpness.rho,
+        steps=config.sharpness.ascent_steps,
+        iters=config.sharpness.hessian_iters,
     )

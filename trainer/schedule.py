@@ -22,31 +22,33 @@ STEP_MILESTONES = (0.5, 0.75)  # step schedule: x0.1 at half and three quarters 
 
 
 def effective_lr(config: TrialConfig) -> float:
-    """``config.lr`` scaled from ``base_batch_size`` to this trial's batch size."""
-    if config.lr_scaling not in LR_SCALINGS:
-        raise ValueError(f"unknown lr_scaling {config.lr_scaling!r}; expected one of {LR_SCALINGS}")
-    if config.lr_scaling == "none":
-        return config.lr
-    if not config.base_batch_size:
-        raise ValueError(f"lr_scaling {config.lr_scaling!r} needs base_batch_size")
-    ratio = config.batch_size / config.base_batch_size
-    return config.lr * (ratio if config.lr_scaling == "linear" else math.sqrt(ratio))
+    """``config.train.lr`` scaled from ``base_batch_size`` to this trial's batch size."""
+    if config.train.lr_scaling not in LR_SCALINGS:
+        raise ValueError(
+            f"unknown lr_scaling {config.train.lr_scaling!r}; expected one of {LR_SCALINGS}"
+        )
+    if config.train.lr_scaling == "none":
+        return config.train.lr
+    if not config.train.base_batch_size:
+        raise ValueError(f"lr_scaling {config.train.lr_scaling!r} needs base_batch_size")
+    ratio = config.batch_size / config.train.base_batch_size
+    return config.train.lr * (ratio if config.train.lr_scaling == "linear" else math.sqrt(ratio))
 
 
 def lr_multiplier(config: TrialConfig, steps_per_epoch: int) -> Callable[[int], float]:
     """Multiplier of the effective lr at optimizer step ``step`` (0-based)."""
-    if config.schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {config.schedule!r}; expected one of {SCHEDULES}")
-    total = config.epochs * steps_per_epoch
-    warmup = min(round(config.warmup_epochs * steps_per_epoch), total)
+    if config.train.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {config.train.schedule!r}; expected one of {SCHEDULES}")
+    total = config.train.epochs * steps_per_epoch
+    warmup = min(round(config.train.warmup_epochs * steps_per_epoch), total)
 
     def multiplier(step: int) -> float:
         if step < warmup:  # linear warmup from lr/warmup to lr
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)  # 0 -> 1 after warmup
-        if config.schedule == "cosine":
+        if config.train.schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        if config.schedule == "step":
+        if config.train.schedule == "step":
             return 0.1 ** sum(progress >= m for m in STEP_MILESTONES)
         return 1.0
 

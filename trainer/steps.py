@@ -31,6 +31,8 @@ from trainer.config import TrialConfig
 from trainer.sam import SAM, build_sam
 from trainer.schedule import effective_lr
 
+OPTIMIZERS = ("sgd", "adam", "adamw")  # the base optimizers (SAM wraps any of them)
+
 # One training step on a batch (x, y): returns the loss (a 0-d tensor) and the
 # number of correct predictions, both from the unperturbed forward pass.
 StepFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -51,8 +53,8 @@ class StepOptions:
     def for_model(cls, model: nn.Module, config: TrialConfig) -> StepOptions:
         return cls(
             m=config.m,
-            grad_clip=config.grad_clip,
-            label_smoothing=config.label_smoothing,
+            grad_clip=config.train.grad_clip,
+            label_smoothing=config.train.label_smoothing,
             device=config.device,
             bf16=config.precision == "bf16",
             batchnorms=batchnorm_modules(model),
@@ -71,24 +73,29 @@ class StepOptions:
 def build_base_optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
     """SGD, Adam or AdamW at the effective lr; weight decay is the base optimizer's.
 
-    Adam and AdamW take ``config.momentum`` as β₁ and keep the usual β₂ = 0.999,
+    Adam and AdamW take ``config.train.momentum`` as β₁ and keep the usual β₂ = 0.999,
     so a study has one "momentum" knob whatever the optimizer. Adam's weight decay
     is L2 added to the gradient; AdamW's is decoupled (Loshchilov & Hutter, 2019).
     Either way it acts once per step, at w, never on SAM's ascent.
     """
     params, name, lr = model.parameters(), config.base_optimizer, effective_lr(config)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown base_optimizer {name!r}; expected one of {OPTIMIZERS}")
     if name == "sgd":
         return torch.optim.SGD(
             params,
             lr=lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
+            momentum=config.train.momentum,
+            nesterov=config.train.nesterov,
+            weight_decay=config.train.weight_decay,
         )
-    if name in ("adam", "adamw"):
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(params, lr=lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
-    raise ValueError(f"unknown base_optimizer {name!r}; expected 'sgd', 'adam' or 'adamw'")
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    return cls(
+        params,
+        lr=lr,
+        betas=(config.train.momentum, 0.999),
+        weight_decay=config.train.weight_decay,
+    )
 
 
 def build_step(
@@ -103,7 +110,7 @@ def build_step(
     options = StepOptions.for_model(model, config)
     if config.rho == 0:
         return partial(base_step, model, base, options), base, options
-    sam = build_sam(config.sam_variant, base, config.rho)
+    sam = build_sam(config.sam_variant or "sam", base, config.rho)
     return partial(sam_step, model, sam, options), base, options
 
 
@@ -144,7 +151,7 @@ def sam_step(
         weight = len(xc) / len(x)  # exactly 1.0 for a single chunk
         # Saving/restoring the generator state costs about a microsecond, so it is
         # done whether or not the model has dropout (or any other random layer).
-        rng = save_rng(options.device)
+        rng = save_dropout_rng(options.device)
         # (1) g = ∇L(w) at the current weights; this pass is the one we log.
         with options.autocast():
             logits = model(xc)
@@ -154,7 +161,7 @@ def sam_step(
         # different mask would be a different function, not w + ε on the same one).
         # BatchNorm normalizes with this batch's statistics but must not fold the
         # perturbed pass into its running ones.
-        restore_rng(rng, options.device)
+        rewind_dropout_rng(rng, options.device)
         with frozen_batchnorm_stats(options.batchnorms), options.autocast():
             perturbed = F.cross_entropy(model(xc), yc, label_smoothing=options.label_smoothing)
         (perturbed if weight == 1.0 else perturbed * weight).backward()
@@ -219,14 +226,14 @@ def frozen_batchnorm_stats(model: nn.Module | Sequence[nn.Module]) -> Iterator[N
             m.track_running_stats = flag
 
 
-def save_rng(device: str | torch.device) -> tuple[Tensor, Tensor | None]:
+def save_dropout_rng(device: str | torch.device) -> tuple[Tensor, Tensor | None]:
     """The global generator states a dropout layer draws from on ``device``."""
     device = torch.device(device)
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return torch.get_rng_state(), cuda
 
 
-def restore_rng(state: tuple[Tensor, Tensor | None], device: str | torch.device) -> None:
+def rewind_dropout_rng(state: tuple[Tensor, Tensor | None], device: str | torch.device) -> None:
     """Rewind to ``state`` so the next forward draws the same dropout masks.
 
     Not torch.random.fork_rng: after pass 2 the generator must stand where pass 1

@@ -9,6 +9,7 @@ from worker.app import app
 
 @app.task(name=RUN_TRIAL, acks_late=True, reject_on_worker_lost=True)
 def run_trial(trial_id: int) -> str:
+    # torch loads here, in the pool process, never in the parent that forks it
     from worker.runner import run_trial as run
 
-    return run(trial_id, get_settings())
+    return str(run(trial_id, get_settings()))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import TrialConfig, fit
+from trainer import DatasetConfig, ModelConfig, SharpnessConfig, TrainConfig, TrialConfig, fit
 from trainer.augment import (
     Augment,
     augment_generator,
@@ -85,7 +85,12 @@ def test_flip_is_refused_where_it_changes_the_class(dataset: str) -> None:
     with pytest.raises(ValueError, match="flips"):
         build_augment("crop_flip", dataset, 8, 0, "cpu")
     with pytest.raises(ValueError, match="flips"):
-        fit(TrialConfig(dataset=dataset, augment="crop_flip_cutout", epochs=1))
+        fit(
+            TrialConfig(
+                dataset=DatasetConfig(name=dataset, augment="crop_flip_cutout"),
+                train=TrainConfig(epochs=1),
+            )
+        )
     assert build_augment("none", dataset, 8, 0, "cpu") is None
 
 
@@ -106,15 +111,11 @@ def test_only_training_batches_are_augmented(
 
     monkeypatch.setattr(Augment, "__call__", spy)
     config = TrialConfig(
-        dataset="cifar100",
-        dataset_path=str(fake_cifar100),
-        model="cnn",
-        augment="crop_flip_cutout",
+        dataset=DatasetConfig(name="cifar100", path=str(fake_cifar100), augment="crop_flip_cutout"),
+        model=ModelConfig(name="cnn"),
+        train=TrainConfig(epochs=2),
+        sharpness=SharpnessConfig(samples=16, ascent_steps=1, hessian_iters=1),
         batch_size=32,
-        epochs=2,
-        sharpness_samples=16,
-        sharpness_steps=1,
-        hessian_iters=1,
     )
     fit(config)
     assert seen == [32, 32, 32] * 2  # training batches only: not test, final train, sharpness

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from trainer.config import TrialConfig
+from trainer.config import DatasetConfig, TrialConfig
 from trainer.models import build_model
 from trainer.steps import build_step, frozen_batchnorm_stats
 
@@ -23,7 +23,7 @@ def test_sam_step_updates_running_stats_exactly_like_one_forward() -> None:
     model = build_model("cnn", 3, 10, 32)
     reference = copy.deepcopy(model)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    step, _, _ = build_step(model, TrialConfig(dataset="synthetic", rho=0.5))
+    step, _, _ = build_step(model, TrialConfig(dataset=DatasetConfig(name="synthetic"), rho=0.5))
     model.train()
     step(x, y)
     reference.train()

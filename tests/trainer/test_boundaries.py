@@ -26,7 +26,12 @@ import torch
 import trainer
 torch.set_num_threads(1)  # see conftest.one_torch_thread
 assert "sklearn" not in sys.modules, "sklearn imported eagerly"
-trainer.fit(trainer.TrialConfig(dataset="synthetic", epochs=1, sharpness_samples=64))
+config = trainer.TrialConfig(
+    dataset=trainer.DatasetConfig(name="synthetic"),
+    train=trainer.TrainConfig(epochs=1),
+    sharpness=trainer.SharpnessConfig(samples=64),
+)
+trainer.fit(config)
 print(sorted({name.split(".")[0] for name in sys.modules}))
 """
 

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import EpochMetrics, TrialConfig, fit
+from trainer import (
+    DatasetConfig,
+    EpochMetrics,
+    ModelConfig,
+    SharpnessConfig,
+    TrainConfig,
+    TrialConfig,
+    fit,
+)
 from trainer.checkpoint import load_checkpoint
 
 TIMING = ("seconds", "wall_seconds", "samples_per_second", "resumed_from_epoch")
@@ -22,30 +30,29 @@ def everything(config_dir: Path, dataset_dir: Path) -> TrialConfig:
     """Every source of state at once: dropout, augmentation, m-sharpness, momentum,
     a cosine schedule with warmup, label noise and a validation split."""
     return TrialConfig(
-        dataset="cifar100",
-        dataset_path=str(dataset_dir),
-        label_noise=0.2,
-        val_fraction=0.25,
-        augment="crop_flip_cutout",
-        model="wrn",
-        model_depth=10,
-        model_width=1,
-        dropout=0.3,
+        dataset=DatasetConfig(
+            name="cifar100",
+            path=str(dataset_dir),
+            label_noise=0.2,
+            val_fraction=0.25,
+            augment="crop_flip_cutout",
+        ),
+        model=ModelConfig(name="wrn", depth=10, width=1, dropout=0.3),
+        train=TrainConfig(
+            epochs=3,
+            lr=0.05,
+            nesterov=True,
+            warmup_epochs=1,
+            schedule="cosine",
+            grad_clip=5.0,
+            label_smoothing=0.1,
+        ),
+        sharpness=SharpnessConfig(samples=32, ascent_steps=2, hessian_iters=3),
         rho=0.1,
         m=8,
         batch_size=16,
-        epochs=3,
-        lr=0.05,
-        nesterov=True,
-        warmup_epochs=1,
-        schedule="cosine",
-        grad_clip=5.0,
-        label_smoothing=0.1,
         seed=5,
         checkpoint_path=str(config_dir / "run.pt"),
-        sharpness_samples=32,
-        sharpness_steps=2,
-        hessian_iters=3,
     )
 
 
@@ -92,7 +99,8 @@ def test_resumed_run_equals_the_uninterrupted_one_exactly(
 def test_a_finished_checkpoint_returns_the_result_without_training(
     tmp_path: Path, fake_cifar100: Path
 ) -> None:
-    config = dataclasses.replace(everything(tmp_path, fake_cifar100), epochs=1)
+    full = everything(tmp_path, fake_cifar100)
+    config = dataclasses.replace(full, train=dataclasses.replace(full.train, epochs=1))
     first = fit(config)
     calls: list[int] = []
     again = fit(config, on_epoch=lambda m: calls.append(m.epoch))
@@ -102,11 +110,14 @@ def test_a_finished_checkpoint_returns_the_result_without_training(
 
 def test_a_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
     config = TrialConfig(
-        dataset="synthetic", epochs=1, checkpoint_path=str(tmp_path / "c.pt"), sharpness_samples=0
+        dataset=DatasetConfig(name="synthetic"),
+        train=TrainConfig(epochs=1),
+        sharpness=SharpnessConfig(samples=0),
+        checkpoint_path=str(tmp_path / "c.pt"),
     )
     fit(config)
-    with pytest.raises(ValueError, match=r"lr: 0\.1 -> 0\.2"):
-        fit(dataclasses.replace(config, lr=0.2, epochs=1))
+    with pytest.raises(ValueError, match=r"train\.lr: 0\.1 -> 0\.2"):
+        fit(dataclasses.replace(config, train=TrainConfig(lr=0.2, epochs=1)))
     # Where it is stored and run may change (e.g. another worker, another device).
     moved = tmp_path / "moved.pt"
     moved.write_bytes(Path(config.checkpoint_path).read_bytes())
@@ -116,7 +127,10 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
 def test_checkpoint_contents_and_atomic_write(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "deep" / "c.pt"
     config = TrialConfig(
-        dataset="synthetic", epochs=2, checkpoint_path=str(path), sharpness_samples=0
+        dataset=DatasetConfig(name="synthetic"),
+        train=TrainConfig(epochs=2),
+        sharpness=SharpnessConfig(samples=0),
+        checkpoint_path=str(path),
     )
     with pytest.raises(Interrupted):
         fit(config, on_epoch=stop_at(1))

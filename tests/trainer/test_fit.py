@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import DivergedError, EpochMetrics, TrialConfig, fit
+from trainer import (
+    DatasetConfig,
+    DivergedError,
+    EpochMetrics,
+    ModelConfig,
+    SharpnessConfig,
+    TrainConfig,
+    TrialConfig,
+    fit,
+)
 from trainer.data import Dataset
 from trainer.loop import train_epoch
 from trainer.models import build_model
@@ -20,7 +29,15 @@ def comparable(history: list[EpochMetrics]) -> list[dict]:
 
 
 def test_small_cnn_with_sam_learns_digits() -> None:
-    result = fit(TrialConfig(dataset="digits", model="cnn", rho=0.05, epochs=10, seed=0))
+    result = fit(
+        TrialConfig(
+            dataset=DatasetConfig(name="digits"),
+            model=ModelConfig(name="cnn"),
+            train=TrainConfig(epochs=10, schedule="constant", weight_decay=5e-4),
+            rho=0.05,
+            seed=0,
+        )
+    )
     assert result.test_accuracy >= 0.90
     assert len(result.history) == 10 and [m.epoch for m in result.history] == list(range(1, 11))
     assert result.gap == pytest.approx(result.train_accuracy - result.test_accuracy)
@@ -34,13 +51,11 @@ def test_small_cnn_with_sam_learns_digits() -> None:
 
 def test_same_seed_same_metrics_different_seed_different() -> None:
     config = TrialConfig(
-        dataset="synthetic",
+        dataset=DatasetConfig(name="synthetic", val_fraction=0.25, label_noise=0.2),
+        train=TrainConfig(epochs=2),
+        sharpness=SharpnessConfig(samples=0),
         rho=0.05,
-        epochs=2,
-        val_fraction=0.25,
-        label_noise=0.2,
         seed=1,
-        sharpness_samples=0,
     )
     a, b = fit(config), fit(config)
     c = fit(dataclasses.replace(config, seed=2))
@@ -51,13 +66,24 @@ def test_same_seed_same_metrics_different_seed_different() -> None:
 
 
 def test_no_validation_metrics_without_a_split() -> None:
-    result = fit(TrialConfig(dataset="synthetic", rho=0.0, epochs=1, sharpness_samples=0))
+    result = fit(
+        TrialConfig(
+            dataset=DatasetConfig(name="synthetic"),
+            train=TrainConfig(epochs=1),
+            sharpness=SharpnessConfig(samples=0),
+            rho=0.0,
+        )
+    )
     assert result.val_accuracy is None and result.history[0].val_loss is None
 
 
 @pytest.mark.parametrize("rho", [0.0, 0.05])
 def test_absurd_learning_rate_diverges(rho: float) -> None:
-    config = TrialConfig(dataset="synthetic", rho=rho, lr=1e10, epochs=3)
+    config = TrialConfig(
+        dataset=DatasetConfig(name="synthetic"),
+        train=TrainConfig(lr=1e10, epochs=3, weight_decay=5e-4),
+        rho=rho,
+    )
     with pytest.raises(DivergedError, match=r"epoch 1, step \d+") as caught:
         fit(config)
     assert caught.value.reason == "diverged"
@@ -74,19 +100,24 @@ def test_callback_exception_propagates() -> None:
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        fit(TrialConfig(dataset="synthetic", epochs=3, sharpness_samples=0), on_epoch=on_epoch)
+        fit(
+            TrialConfig(
+                dataset=DatasetConfig(name="synthetic"),
+                train=TrainConfig(epochs=3),
+                sharpness=SharpnessConfig(samples=0),
+            ),
+            on_epoch=on_epoch,
+        )
     assert calls == [1]
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_variants_take_momentum_as_beta1(name: str) -> None:
     config = TrialConfig(
-        dataset="synthetic",
+        dataset=DatasetConfig(name="synthetic"),
+        train=TrainConfig(lr=1e-3, momentum=0.8, epochs=1),
+        sharpness=SharpnessConfig(samples=0),
         base_optimizer=name,
-        lr=1e-3,
-        momentum=0.8,
-        epochs=1,
-        sharpness_samples=0,
     )
     optimizer = build_base_optimizer(build_model("cnn", 1, 10, 8), config)
     assert optimizer.param_groups[0]["betas"] == (0.8, 0.999)
@@ -97,21 +128,23 @@ def test_adam_variants_take_momentum_as_beta1(name: str) -> None:
     "change,match",
     [
         ({"base_optimizer": "lion"}, "lion"),
-        ({"model": "vgg"}, "vgg"),
+        ({"model": ModelConfig(name="vgg")}, "vgg"),
         ({"rho": -0.1}, "rho"),
         ({"sam_variant": "gsam"}, "sam_variant"),
-        ({"precision": "fp16"}, "precision"),
-        ({"augment": "mixup"}, "mixup"),
-        ({"grad_clip": 0.0}, "grad_clip"),
-        ({"label_smoothing": 1.0}, "label_smoothing"),
-        ({"dropout": -0.1}, "dropout"),
-        ({"sharpness_rho": 0.0}, "sharpness_rho"),
-        ({"model": "wrn", "model_depth": 12}, "depth"),
+        ({"sam_variant": None}, "sam_variant"),  # None only for rho = 0
+        ({"train": TrainConfig(epochs=1, precision="fp16")}, "train.precision"),
+        ({"dataset": DatasetConfig(name="synthetic", augment="mixup")}, "mixup"),
+        ({"train": TrainConfig(epochs=1, grad_clip=0.0)}, "train.grad_clip"),
+        ({"train": TrainConfig(epochs=1, label_smoothing=1.0)}, "train.label_smoothing"),
+        ({"model": ModelConfig(dropout=-0.1)}, "model.dropout"),
+        ({"sharpness": SharpnessConfig(rho=0.0)}, "sharpness.rho"),
+        ({"model": ModelConfig(name="wrn", depth=12)}, "depth"),
     ],
 )
 def test_bad_config_is_refused(change: dict, match: str) -> None:
+    base = TrialConfig(dataset=DatasetConfig(name="synthetic"), train=TrainConfig(epochs=1))
     with pytest.raises(ValueError, match=match):
-        fit(TrialConfig(dataset="synthetic", epochs=1, **change))
+        fit(dataclasses.replace(base, **change))
 
 
 def test_epoch_visits_every_example_once_including_the_partial_batch() -> None:
@@ -146,22 +179,15 @@ def test_same_seed_same_metrics_with_augmentation_dropout_and_m_sharpness(
     fake_cifar100: Path,
 ) -> None:
     config = TrialConfig(
-        dataset="cifar100",
-        dataset_path=str(fake_cifar100),
-        augment="crop_flip_cutout",
-        model="wrn",
-        model_depth=10,
-        model_width=1,
-        dropout=0.3,
+        dataset=DatasetConfig(name="cifar100", path=str(fake_cifar100), augment="crop_flip_cutout"),
+        model=ModelConfig(name="wrn", depth=10, width=1, dropout=0.3),
+        train=TrainConfig(epochs=2),
+        sharpness=SharpnessConfig(samples=16, ascent_steps=2, hessian_iters=2),
         sam_variant="asam",
         rho=1.0,
         m=8,
         batch_size=32,
-        epochs=2,
         seed=3,
-        sharpness_samples=16,
-        sharpness_steps=2,
-        hessian_iters=2,
     )
     a, b = fit(config), fit(config)
     c = fit(dataclasses.replace(config, seed=4))
@@ -175,22 +201,40 @@ def test_same_seed_same_metrics_with_augmentation_dropout_and_m_sharpness(
 
 
 def test_clean_train_accuracy_is_reported_only_under_label_noise() -> None:
-    config = TrialConfig(dataset="synthetic", epochs=1, label_noise=0.4, sharpness_samples=0)
+    config = TrialConfig(
+        dataset=DatasetConfig(name="synthetic", label_noise=0.4),
+        train=TrainConfig(epochs=1),
+        sharpness=SharpnessConfig(samples=0),
+    )
     noisy = fit(config)
     assert noisy.train_clean_accuracy is not None and 0 <= noisy.train_clean_accuracy <= 1
     assert noisy.train_clean_accuracy != noisy.train_accuracy
-    assert fit(dataclasses.replace(config, label_noise=0.0)).train_clean_accuracy is None
+    assert (
+        fit(
+            dataclasses.replace(config, dataset=DatasetConfig(name="synthetic"))
+        ).train_clean_accuracy
+        is None
+    )
 
 
 @pytest.mark.parametrize(
-    "change", [{"precision": "bf16"}, {"channels_last": True}, {"sharpness_samples": 0}]
+    "change",
+    [
+        {"train": TrainConfig(epochs=1, precision="bf16")},
+        {"channels_last": True},
+        {"sharpness": SharpnessConfig(samples=0)},
+    ],
 )
 def test_execution_options_run_end_to_end(change: dict) -> None:
-    base = TrialConfig(dataset="synthetic", epochs=1, sharpness_samples=64, hessian_iters=2)
+    base = TrialConfig(
+        dataset=DatasetConfig(name="synthetic"),
+        train=TrainConfig(epochs=1),
+        sharpness=SharpnessConfig(samples=64, hessian_iters=2),
+    )
     config = dataclasses.replace(base, **change)
     result = fit(config)
     assert result.history[0].train_loss < 10
-    assert (result.sharpness is None) == (config.sharpness_samples == 0)
+    assert (result.sharpness is None) == (config.sharpness.samples == 0)
 
 
 def test_channels_last_reaches_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,7 +250,10 @@ def test_channels_last_reaches_the_model(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(SmallCNN, "forward", spy)
     fit(
         TrialConfig(
-            dataset="synthetic", epochs=1, channels_last=True, sharpness_samples=8, hessian_iters=1
+            dataset=DatasetConfig(name="synthetic"),
+            train=TrainConfig(epochs=1),
+            sharpness=SharpnessConfig(samples=8, hessian_iters=1),
+            channels_last=True,
         )
     )
     assert formats and all(formats)
@@ -216,6 +263,11 @@ def test_a_batch_larger_than_the_training_set_fails_naming_both():
     # The API bounds file datasets from their sizes only; the trainer has the real count.
     from trainer import DatasetError
 
-    config = TrialConfig(dataset="synthetic", rho=0.0, epochs=1, batch_size=600)
+    config = TrialConfig(
+        dataset=DatasetConfig(name="synthetic"),
+        train=TrainConfig(epochs=1),
+        rho=0.0,
+        batch_size=600,
+    )
     with pytest.raises(DatasetError, match=r"batch size 600 is larger .* synthetic \(512 "):
         fit(config)

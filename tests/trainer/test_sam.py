@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.config import TrialConfig
+from trainer.config import DatasetConfig, TrainConfig, TrialConfig
 from trainer.models import build_model
 from trainer.sam import ASAM, SAM, build_sam
 from trainer.steps import build_step
@@ -106,7 +106,11 @@ def test_rho_zero_is_the_bare_base_optimizer_with_one_pass_per_step() -> None:
     torch.manual_seed(0)
     model = build_model("cnn", 1, 10, 8)
     reference = copy.deepcopy(model)
-    config = TrialConfig(dataset="synthetic", rho=0.0, lr=0.05, momentum=0.9, nesterov=True)
+    config = TrialConfig(
+        dataset=DatasetConfig(name="synthetic"),
+        train=TrainConfig(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+        rho=0.0,
+    )
     step, _, _ = build_step(model, config)
     counts = count_passes(model)
     bare = torch.optim.SGD(
@@ -127,7 +131,7 @@ def test_rho_zero_is_the_bare_base_optimizer_with_one_pass_per_step() -> None:
 def test_sam_step_makes_two_passes() -> None:
     torch.manual_seed(0)
     model = build_model("cnn", 1, 10, 8)
-    step, _, _ = build_step(model, TrialConfig(dataset="synthetic", rho=0.05))
+    step, _, _ = build_step(model, TrialConfig(dataset=DatasetConfig(name="synthetic"), rho=0.05))
     counts = count_passes(model)
     step(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
     assert counts == {"forward": 2, "backward": 2}

@@ -10,12 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.config import TrialConfig
+from trainer.config import DatasetConfig, TrainConfig, TrialConfig
 from trainer.models import build_model
 from trainer.steps import build_step
 
 RHO = 0.2
-PLAIN_SGD = TrialConfig(dataset="synthetic", rho=RHO, lr=1.0, momentum=0.0, weight_decay=0.0)
+PLAIN_SGD = TrialConfig(
+    dataset=DatasetConfig(name="synthetic"),
+    train=TrainConfig(lr=1.0, momentum=0.0, weight_decay=0.0),
+    rho=RHO,
+)
 
 
 def linear64(seed: int = 0) -> nn.Module:
@@ -84,7 +88,8 @@ def test_m_equal_to_batch_size_is_plain_sam_bitwise() -> None:
     logged = {}
     for m, model in models.items():
         step, _, _ = build_step(
-            model, TrialConfig(dataset="synthetic", rho=0.05, m=m, batch_size=16)
+            model,
+            TrialConfig(dataset=DatasetConfig(name="synthetic"), rho=0.05, m=m, batch_size=16),
         )
         logged[m] = [step(x, y)[0] for x, y in batches * 3]
     plain, same, smaller = (models[m].state_dict() for m in (None, 16, 4))
@@ -125,7 +130,9 @@ class DropoutNet(nn.Module):
 def test_both_sam_passes_see_the_same_dropout_mask(m: int | None) -> None:
     torch.manual_seed(0)
     model = DropoutNet()
-    step, _, _ = build_step(model, TrialConfig(dataset="synthetic", rho=0.05, m=m, batch_size=8))
+    step, _, _ = build_step(
+        model, TrialConfig(dataset=DatasetConfig(name="synthetic"), rho=0.05, m=m, batch_size=8)
+    )
     x, y = torch.randn(8, 8), torch.randint(0, 3, (8,))
     step(x, y)
     first = model.masks
@@ -141,7 +148,7 @@ def test_both_sam_passes_see_the_same_dropout_mask(m: int | None) -> None:
 def test_rng_after_a_sam_step_is_where_one_forward_leaves_it() -> None:
     torch.manual_seed(0)
     model = DropoutNet()
-    step, _, _ = build_step(model, TrialConfig(dataset="synthetic", rho=0.05))
+    step, _, _ = build_step(model, TrialConfig(dataset=DatasetConfig(name="synthetic"), rho=0.05))
     x, y = torch.randn(8, 8), torch.randint(0, 3, (8,))
     start = torch.get_rng_state()
     model(x)
@@ -178,7 +185,9 @@ def test_clipping_acts_on_the_gradient_the_base_optimizer_uses(rho: float) -> No
     g_norm = torch.sqrt(sum((t**2).sum() for t in g))
     assert g_norm > 10 * clip  # the clip is active
     expected = [t * clip / (g_norm + 1e-6) for t in g]
-    config = dataclasses.replace(PLAIN_SGD, rho=rho, grad_clip=clip)
+    config = dataclasses.replace(
+        PLAIN_SGD, rho=rho, train=dataclasses.replace(PLAIN_SGD.train, grad_clip=clip)
+    )
     step, base, _ = build_step(model, config)
     seen = spy_on_base_step(base)
     step(x, y)
@@ -191,7 +200,12 @@ def test_label_smoothing_trains_on_smoothed_ce_but_logs_plain_ce(rho: float) -> 
     model = linear64()
     reference = copy.deepcopy(model)
     x, y = batch64(6)
-    step, base, _ = build_step(model, dataclasses.replace(PLAIN_SGD, rho=rho, label_smoothing=0.2))
+    step, base, _ = build_step(
+        model,
+        dataclasses.replace(
+            PLAIN_SGD, rho=rho, train=dataclasses.replace(PLAIN_SGD.train, label_smoothing=0.2)
+        ),
+    )
     seen = spy_on_base_step(base)
     loss, _ = step(x, y)
     assert loss.item() == pytest.approx(F.cross_entropy(reference(x), y).item(), rel=1e-12)
@@ -208,7 +222,9 @@ def test_bf16_autocast_path_runs_on_cpu_with_fp32_weights_and_grads(rho: float) 
     model = build_model("cnn", 1, 10, 8)
     dtypes: list[torch.dtype] = []
     model.head.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
-    config = TrialConfig(dataset="synthetic", rho=rho, precision="bf16")
+    config = TrialConfig(
+        dataset=DatasetConfig(name="synthetic"), train=TrainConfig(precision="bf16"), rho=rho
+    )
     step, base, options = build_step(model, config)
     seen = spy_on_base_step(base)
     loss, _ = step(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))

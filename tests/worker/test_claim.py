@@ -9,7 +9,7 @@ from samsweep.migrate import migrate
 from samsweep.settings import Settings
 from samsweep.spec import StudySpec
 from tests.conftest import digits_spec
-from worker.runner import claim
+from worker.claim import claim
 
 
 def test_a_stored_spec_that_no_longer_validates_fails_the_trial(pg_url):
@@ -17,10 +17,18 @@ def test_a_stored_spec_that_no_longer_validates_fails_the_trial(pg_url):
     sessions = session_factory(pg_url)
     spec = StudySpec.model_validate(digits_spec()).model_dump(mode="json")
     spec["name"] = "tab\there"  # accepted once; the printable-text rule refuses it now
-    cell = StudySpec.model_validate(digits_spec()).cells()[0]
+    params = StudySpec.model_validate(digits_spec()).trials()[0]
     with sessions() as s:
         s.add(Study(id="s1", name="old", spec=spec, n_trials=1, optuna_study_name="old-s1"))
-        s.add(Trial(study_id="s1", number=0, cell_key=cell.key, seed=0, params=cell.params()))
+        s.add(
+            Trial(
+                study_id="s1",
+                number=0,
+                cell_key=params.cell_key,
+                seed=0,
+                params=params.model_dump(),
+            )
+        )
         s.commit()
         trial_id = s.query(Trial.id).scalar()
     assert claim(sessions, trial_id) is None

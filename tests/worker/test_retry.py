@@ -9,7 +9,7 @@ import pytest
 from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import OperationalError
 
-from worker.runner import with_db_retry
+from worker.retry import with_db_retry
 
 
 def _down() -> OperationalError:

@@ -1,0 +1,123 @@
+"""The claim: who trains a trial, decided by the database.
+
+A task claims its row with one atomic `UPDATE ... WHERE state = 'QUEUED'`; a second
+delivery of the same task finds the row taken and returns without training. Every
+later write is guarded by the claim token (`write_claimed`), so a worker that lost
+its claim can never overwrite another's result (docs/DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import sessionmaker
+
+from samsweep.db import Study, Trial, TrialState, new_id, utcnow
+from samsweep.spec import StudySpec, TrialParams
+from worker.retry import with_db_retry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A trial this worker holds: what to train, and the token its writes carry."""
+
+    trial_id: int
+    token: str
+    spec: StudySpec
+    params: TrialParams
+    optuna_study_name: str
+    study_id: str
+    curves: list[dict[str, Any]]  # epochs an earlier attempt recorded (a resume keeps them)
+    attempt: int  # 1 for the first run; more after a lost worker
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(sessions: sessionmaker, trial_id: int) -> Claim | None:
+    """Take the trial if it is QUEUED; None if someone else has it or it is finished."""
+    token = new_id()
+    now = utcnow()
+    with sessions() as session:
+        taken = session.execute(
+            update(Trial)
+            .where(Trial.id == trial_id, Trial.state == TrialState.QUEUED)
+            .values(
+                state=TrialState.RUNNING,
+                claim_token=token,
+                attempts=Trial.attempts + 1,
+                worker=worker_name(),
+                started_at=now,
+                heartbeat_at=now,
+            )
+        ).rowcount
+        session.commit()
+        if taken != 1:
+            return None
+        trial = session.get(Trial, trial_id)
+        study = trial.study
+        try:
+            spec = StudySpec.model_validate(study.spec)
+            params = TrialParams.model_validate(trial.params)
+        except ValidationError as e:
+            # Stored before a stricter spec existed: this trial cannot run. FAIL it with
+            # the reason now, never leave it RUNNING for the sweeper to call "worker lost"
+            # (tests/worker/test_claim.py).
+            reason = f"error: the stored spec no longer validates: {e}".splitlines()[0]
+            session.execute(
+                update(Trial)
+                .where(Trial.id == trial_id, Trial.claim_token == token)
+                .values(state=TrialState.FAILED, finished_at=utcnow(), error=reason)
+            )
+            session.commit()
+            log.error("trial %s: %s", trial_id, e)
+            return None
+        return Claim(
+            trial_id=trial_id,
+            token=token,
+            spec=spec,
+            params=params,
+            optuna_study_name=study.optuna_study_name,
+            study_id=study.id,
+            curves=list(trial.curves or []),
+            attempt=trial.attempts,
+        )
+
+
+def write_claimed(sessions: sessionmaker, c: Claim, **values: Any) -> bool:
+    """Write to the trial only while we still hold the claim; False if we lost it."""
+    with sessions() as session:
+        n = session.execute(
+            update(Trial)
+            .where(Trial.id == c.trial_id, Trial.claim_token == c.token)
+            .values(**values)
+        ).rowcount
+        session.commit()
+    return n == 1
+
+
+def finish(
+    sessions: sessionmaker, c: Claim, state: TrialState, retry: float, **values: Any
+) -> None:
+    """Record the trial's final state once (while we hold the claim), retrying while the
+    database is down."""
+
+    def write() -> None:
+        if not write_claimed(sessions, c, state=state, finished_at=utcnow(), **values):
+            log.warning("trial %s: claim lost before recording %s", c.trial_id, state)
+
+    with_db_retry(write, f"record trial {c.trial_id}", retry)
+
+
+def study_cancelled(sessions: sessionmaker, c: Claim) -> bool:
+    with sessions() as session:
+        return session.scalar(select(Study.cancelled_at).where(Study.id == c.study_id)) is not None

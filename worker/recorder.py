@@ -1,0 +1,109 @@
+"""Recording one claimed trial as it trains: every epoch to our row and to Optuna,
+then its outcome once. The trainer calls `on_epoch`; the runner calls `finish`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import sessionmaker
+
+from samsweep import optuna_store
+from samsweep.db import utcnow
+from trainer import EpochMetrics, TrialResult
+from worker.claim import Claim, finish, study_cancelled, write_claimed
+from worker.heartbeat import Heartbeat
+from worker.outcome import Outcome
+from worker.retry import with_db_retry
+
+
+class Stop(Exception):
+    """Raised from `on_epoch` to stop training: the study was cancelled, or the claim
+    went to another worker. fit() lets it through unchanged."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.value)
+        self.outcome = outcome
+
+
+class TrialRecorder:
+    """One claimed trial's record in our table and in its Optuna trial.
+
+    `curves` starts from what an earlier attempt recorded (a resume keeps those
+    epochs) and is replaced epoch by epoch; every epoch is reported to the Optuna
+    trial once, the earlier attempt's included, so the new Optuna trial has them all.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        claim: Claim,
+        optuna_url: str,
+        optuna_trial_id: int,
+        heartbeat: Heartbeat,
+        retry_seconds: float,
+    ) -> None:
+        self.sessions, self.claim, self.heartbeat = sessions, claim, heartbeat
+        self.optuna_url, self.optuna_trial_id, self.retry = (
+            optuna_url,
+            optuna_trial_id,
+            retry_seconds,
+        )
+        self.curves: list[dict[str, Any]] = list(claim.curves)
+        self._reported: set[int] = set()
+
+    def on_epoch(self, m: EpochMetrics) -> None:
+        """Record epoch `m`; raise Stop if the claim is lost or the study cancelled."""
+        self.curves = [e for e in self.curves if e["epoch"] < m.epoch] + [m.to_dict()]
+        self._report_epochs()
+        values = {"epoch": m.epoch, "curves": self.curves, "heartbeat_at": utcnow()}
+        kept = self._retry(lambda: write_claimed(self.sessions, self.claim, **values), "epoch")
+        if not kept or self.heartbeat.lost.is_set():
+            raise Stop(Outcome.CLAIM_LOST)
+        if self._retry(lambda: study_cancelled(self.sessions, self.claim), "check for cancel"):
+            raise Stop(Outcome.CANCELLED)
+
+    def finish(
+        self, outcome: Outcome, result: TrialResult | None = None, error: str | None = None
+    ) -> Outcome:
+        """Record the outcome once: a complete trial's metrics and full history, or a
+        failed one's reason (its Optuna trial FAILED with the outcome as reason)."""
+        state = outcome.state
+        if state is None:  # the claim went to another worker: it owns the trial now
+            return outcome
+        if result is None:
+            self._retry(
+                lambda: optuna_store.fail_trial(self.optuna_url, self.optuna_trial_id, outcome),
+                "fail the Optuna trial",
+            )
+            finish(self.sessions, self.claim, state, self.retry, error=error)
+            return outcome
+        # The trainer's history is complete even across a resume (a worker killed between
+        # a checkpoint and its epoch's callback left that epoch out of our row).
+        self.curves = [h.to_dict() for h in result.history]
+        self._report_epochs()
+        metrics = {k: v for k, v in result.to_dict().items() if k != "history"}
+        value = metrics[self.claim.spec.objective]
+        self._retry(
+            lambda: optuna_store.complete_trial(
+                self.optuna_url, self.optuna_trial_id, value, metrics
+            ),
+            "tell Optuna",
+        )
+        finish(self.sessions, self.claim, state, self.retry, value=value, metrics=metrics,
+               curves=self.curves)  # fmt: skip
+        return outcome
+
+    def _report_epochs(self) -> None:
+        objective = self.claim.spec.objective
+        for e in self.curves:
+            if e["epoch"] not in self._reported:
+                self._retry(
+                    lambda e=e: optuna_store.report(
+                        self.optuna_url, self.optuna_trial_id, e["epoch"], e.get(objective)
+                    ),
+                    "report an epoch",
+                )
+                self._reported.add(e["epoch"])
+
+    def _retry(self, fn, what: str):
+        return with_db_retry(fn, f"trial {self.claim.trial_id}: {what}", self.retry)

@@ -1,0 +1,42 @@
+"""The study spec and one trial's grid point, as the trainer's config.
+
+The trainer's :class:`~trainer.TrialConfig` has the spec's sections and names, so this
+is field for field: each section's values pass through unchanged, and only what the
+worker decides is added (the dataset's resolved directory, the device, the checkpoint
+file). tests/worker/test_trial_config.py fails when a spec field has no trainer
+counterpart, a shared default differs, or the allowed values drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from samsweep.catalog import contained_dataset_dir
+from samsweep.spec import StudySpec, TrialParams
+from trainer import DatasetConfig, ModelConfig, SharpnessConfig, TrainConfig, TrialConfig
+
+
+def trial_config(
+    spec: StudySpec,
+    params: TrialParams,
+    *,
+    data_dir: Path | None = None,
+    device: str = "cpu",
+    checkpoint_path: Path | None = None,
+) -> TrialConfig:
+    """The trainer's config for one trial. A dataset on disk is resolved under
+    `data_dir` and checked again here: files may change after the API accepted them."""
+    path = None
+    if spec.dataset.path is not None:
+        if data_dir is None:
+            raise ValueError(f"dataset {spec.dataset.name!r} is on disk: data_dir is needed")
+        path = str(contained_dataset_dir(data_dir, spec.dataset.name, spec.dataset.path))
+    return TrialConfig(
+        dataset=DatasetConfig(**{**spec.dataset.model_dump(), "path": path}),
+        model=ModelConfig(**spec.model.model_dump()),
+        train=TrainConfig(**spec.train.model_dump()),
+        sharpness=SharpnessConfig(**spec.sharpness.model_dump()),
+        **params.model_dump(),
+        device=device,
+        checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
+    )
