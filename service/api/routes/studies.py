@@ -19,7 +19,7 @@ from service import studies
 from service.api.body import StrictJsonRoute
 from service.api.deps import CeleryDep, DbDep, ReadOwner, SettingsDep, WriteOwner
 from service.errors import responses
-from service.models import (
+from service.schemas import (
     Best,
     BestTrial,
     Links,
@@ -93,7 +93,7 @@ def create_study(
 ) -> StudyCreated:
     """Create a study: one trial per grid cell and seed, queued for the workers."""
     with db() as session:
-        study, created = studies.create_study(
+        study, created = studies.insert_study(
             session, settings, spec, owner=owner, idempotency_key=idempotency_key
         )
     if created:
