@@ -1,8 +1,15 @@
-"""samsweep: hyperparameter search for SAM, shared core.
+"""samsweep: hyperparameter search for SAM.
 
-This package holds what both the API (`service`) and the workers (`worker`) use:
-the study spec, settings, the database tables, Optuna storage and task names.
-It never imports torch, FastAPI or the worker.
+Three layers, each importing only those below it (pyproject.toml's import-linter
+contracts, tests/test_layering.py):
+
+- the core (`spec`, `settings`, `db`, `catalog`, `queue`, `optuna_store`, `migrate`,
+  `tasks`): what both the API (`service`) and the workers (`worker`) use. It never
+  imports torch, FastAPI, the API or the worker;
+- `samsweep.client`: the API over HTTP, a spec file checked locally, the terminal's
+  tables; it loads neither the API nor the worker, nor torch, FastAPI or Celery;
+- `samsweep.cli`: the `samsweep` command, the composition root, the one place that
+  starts the API (`service.app`) and the worker (`worker.app`).
 """
 
 __version__ = "0.1.0"

@@ -120,7 +120,7 @@ def distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
     }
 
 
-def create_study(url: str, name: str, samsweep_id: str, spec: StudySpec) -> None:
+def create_optuna_study(url: str, name: str, samsweep_id: str, spec: StudySpec) -> None:
     study = optuna.create_study(storage=get_storage(url), study_name=name, direction="maximize")
     with warnings.catch_warnings():  # stable since Optuna 3.2, still flagged experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

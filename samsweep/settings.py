@@ -11,10 +11,11 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 OPTUNA_SCHEMA = "optuna"
 
@@ -83,13 +84,16 @@ class Settings(BaseSettings):
         """
         if self.optuna_url:
             return self.optuna_url
-        url = self.resolved_database_url
-        if url.startswith("sqlite"):
-            path = Path(url.split("///", 1)[1])
-            return f"sqlite:///{path.with_name('optuna.sqlite')}"
-        if url.startswith("postgresql"):
-            return with_search_path(url, OPTUNA_SCHEMA)
-        raise ValueError(f"unsupported SAMSWEEP_DATABASE_URL scheme: {url.split(':', 1)[0]}")
+        try:
+            url = make_url(self.resolved_database_url)
+        except ArgumentError:
+            raise ValueError("SAMSWEEP_DATABASE_URL is not a database URL") from None
+        backend = url.get_backend_name()
+        if backend == "sqlite" and url.database not in (None, "", ":memory:"):
+            return f"sqlite:///{Path(url.database).with_name('optuna.sqlite')}"
+        if backend == "postgresql":
+            return with_search_path(self.resolved_database_url, OPTUNA_SCHEMA)
+        raise ValueError(f"unsupported SAMSWEEP_DATABASE_URL: {redact(self.resolved_database_url)}")
 
     @property
     def resolved_checkpoint_dir(self) -> Path:
@@ -134,11 +138,16 @@ def parse_tokens(value: str | None) -> dict[str, str]:
 
 
 def with_search_path(url: str, schema: str) -> str:
-    """Add `options=-csearch_path=<schema>` to a PostgreSQL URL."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
-    query.append(("options", f"-csearch_path={schema}"))
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    """Set `options=-csearch_path=<schema>` in a PostgreSQL URL (replacing any options)."""
+    parsed = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    return parsed.render_as_string(hide_password=False)
+
+
+def redact(url: str) -> str:
+    """A database URL with its password (if any) shown as ***, for logs and terminals;
+    one without a password is returned as given."""
+    parsed = make_url(url)
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
 @lru_cache

@@ -34,11 +34,14 @@ def _table(api_tokens: str) -> tuple[tuple[str, bytes], ...]:
 def owner_for(token: str | None, api_tokens: str | None) -> str | None:
     """The owner a request acts for, from its bearer token; None when no tokens are
     configured. Raises Unauthorized when tokens are configured and none of them is
-    presented."""
+    presented: `token` None is no Authorization header, "" one that is not a bearer
+    token (`Basic ...`, `Bearer` with nothing after it)."""
     if not api_tokens:
         return None
-    if not token:
+    if token is None:
         raise Unauthorized("this call needs Authorization: Bearer <token>")
+    if not token.strip():
+        raise Unauthorized("the Authorization header must be Bearer <token>")
     presented = _digest(token.strip())
     owner = None
     for name, digest in _table(api_tokens):  # no early exit: constant time over the table

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.models import ErrorResponse
+from service.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ def _replay(session: Session, owner: str, key: str, digest: str) -> Study | None
     return session.get(Study, row.study_id)
 
 
-def create_study(
+def insert_study(
     session: Session,
     settings: Settings,
     spec: StudySpec,
@@ -122,7 +122,7 @@ def create_study(
     # Optuna's study is created inside our transaction's lifetime: if it fails we roll
     # back, and if our commit fails we delete it, so a failed create leaves nothing.
     optuna_url = settings.resolved_optuna_url
-    optuna_store.create_study(optuna_url, study.optuna_study_name, study_id, spec)
+    optuna_store.create_optuna_study(optuna_url, study.optuna_study_name, study_id, spec)
     try:
         session.commit()
     except Exception:

@@ -78,3 +78,51 @@ def test_malformed_token_configuration_fails_at_startup(tokens, tmp_path):
 
     with pytest.raises(ValueError, match="owner:token pairs"):
         create_app(Settings(api_tokens=tokens, state_dir=tmp_path))
+
+
+@pytest.fixture(scope="module")
+def private_app(tmp_path_factory):
+    """In process (no uvicorn): how the Authorization header itself is read."""
+    from fastapi.testclient import TestClient
+
+    from samsweep.migrate import migrate
+    from samsweep.settings import Settings
+    from service.app import create_app
+
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("auth"),
+        api_tokens=f"alice:{ALICE}",
+        private_studies=True,
+    )
+    migrate(settings)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (None, "this call needs Authorization: Bearer <token>"),
+        (f"Basic {ALICE}", "the Authorization header must be Bearer <token>"),
+        ("Bearer", "the Authorization header must be Bearer <token>"),
+        ("Bearer ", "the Authorization header must be Bearer <token>"),
+        (ALICE, "the Authorization header must be Bearer <token>"),
+        ("Bearer wrong-token-but-long-enough", "invalid token"),
+    ],
+)
+def test_a_missing_or_malformed_authorization_header_is_a_401_naming_it(
+    private_app, header, message
+):
+    headers = {} if header is None else {"Authorization": header}
+    for r in (
+        private_app.get("/studies", headers=headers),
+        private_app.post("/studies", json=digits_spec(), headers=headers),
+    ):
+        assert r.status_code == 401, r.text
+        assert r.json()["error"]["code"] == "unauthorized"
+        assert r.json()["error"]["message"] == message
+
+
+def test_the_bearer_scheme_is_case_insensitive(private_app):
+    r = private_app.get("/studies", headers={"Authorization": f"bearer {ALICE}"})
+    assert r.status_code == 200, r.text

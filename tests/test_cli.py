@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from samsweep.cli import _redact, main
+from samsweep.cli import main
 from samsweep.client import SpecError, load_spec
-from samsweep.settings import get_settings
+from samsweep.settings import get_settings, redact, with_search_path
 from tests.conftest import ROOT, digits_spec, free_port, wait_healthy
 
 
@@ -238,11 +238,11 @@ def test_optuna_url_respects_an_explicit_optuna_url(monkeypatch, capsys):
     ],
 )
 def test_redact(url, shown):
-    assert _redact(url) == shown
+    assert redact(url) == shown
 
 
 def test_ctrl_c_in_a_command_is_exit_130_without_traceback(monkeypatch):
-    import samsweep.cli as cli
+    import samsweep.cli.commands as cli
 
     def interrupted(_args):
         raise KeyboardInterrupt
@@ -255,7 +255,7 @@ def test_parent_death_signal_is_set_in_the_child(tmp_path):
     """The preexec_fn really sets PR_SET_PDEATHSIG (read back with PR_GET_PDEATHSIG)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux's")
-    from samsweep.cli import _terminate_with_parent
+    from samsweep.cli.processes import terminate_with_parent
 
     code = (
         "import ctypes; libc = ctypes.CDLL(None); s = ctypes.c_int();"
@@ -263,7 +263,7 @@ def test_parent_death_signal_is_set_in_the_child(tmp_path):
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
-        preexec_fn=_terminate_with_parent(),
+        preexec_fn=terminate_with_parent(),
         capture_output=True,
         text=True,
         timeout=30,
@@ -281,3 +281,20 @@ def test_yaml_exponents_are_numbers_and_yes_is_not(tmp_path):
     path.write_text(VALID_YAML.replace("[0.0, 0.05]", "[yes]"))
     with pytest.raises(SpecError, match=r"search\.rho\[0\]: Input should be a valid number"):
         load_spec(path)
+
+
+def test_search_path_replaces_options_and_keeps_the_rest():
+    url = "postgresql+psycopg://u:p%40x@h/d?options=-cstatement_timeout%3D5&sslmode=require"
+    assert with_search_path(url, "optuna") == (
+        "postgresql+psycopg://u:p%40x@h/d?options=-csearch_path%3Doptuna&sslmode=require"
+    )
+
+
+def test_optuna_sqlite_file_sits_beside_the_database_even_with_odd_characters(monkeypatch):
+    monkeypatch.setenv("SAMSWEEP_DATABASE_URL", "sqlite:////tmp/a:b@c/samsweep.sqlite")
+    get_settings.cache_clear()
+    assert get_settings().resolved_optuna_url == "sqlite:////tmp/a:b@c/optuna.sqlite"
+    monkeypatch.setenv("SAMSWEEP_DATABASE_URL", "mysql://u:secret@h/d")
+    get_settings.cache_clear()
+    with pytest.raises(ValueError, match=r"unsupported .*u:\*\*\*@h/d"):
+        _ = get_settings().resolved_optuna_url

@@ -46,25 +46,31 @@ async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
-def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
-    return None if credentials is None else credentials.credentials
+def _token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    """The bearer token; "" for an Authorization header that is not `Bearer <token>`
+    (HTTPBearer, with auto_error=False, answers None for those too), None for none."""
+    if credentials is not None:
+        return credentials.credentials
+    return "" if request.headers.get("authorization") is not None else None
 
 
-async def writer(request: Request, credentials: Credentials) -> str | None:
+async def owner_for_write(request: Request, credentials: Credentials) -> str | None:
     """The owner of a write call (401 without a valid token when tokens are configured)."""
-    return owner_for(_token(credentials), reveal(request.app.state.settings.api_tokens))
+    tokens = reveal(request.app.state.settings.api_tokens)
+    return owner_for(_token(request, credentials), tokens)
 
 
-async def reader(request: Request, credentials: Credentials) -> str | None:
+async def owner_for_read(request: Request, credentials: Credentials) -> str | None:
     """The owner whose studies a read may see; None = all (studies are not private)."""
     settings = request.app.state.settings
     if not settings.private_studies:
         return None
-    return owner_for(_token(credentials), reveal(settings.api_tokens))
+    return owner_for(_token(request, credentials), reveal(settings.api_tokens))
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 DbDep = Annotated[sessionmaker, Depends(get_db)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
-WriterDep = Annotated[str | None, Depends(writer)]
-ReaderDep = Annotated[str | None, Depends(reader)]
+# The owner a call acts for (None: no tokens configured, or public reads).
+WriteOwner = Annotated[str | None, Depends(owner_for_write)]
+ReadOwner = Annotated[str | None, Depends(owner_for_read)]

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from sqlalchemy import text
 
 from service.api.deps import CeleryDep, DbDep
-from service.models import Health
+from service.schemas import Health
 
 router = APIRouter(tags=["health"])
 

@@ -17,9 +17,9 @@ from samsweep.db import FINISHED_STATES, Study, Trial
 from samsweep.spec import StudySpec
 from service import studies
 from service.api.body import StrictJsonRoute
-from service.api.deps import CeleryDep, DbDep, ReaderDep, SettingsDep, WriterDep
+from service.api.deps import CeleryDep, DbDep, ReadOwner, SettingsDep, WriteOwner
 from service.errors import responses
-from service.models import (
+from service.schemas import (
     Best,
     BestTrial,
     Links,
@@ -79,7 +79,7 @@ def create_study(
     celery: CeleryDep,
     response: Response,
     background: BackgroundTasks,
-    owner: WriterDep,
+    owner: WriteOwner,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -93,7 +93,7 @@ def create_study(
 ) -> StudyCreated:
     """Create a study: one trial per grid cell and seed, queued for the workers."""
     with db() as session:
-        study, created = studies.create_study(
+        study, created = studies.insert_study(
             session, settings, spec, owner=owner, idempotency_key=idempotency_key
         )
     if created:
@@ -107,7 +107,7 @@ def create_study(
 
 
 @router.get("", response_model=StudyPage, responses=responses(401, 422, 503))
-def list_studies(db: DbDep, owner: ReaderDep, limit: Limit = 50, offset: Offset = 0) -> StudyPage:
+def list_studies(db: DbDep, owner: ReadOwner, limit: Limit = 50, offset: Offset = 0) -> StudyPage:
     """The studies, newest first."""
     with db() as session:
         rows, total = studies.list_studies(session, limit, offset, owner)
@@ -118,7 +118,7 @@ def list_studies(db: DbDep, owner: ReaderDep, limit: Limit = 50, offset: Offset 
 
 
 @router.get("/{study_id}", response_model=StudyDetail, responses=responses(401, 404, 422, 503))
-def get_study(study_id: str, db: DbDep, owner: ReaderDep) -> StudyDetail:
+def get_study(study_id: str, db: DbDep, owner: ReadOwner) -> StudyDetail:
     """Status, counts per trial state, progress, timings and the spec."""
     with db() as session:
         return _detail(session, studies.get_study(session, study_id, owner))
@@ -127,7 +127,7 @@ def get_study(study_id: str, db: DbDep, owner: ReaderDep) -> StudyDetail:
 @router.post(
     "/{study_id}/cancel", response_model=StudyDetail, responses=responses(401, 404, 422, 503)
 )
-def cancel_study(study_id: str, db: DbDep, owner: WriterDep) -> StudyDetail:
+def cancel_study(study_id: str, db: DbDep, owner: WriteOwner) -> StudyDetail:
     """Cancel: queued trials now, running ones at their next epoch; results stay."""
     with db() as session:
         study = studies.get_study(session, study_id, owner)
@@ -163,7 +163,7 @@ def _trial_public(t: Trial, curves: bool) -> TrialPublic:
 def list_trials(
     study_id: str,
     db: DbDep,
-    owner: ReaderDep,
+    owner: ReadOwner,
     limit: Limit = 500,
     offset: Offset = 0,
     curves: Annotated[bool, Query(description="include per-epoch curves")] = True,
@@ -185,7 +185,7 @@ def list_trials(
 
 
 @router.get("/{study_id}/best", response_model=Best, responses=responses(401, 404, 422, 503))
-def best(study_id: str, db: DbDep, owner: ReaderDep) -> Best:
+def best(study_id: str, db: DbDep, owner: ReadOwner) -> Best:
     """The best complete trial by the study's objective, and how complete the study is."""
     with db() as session:
         study = studies.get_study(session, study_id, owner)

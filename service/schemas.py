@@ -1,4 +1,5 @@
-"""Response models: what the API promises to return (and what /docs shows)."""
+"""Response schemas (pydantic): what the API promises to return (and what /docs shows).
+Not to be confused with trainer/models.py, the networks."""
 
 from __future__ import annotations
 

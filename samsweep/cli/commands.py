@@ -1,0 +1,210 @@
+"""The `samsweep` command: the embedded default (`up`, `run`) and the production parts
+(`api`, `worker`, `migrate`). The composition root: the one place that starts the API
+(`service.app`) and the worker (`worker.app`). Heavy modules are imported inside each
+command, so `samsweep worker` never loads the API, nor `samsweep api` the worker."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from samsweep.cli.processes import (
+    UP_STOP_GRACE,
+    WORKER_STOP_GRACE,
+    stop_after_parent,
+    terminate_with_parent,
+)
+from samsweep.cli.run import Interrupted, Run, Signals, say
+from samsweep.settings import get_settings, redact, reveal
+
+
+def _use_state_dir(state_dir: Path | None) -> None:
+    if state_dir is not None:
+        os.environ["SAMSWEEP_STATE_DIR"] = str(state_dir)
+        get_settings.cache_clear()
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from samsweep.migrate import migrate
+
+    settings = get_settings()
+    migrate(settings)
+    print(f"migrated {redact(settings.resolved_database_url)}; Optuna storage ready")
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.app import app
+
+    if args.parent_pid:
+        stop_after_parent(args.parent_pid, WORKER_STOP_GRACE)
+    argv = [
+        "worker",
+        f"--loglevel={args.loglevel}",
+        f"--concurrency={args.concurrency}",
+        f"--queues={get_settings().queue}",
+        f"--pool={args.pool}",
+        f"--hostname=samsweep-{os.getpid()}@%h",
+    ]
+    if args.pool == "prefork":
+        argv.append("--pool-start-method=spawn")  # pool children never inherit a forked torch
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """API + one local worker on the embedded default (or whatever SAMSWEEP_* says)."""
+    import uvicorn
+
+    from samsweep.migrate import migrate
+    from samsweep.queue import declare_queue, make_celery
+    from service.app import create_app
+
+    _use_state_dir(args.state_dir)
+    settings = get_settings()
+    migrate(settings)
+    declare_queue(make_celery(settings), settings.queue)
+    worker_cmd = [
+        sys.executable,
+        "-m",
+        "samsweep.cli",
+        "worker",
+        f"--concurrency={args.concurrency}",
+        f"--parent-pid={os.getpid()}",
+    ]
+    # uvicorn shuts down on SIGTERM, then re-raises it into the handler that was there
+    # before it started. With the default handler that kills this process before the
+    # `finally` below, orphaning the worker; this handler turns it into SystemExit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    worker = None
+    try:
+        # If this process dies without running the `finally` (SIGKILL, OOM killer), the
+        # kernel sends the worker SIGTERM (PR_SET_PDEATHSIG) and --parent-pid makes it
+        # give itself WORKER_STOP_GRACE seconds, as the `finally` would.
+        worker = subprocess.Popen(worker_cmd, preexec_fn=terminate_with_parent())
+        if args.parent_pid:  # started by `samsweep run` (a thread: started after the fork)
+            stop_after_parent(args.parent_pid, UP_STOP_GRACE)
+        uvicorn.run(create_app(settings), host=args.host, port=args.port)
+    finally:
+        if worker is not None:
+            worker.terminate()  # warm shutdown: the running trial finishes its epoch or is re-run
+            try:
+                worker.wait(timeout=WORKER_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Submit a spec to a running API, or start `samsweep up` for the duration."""
+    from samsweep import client
+
+    _use_state_dir(args.state_dir)
+    settings = get_settings()
+    try:
+        spec = client.load_spec(args.spec)
+    except client.SpecError as e:
+        print(f"samsweep: {e}", file=sys.stderr)
+        return 2
+    url = (args.url or settings.api_url).rstrip("/")
+    run = Run(url, reveal(settings.api_token), settings.state_dir)
+    with Signals() as signals:
+        try:
+            return run.submit_and_follow(
+                spec, follow=not args.no_follow, signals=signals, url_given=bool(args.url)
+            )
+        except Interrupted as e:
+            run.interrupted(signals)
+            return 128 + (signals.first or e.signum)
+        finally:
+            run.stop_server(signals)
+
+
+def cmd_optuna_url(args: argparse.Namespace) -> int:
+    """The storage URL for Optuna's own tools (optuna-dashboard, optuna.load_study)."""
+    _use_state_dir(args.state_dir)
+    settings = get_settings()
+    try:
+        url = settings.resolved_optuna_url
+    except ValueError as e:
+        say(str(e))
+        return 2
+    shown = url if args.show_password else redact(url)
+    print(shown)
+    if shown != url:
+        say(
+            "the password is hidden: --show-password prints it (or give it to libpq"
+            " as PGPASSWORD and drop the ':***')"
+        )
+    database = make_url(url)
+    if database.get_backend_name() == "sqlite" and not Path(database.database or "").exists():
+        say("that file does not exist yet: `samsweep up` or `samsweep migrate` creates it")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="samsweep", description="Hyperparameter search for SAM.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="API + local worker; SQLite and an embedded broker by default")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--state-dir", type=Path, help="where the embedded default keeps its files")
+    up.add_argument("--concurrency", type=int, default=1, help="trials trained at once")
+    up.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by `samsweep run`
+    up.set_defaults(func=cmd_up)
+
+    run = sub.add_parser("run", help="submit a study spec (YAML/JSON), follow it, print the best")
+    run.add_argument("spec", type=Path)
+    run.add_argument("--url", help="API to submit to (default SAMSWEEP_API_URL; started if down)")
+    run.add_argument("--state-dir", type=Path)
+    run.add_argument("--no-follow", action="store_true", help="print the study id and return")
+    run.set_defaults(func=cmd_run)
+
+    api = sub.add_parser("api", help="the HTTP API (uvicorn)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=cmd_api)
+
+    worker = sub.add_parser("worker", help="a Celery worker that trains trials")
+    worker.add_argument("--concurrency", type=int, default=1, help="slots; one per GPU")
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by `samsweep up`
+    worker.set_defaults(func=cmd_worker)
+
+    mig = sub.add_parser("migrate", help="the service's migrations and Optuna's schema")
+    mig.set_defaults(func=cmd_migrate)
+
+    ou = sub.add_parser(
+        "optuna-url",
+        help="the storage URL for optuna-dashboard and optuna (schema included on PostgreSQL)",
+    )
+    ou.add_argument("--state-dir", type=Path)
+    ou.add_argument("--show-password", action="store_true", help="print the password, not ***")
+    ou.set_defaults(func=cmd_optuna_url)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C in `up`, `api`, `migrate`: what they started is stopped
+        return 130
+    except Interrupted as e:  # a signal in the last moments of `run`
+        return 128 + e.signum
