@@ -7,7 +7,6 @@ Optuna's tables live elsewhere (samsweep.optuna_store).
 
 from __future__ import annotations
 
-import enum
 import uuid
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -30,6 +29,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from samsweep.states import TrialState
+
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
 
@@ -51,23 +52,6 @@ def utcnow() -> datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
-
-
-class TrialState(enum.StrEnum):
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    COMPLETE = "COMPLETE"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    INFEASIBLE = "INFEASIBLE"  # e.g. out of memory at this batch size: not retried
-
-
-FINISHED_STATES = (
-    TrialState.COMPLETE,
-    TrialState.FAILED,
-    TrialState.CANCELLED,
-    TrialState.INFEASIBLE,
-)
 
 
 class Base(DeclarativeBase):

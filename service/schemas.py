@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from samsweep.states import StudyStatus
+
 
 class ErrorDetail(BaseModel):
     field: str
@@ -56,7 +58,7 @@ class Timings(BaseModel):
 class StudySummary(BaseModel):
     id: str
     name: str
-    status: str
+    status: StudyStatus
     n_trials: int
     created_at: datetime
     links: Links
@@ -113,7 +115,7 @@ class BestTrial(BaseModel):
 class Best(BaseModel):
     study_id: str
     objective: str
-    status: str
+    status: StudyStatus
     counts: dict[str, int]
     complete: bool
     best: BestTrial | None

@@ -18,18 +18,11 @@ from sqlalchemy.orm import Session
 
 from samsweep import optuna_store
 from samsweep.catalog import SpecError, check_spec
-from samsweep.db import (
-    FINISHED_STATES,
-    IdempotencyKey,
-    Study,
-    Trial,
-    TrialState,
-    new_id,
-    utcnow,
-)
+from samsweep.db import IdempotencyKey, Study, Trial, new_id, utcnow
 from samsweep.queue import enqueue_trial
 from samsweep.settings import Settings
 from samsweep.spec import StudySpec
+from samsweep.states import FINISHED_STATES, StudyStatus, TrialState
 from service.errors import Conflict, IdempotencyMismatch, InvalidSpec, NotFound
 
 log = logging.getLogger(__name__)
@@ -231,15 +224,15 @@ def state_counts_many(session: Session, study_ids: list[str]) -> dict[str, dict[
     return {sid: dict(c) for sid, c in counts.items()}
 
 
-def study_status(study: Study, counts: dict[str, int]) -> str:
+def study_status(study: Study, counts: dict[str, int]) -> StudyStatus:
     finished = sum(counts[s] for s in FINISHED_STATES)
     if study.cancelled_at is not None and finished == study.n_trials:
-        return "cancelled"
+        return StudyStatus.CANCELLED
     if finished == study.n_trials:
-        return "complete"
+        return StudyStatus.COMPLETE
     if counts[TrialState.RUNNING] or finished:
-        return "running"
-    return "queued"
+        return StudyStatus.RUNNING
+    return StudyStatus.QUEUED
 
 
 def counts_and_timings(session: Session, study: Study) -> tuple[dict[str, int], dict[str, Any]]:

@@ -10,10 +10,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from samsweep.db import Study, Trial, TrialState, session_factory, utcnow
+from samsweep.db import Study, Trial, session_factory, utcnow
 from samsweep.migrate import migrate
 from samsweep.settings import Settings
 from samsweep.spec import StudySpec
+from samsweep.states import TrialState
 from service.studies import enqueue_pending
 from service.sweeper import requeue_stale
 from tests.conftest import digits_spec

@@ -18,8 +18,9 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
-from samsweep.db import Study, Trial, TrialState, new_id, utcnow
+from samsweep.db import Study, Trial, new_id, utcnow
 from samsweep.spec import StudySpec, TrialParams
+from samsweep.states import TrialState
 from worker.retry import with_db_retry
 
 log = logging.getLogger(__name__)

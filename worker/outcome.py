@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from samsweep.db import TrialState
+from samsweep.states import TrialState
 
 
 class Outcome(enum.StrEnum):

@@ -15,8 +15,9 @@ from sqlalchemy.orm import sessionmaker
 
 import trainer
 from samsweep import optuna_store
-from samsweep.db import TrialState, session_factory
+from samsweep.db import session_factory
 from samsweep.settings import Settings
+from samsweep.states import TrialState
 from worker.claim import Claim, claim, finish, write_claimed
 from worker.device import is_out_of_memory, resolve_device
 from worker.heartbeat import Heartbeat

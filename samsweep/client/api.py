@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from samsweep.client.tables import format_results, progress
+from samsweep.states import StudyStatus
 
 
 def is_up(url: str) -> bool:
@@ -46,7 +47,7 @@ def follow(http: httpx.Client, study_id: str, poll: float = 1.0) -> None:
     while True:
         detail = http.get(f"/studies/{study_id}").raise_for_status().json()
         last = progress(detail, time.monotonic() - started, last)
-        if detail["status"] in ("complete", "cancelled"):
+        if StudyStatus(detail["status"]).finished:
             break
         time.sleep(poll)
     print(file=sys.stderr)

@@ -4,10 +4,11 @@ RUNNING for the sweeper to call "worker lost"."""
 
 from __future__ import annotations
 
-from samsweep.db import Study, Trial, TrialState, session_factory
+from samsweep.db import Study, Trial, session_factory
 from samsweep.migrate import migrate
 from samsweep.settings import Settings
 from samsweep.spec import StudySpec
+from samsweep.states import TrialState
 from tests.conftest import digits_spec
 from worker.claim import claim
 

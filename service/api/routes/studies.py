@@ -13,8 +13,9 @@ from fastapi import APIRouter, BackgroundTasks, Header, Query, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session, defer, sessionmaker
 
-from samsweep.db import FINISHED_STATES, Study, Trial
+from samsweep.db import Study, Trial
 from samsweep.spec import StudySpec
+from samsweep.states import FINISHED_STATES, StudyStatus
 from service import studies
 from service.api.body import StrictJsonRoute
 from service.api.deps import CeleryDep, DbDep, ReadOwner, SettingsDep, WriteOwner
@@ -197,7 +198,7 @@ def best(study_id: str, db: DbDep, owner: ReadOwner) -> Best:
         objective=study.spec["objective"],
         status=status_,
         counts=counts,
-        complete=status_ == "complete",
+        complete=status_ is StudyStatus.COMPLETE,
         best=None
         if top is None
         else BestTrial(
