@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md §6: the API never imports torch (or the worker and the
+"""The layering of docs/DESIGN.md §6: the API never imports torch (or the worker and the
 trainer); the trainer never imports Optuna, Celery, FastAPI, SQLAlchemy or pydantic;
 the worker's parent process does not import torch (it is imported inside the task).
 Stated as import-linter contracts (pyproject.toml) and checked by loading each layer."""
