@@ -3,12 +3,9 @@ and 503 (never 500) while the database is unreachable."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
-import pytest
 
-from tests.conftest import REDIS, digits_spec, free_port
+from tests.conftest import REDIS, digits_spec, free_port, wait_for
 
 
 def test_idempotency_key_returns_the_first_study(server_deployment):
@@ -36,15 +33,14 @@ def test_database_unreachable_is_503(deployment_factory):
     port = free_port()
     d.spawn("api", "api", "--port", str(port))
     api = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+
+    def health_answer():
         try:
-            health = httpx.get(f"{api}/health")
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                pytest.fail(d.logs())
-            time.sleep(0.3)
+            return httpx.get(f"{api}/health")
+        except httpx.HTTPError:  # not listening yet
+            return None
+
+    health = wait_for(health_answer, 30, d, "the API to answer /health")
     assert health.status_code == 503
     assert health.json()["database"].startswith("unavailable") and health.json()["broker"] == "ok"
     for r in (httpx.get(f"{api}/studies"), httpx.post(f"{api}/studies", json=digits_spec())):

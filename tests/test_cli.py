@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from samsweep.cli import _redact, main
 from samsweep.client import SpecError, load_spec
 from samsweep.settings import get_settings
-from tests.conftest import ROOT, digits_spec, free_port, wait_healthy
+from tests.conftest import ROOT, digits_spec, free_port, wait_for, wait_healthy
 
 
 def _group_alive(pgid: int) -> bool:
@@ -35,14 +34,11 @@ def test_up_stops_its_worker_on_sigterm(deployment_factory):
     port = free_port()
     up = d.spawn("up", "up", "--port", str(port))  # its own process group
     wait_healthy(f"http://127.0.0.1:{port}", up)
-    time.sleep(2)  # the worker is up by now (its spawn pool child too)
+    # Celery logs "<name> ready." once its consumer runs, i.e. after the pool child started.
+    wait_for(lambda: " ready." in up.log_path.read_text(), 60, d, "the worker to be ready")
     up.send_signal(signal.SIGTERM)  # only `up` itself, as a service manager would
     up.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while _group_alive(up.pid):
-        if time.monotonic() > deadline:
-            pytest.fail(f"processes of `samsweep up` outlived it:\n{d.logs()}")
-        time.sleep(0.2)
+    wait_for(lambda: not _group_alive(up.pid), 30, d, "the processes of `samsweep up` to end")
 
 
 # --- spec files ------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def _alive_after(procs: list[psutil.Process], timeout: float) -> list[psutil.Pro
                 pass
         if not alive or time.monotonic() > deadline:
             return alive
-        time.sleep(0.2)
+        time.sleep(0.2)  # the poll interval of this wait
 
 
 def _describe(procs: list[psutil.Process]) -> str:
@@ -100,7 +100,7 @@ def _wait_for(what: str, check, proc: subprocess.Popen, d: Deployment, timeout: 
                 return value
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
+        time.sleep(0.3)  # the poll interval of this wait
     pytest.fail(f"no {what} after {timeout}s:\n{_logs(d)}")
 
 
@@ -184,7 +184,9 @@ def test_ctrl_c_cancels_the_study_of_the_embedded_server(deployment_factory, tmp
     wait_healthy(f"http://127.0.0.1:{port}", up)
     detail = httpx.get(f"http://127.0.0.1:{port}/studies/{study_id}", timeout=10).json()
     assert detail["status"] == "cancelled", detail
-    time.sleep(3)  # a sweep round or two
+    # Time passes on purpose: nothing may come back during a few sweep rounds (1 s each
+    # here), and there is no state change to poll for when the claim is that none happens.
+    time.sleep(3)
     _, states = _study_rows(tmp_path / "state", study_id)
     assert not states.get("QUEUED") and not states.get("RUNNING"), states
 
@@ -223,7 +225,13 @@ def test_ctrl_c_leaves_a_study_on_an_api_it_did_not_start(deployment_factory, tm
     run = d.spawn("run", "run", str(spec_path), "--url", api)
     reaper.track(psutil.Process(run.pid))
     study_id = _wait_for("a study", lambda: _any_study(api), run, d, timeout=60)
-    time.sleep(1)  # following it now
+    _wait_for(  # its first progress line: it is following the study now
+        "the progress line",
+        lambda: True if " trials  running " in run.log_path.read_text() else None,
+        run,
+        d,
+        timeout=30,
+    )
     os.kill(run.pid, signal.SIGINT)
     rc = run.wait(timeout=30)
     out = run.log_path.read_text()

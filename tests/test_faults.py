@@ -1,4 +1,4 @@
-"""The fault contract (DESIGN.md §5), each fault injected into real processes: Celery
+"""The fault contract (docs/DESIGN.md §5), each fault injected into real processes: Celery
 workers on Redis, PostgreSQL, uvicorn. Nothing is mocked: workers are SIGKILLed,
 Redis is killed and restarted empty, PostgreSQL refuses connections for a while."""
 
@@ -175,7 +175,7 @@ def start_redis(port: int, tmp: Path) -> subprocess.Popen:
         != b"PONG\n"
     ):
         assert time.monotonic() < deadline, "redis did not start"
-        time.sleep(0.1)
+        time.sleep(0.1)  # the poll interval (no Deployment yet for wait_for's logs)
     return proc
 
 
@@ -197,12 +197,13 @@ def test_broker_restarted_empty_loses_nothing(server_deployment, tmp_path: Path)
             d,
             "a running trial",
         )
-        time.sleep(2)  # the sweeper has recorded this Redis's identity by now
+        db_url = d.env["SAMSWEEP_DATABASE_URL"]
+        wait_for(lambda: _broker_identity(db_url), 30, d, "the sweeper to record Redis's run_id")
         redis_proc.kill()
         redis_proc.wait()
         queued_then = sum(t["state"] == "QUEUED" for t in trials(api, study))
         assert queued_then >= 4  # their messages are gone with the broker
-        time.sleep(2)
+        time.sleep(2)  # on purpose: the broker stays down for a sweep round or two
         redis_proc = start_redis(port, tmp_path)  # empty: --save "" --appendonly no
         restarted_at = time.monotonic()
         wait_for(  # a trial whose message died with the broker gets picked up
@@ -248,10 +249,17 @@ def test_database_outage_is_survived(server_deployment):
         "a trial mid-training",
     )
     _set_connections(d.env["SAMSWEEP_DATABASE_URL"], allowed=False)
+    outage_began = time.monotonic()
     try:
-        time.sleep(1)
+        wait_for(
+            lambda: httpx.get(f"{api}/studies/{study}").status_code == 503,
+            10,
+            d,
+            "the API to answer 503",
+        )
         during = [httpx.get(f"{api}/studies/{study}").status_code for _ in range(3)]
-        time.sleep(7)
+        # On purpose: the outage lasts 8 s in all, so the workers' writes meet it and retry.
+        time.sleep(max(0.0, 8 - (time.monotonic() - outage_began)))
     finally:
         _set_connections(d.env["SAMSWEEP_DATABASE_URL"], allowed=True)
     back_at, epochs = time.monotonic(), _epochs(d, study)
@@ -329,6 +337,17 @@ def test_api_restart_loses_nothing(server_deployment):
             assert after[n]["state"] == "COMPLETE" and after[n]["value"] == t["value"]
     wait_study(api, study, timeout=180, d=d)
     assert_each_cell_once(api, study, d, 4)
+
+
+def _broker_identity(db_url: str) -> str | None:
+    """The broker identity (Redis's run_id) the sweeper keeps in samsweep_meta, if any."""
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        value = conn.execute(
+            text("SELECT value FROM samsweep_meta WHERE key = 'broker_identity'")
+        ).scalar_one_or_none()
+    engine.dispose()
+    return value
 
 
 def _epochs(d: Deployment, study: str) -> int:
