@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -71,3 +73,13 @@ def test_a_huge_grid_is_counted_without_being_built():
     spec = spec.model_copy(update={"seeds": list(range(100))})
     # (99 SAM rhos + rho 0 once) x 100 batch sizes x 100 seeds; cells() would build 10^6
     assert spec.n_trials == 100 * 100 * 100
+
+
+# README "The study spec": JSON's `1` is a valid float; every list holds at most 100 values.
+def test_a_json_integer_is_a_float_and_a_list_holds_at_most_100_values():
+    body = digits_spec()
+    body["train"]["lr"] = 1
+    assert StudySpec.model_validate_json(json.dumps(body)).train.lr == 1.0
+    _spec(batch_size=list(range(1, 101)))
+    with pytest.raises(ValidationError, match="search.batch_size"):
+        _spec(batch_size=list(range(1, 102)))

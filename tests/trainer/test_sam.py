@@ -10,7 +10,7 @@ from torch import nn
 
 from trainer.config import TrialConfig
 from trainer.models import build_model
-from trainer.sam import ASAM, SAM, build_sam
+from trainer.sam import ASAM, SAM, build_sam, global_norm
 from trainer.steps import build_step
 
 RHO = 0.3
@@ -131,6 +131,15 @@ def test_sam_step_makes_two_passes() -> None:
     counts = count_passes(model)
     step(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
     assert counts == {"forward": 2, "backward": 2}
+
+
+# README "What the trainer guarantees": the SAM norm is computed in fp32.
+def test_the_norm_of_bf16_gradients_is_accumulated_in_fp32() -> None:
+    """Summed in bf16 (8 mantissa bits), 20 000 squares of 1 would stall below 20 000."""
+    grads = [torch.ones(12_000, dtype=torch.bfloat16), torch.ones(8_000, dtype=torch.bfloat16)]
+    norm = global_norm(grads)
+    assert norm.dtype == torch.float32
+    assert norm.item() == pytest.approx(20_000**0.5, rel=1e-6)
 
 
 def test_rho_must_be_positive() -> None:
