@@ -49,6 +49,24 @@ def test_database_unreachable_is_503(deployment_factory):
         assert r.headers["retry-after"] == "5"
 
 
+# README "The HTTP API": GET /health is 503 naming the dependency that does not answer.
+def test_broker_unreachable_is_503_naming_the_broker(deployment_factory, pg_url):
+    d = deployment_factory(database_url=pg_url, broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert d.run("migrate").returncode == 0
+    port = free_port()
+    d.spawn("api", "api", "--port", str(port))
+
+    def health_answer():
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        except httpx.HTTPError:  # not listening yet
+            return None
+
+    health = wait_for(health_answer, 30, d, "the API to answer /health")
+    assert health.status_code == 503, health.text
+    assert health.json()["broker"].startswith("unavailable") and health.json()["database"] == "ok"
+
+
 def test_oversized_body_is_413_before_any_work(deployment_factory, pg_url):
     d = deployment_factory(database_url=pg_url, broker_url=REDIS, max_body_bytes="2048")
     assert d.run("migrate").returncode == 0
