@@ -8,6 +8,8 @@ import httpx
 from tests.conftest import REDIS, digits_spec, free_port, wait_for
 
 
+# README "The HTTP API": a replay with the same Idempotency-Key and body returns the first
+# study with 200; GET /studies is newest first, paginated
 def test_idempotency_key_returns_the_first_study(server_deployment):
     # (a different body under the same key, and concurrent replays: test_idempotency.py)
     api = server_deployment.start_api()
@@ -24,6 +26,8 @@ def test_idempotency_key_returns_the_first_study(server_deployment):
     assert [s["id"] for s in page["items"]] == [first.json()["id"]]
 
 
+# README "The HTTP API": a database outage is 503 with Retry-After, never 500; /health
+# names the database
 def test_database_unreachable_is_503(deployment_factory):
     # A database that does not exist: every connection attempt is refused.
     d = deployment_factory(
@@ -67,6 +71,7 @@ def test_broker_unreachable_is_503_naming_the_broker(deployment_factory, pg_url)
     assert health.json()["broker"].startswith("unavailable") and health.json()["database"] == "ok"
 
 
+# README "The HTTP API": a body over SAMSWEEP_MAX_BODY_BYTES is 413 before any work
 def test_oversized_body_is_413_before_any_work(deployment_factory, pg_url):
     d = deployment_factory(database_url=pg_url, broker_url=REDIS, max_body_bytes="2048")
     assert d.run("migrate").returncode == 0
@@ -88,6 +93,8 @@ def test_oversized_body_is_413_before_any_work(deployment_factory, pg_url):
     assert httpx.get(f"{api}/studies").json()["total"] == 0
 
 
+# README "The HTTP API": trials in grid order, paginated (500 by default, at most 1000),
+# `curves=false` leaves the curves out
 def test_trials_are_paginated_and_curves_optional(server_deployment):
     api = server_deployment.start_api()
     spec = digits_spec(rho=[0.01 * i for i in range(20)], batch_size=range(8, 18), seeds=range(6))

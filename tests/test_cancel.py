@@ -8,6 +8,8 @@ import httpx
 from tests.conftest import digits_spec, wait_for, wait_study
 
 
+# README "The HTTP API": cancel: queued trials CANCELLED at once, running ones stop at their
+# next epoch boundary, finished results stay, status becomes `cancelled`
 def test_cancel_mid_study(server_deployment):
     d = server_deployment
     api = d.start_api()

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# README "Layout and layering": the import-linter contracts in pyproject.toml hold
 def test_import_contracts_hold():
     """The contracts in pyproject.toml ([tool.importlinter]): each layer imports only what
     it may, counting imports inside functions and indirect chains; the CLI, the
@@ -27,6 +28,8 @@ def test_import_contracts_hold():
 # Lazy imports (the worker imports torch inside the task, so the process that spawns
 # pool children never initializes CUDA) are what these check: what importing a layer
 # really loads, in a fresh interpreter.
+# README "Layout and layering": each layer imported in a fresh interpreter loads nothing
+# forbidden (the API never imports torch)
 @pytest.mark.parametrize(
     "module,absent",
     [

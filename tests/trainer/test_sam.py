@@ -31,6 +31,8 @@ def loss_of(a: torch.Tensor, params: nn.ParameterList) -> torch.Tensor:
     return 0.5 * w @ a @ w
 
 
+# README "What the trainer guarantees": the weights are restored bitwise before the base
+# step
 def test_base_optimizer_gets_gradient_at_perturbed_point_and_exact_weights() -> None:
     a, params = quadratic()
     w0 = torch.cat([p.detach().clone() for p in params])
@@ -86,6 +88,7 @@ def test_params_without_gradient_are_skipped() -> None:
     assert torch.equal(used.detach(), torch.tensor([3.0, 4.0]))
 
 
+# README "What the trainer guarantees": the checkpoint holds the base optimizer's state
 def test_state_dict_is_the_base_optimizers() -> None:
     param = nn.Parameter(torch.ones(2))
     base = torch.optim.SGD([param], lr=0.1, momentum=0.9)
@@ -102,6 +105,7 @@ def count_passes(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+# README "What the trainer guarantees": rho = 0 is one forward/backward per step
 def test_rho_zero_is_the_bare_base_optimizer_with_one_pass_per_step() -> None:
     torch.manual_seed(0)
     model = build_model("cnn", 1, 10, 8)
@@ -124,6 +128,7 @@ def test_rho_zero_is_the_bare_base_optimizer_with_one_pass_per_step() -> None:
         assert torch.equal(p, q)
 
 
+# README "Benchmarks": two forward/backward passes per SAM step (2.0x the floor)
 def test_sam_step_makes_two_passes() -> None:
     torch.manual_seed(0)
     model = build_model("cnn", 1, 10, 8)
@@ -147,6 +152,7 @@ def test_rho_must_be_positive() -> None:
         SAM(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), rho=0.0)
 
 
+# README "The study spec": `search.sam_variant: asam`
 def test_asam_perturbation_matches_a_hand_computation() -> None:
     """ε = ρ · T² g / ‖T g‖ with T = |w| + η, on numbers small enough to check by hand.
 

@@ -10,6 +10,7 @@ from trainer import TrialConfig
 from trainer.schedule import effective_lr, lr_multiplier
 
 
+# README "The study spec": lr_scaling none | linear (lr*B/B0) | sqrt
 @pytest.mark.parametrize(
     "scaling,expected", [("none", 0.1), ("linear", 0.1 * 4), ("sqrt", 0.1 * 2)]
 )
@@ -25,6 +26,7 @@ def test_scaling_without_base_batch_size_is_refused():
         effective_lr(TrialConfig(dataset="synthetic", lr_scaling="linear"))
 
 
+# README "The study spec": linear warmup, then cosine
 def test_warmup_then_cosine_reaches_zero():
     config = TrialConfig(dataset="synthetic", epochs=10, warmup_epochs=2, schedule="cosine")
     f = lr_multiplier(config, steps_per_epoch=10)
@@ -35,6 +37,7 @@ def test_warmup_then_cosine_reaches_zero():
     assert 0 < f(99) < 0.001
 
 
+# README "The study spec": schedule step (x0.1 at 50% and 75%) and constant
 def test_step_schedule_and_constant():
     step = lr_multiplier(TrialConfig(dataset="synthetic", epochs=4, schedule="step"), 10)
     assert [step(s) for s in (0, 19, 20, 29, 30, 39)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
@@ -42,6 +45,7 @@ def test_step_schedule_and_constant():
     assert {const(s) for s in range(40)} == {1.0}
 
 
+# README "The study spec": each trial records its `effective_lr`
 def test_fit_records_the_effective_lr_and_follows_the_schedule():
     from trainer import fit
 
