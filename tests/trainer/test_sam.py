@@ -32,12 +32,15 @@ def loss_of(a: torch.Tensor, params: nn.ParameterList) -> torch.Tensor:
 
 
 # README "What the trainer guarantees": the weights are restored bitwise before the base
-# step
-def test_base_optimizer_gets_gradient_at_perturbed_point_and_exact_weights() -> None:
+# step; README "The study spec": weight decay is applied by the base optimizer, never by
+# SAM's ascent
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_base_optimizer_gets_gradient_at_perturbed_point_and_exact_weights(wd: float) -> None:
     a, params = quadratic()
     w0 = torch.cat([p.detach().clone() for p in params])
     saved = [p.detach().clone() for p in params]
-    base = torch.optim.SGD(params, lr=1.0)  # w_new = w − g': the update exposes g'
+    # w_new = w − (g' + wd·w): the update exposes g'
+    base = torch.optim.SGD(params, lr=1.0, weight_decay=wd)
     sam = SAM(base, rho=RHO)
 
     seen: dict[str, list[torch.Tensor]] = {}
@@ -64,7 +67,7 @@ def test_base_optimizer_gets_gradient_at_perturbed_point_and_exact_weights() -> 
     assert all(torch.equal(w, s) for w, s in zip(seen["weights"], saved, strict=True))
     g_prime = a @ (w0 + eps)
     torch.testing.assert_close(torch.cat(seen["grads"]), g_prime, rtol=1e-12, atol=1e-12)
-    expected = w0 - 1.0 * g_prime
+    expected = w0 - 1.0 * (g_prime + wd * w0)  # decay once, at w
     torch.testing.assert_close(torch.cat(list(params)).detach(), expected, rtol=1e-12, atol=1e-12)
 
 
