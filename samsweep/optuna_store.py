@@ -1,8 +1,8 @@
-"""Optuna's RDB storage, kept apart from the service's tables (DESIGN.md §4, §7).
+"""Optuna's RDB storage, kept apart from the service's tables (docs/DESIGN.md §4, §7).
 
 Grid cells are recorded by creating each Optuna trial directly with its params
 (`create_new_trial` with a RUNNING template): `enqueue_trial` + `ask()` can hand
-one cell to two processes on SQLite and cannot choose a cell (DESIGN.md §7).
+one cell to two processes on SQLite and cannot choose a cell (docs/DESIGN.md §7).
 Everything Optuna sees (params, per-epoch values, final value, metrics as user
 attributes) is therefore what optuna-dashboard shows.
 """

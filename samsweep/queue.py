@@ -15,7 +15,7 @@ from samsweep.settings import Settings
 from samsweep.tasks import RUN_TRIAL
 
 # kombu's SQLAlchemy transport passes every transport option to create_engine, so
-# its polling interval is set on the class (DESIGN.md §7); 0.1 s gives ~60 ms latency.
+# its polling interval is set on the class (docs/DESIGN.md §7); 0.1 s gives ~60 ms latency.
 EMBEDDED_POLLING_INTERVAL = 0.1
 
 
@@ -52,7 +52,7 @@ def declare_queue(app: Celery, name: str) -> None:
     """Declare the trial queue once, before workers start.
 
     Workers started together on a fresh embedded broker can otherwise race on
-    `UNIQUE constraint failed: kombu_queue.name` (DESIGN.md §7).
+    `UNIQUE constraint failed: kombu_queue.name` (docs/DESIGN.md §7).
     """
     with app.connection_for_write() as conn:
         app.amqp.queues[name](conn.default_channel).declare()

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_optuna_url(self) -> str:
-        """Optuna's storage, kept apart from the service's tables (DESIGN.md §4, §7).
+        """Optuna's storage, kept apart from the service's tables (docs/DESIGN.md §4, §7).
 
         SQLite: its own file beside the service's. PostgreSQL: the same database,
         in its own schema via the connection's search_path.

@@ -1,4 +1,4 @@
-"""The study spec (DESIGN.md §2): one pydantic model shared by the API and the workers.
+"""The study spec (docs/DESIGN.md §2): one pydantic model shared by the API and the workers.
 
 This module imports pydantic and the standard library only. Checks that need the
 deployment (data root, training-set size, grid maximum) live in `samsweep.catalog`.

@@ -1,4 +1,4 @@
-"""Bearer tokens and study owners (DESIGN.md §5).
+"""Bearer tokens and study owners (docs/DESIGN.md §5).
 
 With `SAMSWEEP_API_TOKENS` unset, the API is open (the embedded default on a laptop).
 With tokens, every write needs `Authorization: Bearer <token>` and the study belongs

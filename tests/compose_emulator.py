@@ -715,7 +715,7 @@ class Emulation:
             c = self.current(name)
             if service.provider is None and c is not None and not c.running:
                 raise EmulationError(f"{name} exited with {c.proc.returncode}\n{c.log()}")
-            time.sleep(0.3)
+            time.sleep(0.3)  # the poll interval of compose's service_healthy wait
         raise EmulationError(f"{name} not healthy after {timeout}s\n{self.logs()}")
 
     def healthy(self, name: str) -> bool:

@@ -3,14 +3,13 @@ and 503 (never 500) while the database is unreachable."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
-import pytest
 
-from tests.conftest import REDIS, digits_spec, free_port
+from tests.conftest import REDIS, digits_spec, free_port, wait_for
 
 
+# README "The HTTP API": a replay with the same Idempotency-Key and body returns the first
+# study with 200; GET /studies is newest first, paginated
 def test_idempotency_key_returns_the_first_study(server_deployment):
     # (a different body under the same key, and concurrent replays: test_idempotency.py)
     api = server_deployment.start_api()
@@ -27,6 +26,8 @@ def test_idempotency_key_returns_the_first_study(server_deployment):
     assert [s["id"] for s in page["items"]] == [first.json()["id"]]
 
 
+# README "The HTTP API": a database outage is 503 with Retry-After, never 500; /health
+# names the database
 def test_database_unreachable_is_503(deployment_factory):
     # A database that does not exist: every connection attempt is refused.
     d = deployment_factory(
@@ -36,15 +37,14 @@ def test_database_unreachable_is_503(deployment_factory):
     port = free_port()
     d.spawn("api", "api", "--port", str(port))
     api = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+
+    def health_answer():
         try:
-            health = httpx.get(f"{api}/health")
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                pytest.fail(d.logs())
-            time.sleep(0.3)
+            return httpx.get(f"{api}/health")
+        except httpx.HTTPError:  # not listening yet
+            return None
+
+    health = wait_for(health_answer, 30, d, "the API to answer /health")
     assert health.status_code == 503
     assert health.json()["database"].startswith("unavailable") and health.json()["broker"] == "ok"
     for r in (httpx.get(f"{api}/studies"), httpx.post(f"{api}/studies", json=digits_spec())):
@@ -53,6 +53,25 @@ def test_database_unreachable_is_503(deployment_factory):
         assert r.headers["retry-after"] == "5"
 
 
+# README "The HTTP API": GET /health is 503 naming the dependency that does not answer.
+def test_broker_unreachable_is_503_naming_the_broker(deployment_factory, pg_url):
+    d = deployment_factory(database_url=pg_url, broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert d.run("migrate").returncode == 0
+    port = free_port()
+    d.spawn("api", "api", "--port", str(port))
+
+    def health_answer():
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        except httpx.HTTPError:  # not listening yet
+            return None
+
+    health = wait_for(health_answer, 30, d, "the API to answer /health")
+    assert health.status_code == 503, health.text
+    assert health.json()["broker"].startswith("unavailable") and health.json()["database"] == "ok"
+
+
+# README "The HTTP API": a body over SAMSWEEP_MAX_BODY_BYTES is 413 before any work
 def test_oversized_body_is_413_before_any_work(deployment_factory, pg_url):
     d = deployment_factory(database_url=pg_url, broker_url=REDIS, max_body_bytes="2048")
     assert d.run("migrate").returncode == 0
@@ -74,6 +93,8 @@ def test_oversized_body_is_413_before_any_work(deployment_factory, pg_url):
     assert httpx.get(f"{api}/studies").json()["total"] == 0
 
 
+# README "The HTTP API": trials in grid order, paginated (500 by default, at most 1000),
+# `curves=false` leaves the curves out
 def test_trials_are_paginated_and_curves_optional(server_deployment):
     api = server_deployment.start_api()
     spec = digits_spec(rho=[0.01 * i for i in range(20)], batch_size=range(8, 18), seeds=range(6))

@@ -98,6 +98,8 @@ BAD_SPECS = [
 ]
 
 
+# README "The study spec": a spec that cannot run is 422 naming the field (unknown fields,
+# empty or duplicate lists, unknown dataset/model/optimizer, grid above the maximum, ...)
 @pytest.mark.parametrize("case,spec,field", BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
 def test_bad_spec_is_422_naming_the_field(api, case, spec, field):
     url, _ = api
@@ -108,6 +110,7 @@ def test_bad_spec_is_422_naming_the_field(api, case, spec, field):
     assert error["message"].startswith(f"{field}:") or field in error["message"]
 
 
+# README "The study spec": negative or non-finite rho is 422
 @pytest.mark.parametrize(
     "raw,field",
     [
@@ -124,6 +127,7 @@ def test_non_finite_rho_is_422(api, raw, field):
     assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
 
 
+# README "The HTTP API": malformed JSON is 4xx
 @pytest.mark.parametrize(
     "body", ["{not json", "[]", "null", '"a string"', "", '{"name": 3}'], ids=repr
 )
@@ -134,6 +138,7 @@ def test_malformed_body_is_422_never_500(api, body):
     assert set(r.json()["error"]) == {"code", "message", "field", "details"}
 
 
+# README "The HTTP API": an unknown id is 404
 @pytest.mark.parametrize("suffix", ["", "/trials", "/best"])
 def test_unknown_study_is_404(api, suffix):
     url, _ = api
@@ -141,6 +146,7 @@ def test_unknown_study_is_404(api, suffix):
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
+# README "The study spec": a refused spec creates nothing (no row, no Optuna study, no task)
 def test_refused_specs_created_nothing(api):
     """Runs after the cases above (file order): nothing reached any store."""
     _, d = api
@@ -154,6 +160,7 @@ def test_refused_specs_created_nothing(api):
     assert redis.Redis.from_url(REDIS).llen(d.env["SAMSWEEP_QUEUE"]) == 0
 
 
+# README "The HTTP API": OpenAPI at /openapi.json, Swagger UI at /docs
 def test_openapi_and_docs_are_served(api):
     url, _ = api
     schema = httpx.get(f"{url}/openapi.json").json()

@@ -22,6 +22,8 @@ def api(server_deployment):
     return d.start_api()
 
 
+# README "Credentials": with tokens every write needs a bearer token, else 401 and nothing
+# changes
 def test_writes_need_a_valid_token_and_refusals_change_nothing(api):
     for headers in ({}, _auth("wrong-token-but-long-enough"), {"Authorization": ALICE}):
         r = httpx.post(f"{api}/studies", json=digits_spec(), headers=headers)
@@ -36,6 +38,7 @@ def test_writes_need_a_valid_token_and_refusals_change_nothing(api):
     assert detail["status"] != "cancelled" and detail["counts"]["CANCELLED"] == 0
 
 
+# README "Credentials": `samsweep run` sends SAMSWEEP_API_TOKEN
 def test_samsweep_run_sends_its_token(api, server_deployment, tmp_path):
     import json
 
@@ -52,6 +55,8 @@ def test_samsweep_run_sends_its_token(api, server_deployment, tmp_path):
     assert httpx.get(f"{api}/studies/{study}", headers=_auth(ALICE)).status_code == 404
 
 
+# README "Credentials": a study belongs to its creator; with SAMSWEEP_PRIVATE_STUDIES reads
+# need a token and each owner sees only their own studies (others' ids answer 404)
 def test_each_owner_sees_only_their_studies(api):
     mine = httpx.post(f"{api}/studies", json=digits_spec(), headers=_auth(ALICE)).json()["id"]
     theirs = httpx.post(f"{api}/studies", json=digits_spec(), headers=_auth(BOB)).json()["id"]
@@ -69,6 +74,7 @@ def test_each_owner_sees_only_their_studies(api):
     assert a["id"] != b["id"]
 
 
+# README "Credentials": a malformed SAMSWEEP_API_TOKENS stops the API at start-up
 @pytest.mark.parametrize(
     "tokens", ["alice:too-short", "no-colon-0123456789abcdef", ":0123456789abcdef"]
 )

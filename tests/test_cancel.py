@@ -3,27 +3,30 @@ running one stops at its next epoch boundary, finished results stay."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
 
-from tests.conftest import digits_spec, wait_study
+from tests.conftest import digits_spec, wait_for, wait_study
 
 
+# README "The HTTP API": cancel: queued trials CANCELLED at once, running ones stop at their
+# next epoch boundary, finished results stay, status becomes `cancelled`
 def test_cancel_mid_study(server_deployment):
     d = server_deployment
     api = d.start_api()
     d.start_worker()
     spec = digits_spec(rho=(0.0, 0.05), batch_size=(16, 32), epochs=30, seeds=(0, 1))
     study = httpx.post(f"{api}/studies", json=spec).json()["id"]
-    deadline = time.monotonic() + 120
-    while True:  # wait until one trial has finished and another is mid-training
+
+    def one_done_one_mid_training():
         trials = httpx.get(f"{api}/studies/{study}/trials").json()["trials"]
         running = [t for t in trials if t["state"] == "RUNNING" and t["epoch"] >= 1]
         if running and any(t["state"] == "COMPLETE" for t in trials):
-            break
-        assert time.monotonic() < deadline, d.logs()
-        time.sleep(0.2)
+            return trials, running
+        return None
+
+    trials, running = wait_for(
+        one_done_one_mid_training, 120, d, "a finished trial and one mid-training"
+    )
     r = httpx.post(f"{api}/studies/{study}/cancel")
     assert r.status_code == 200 and r.json()["counts"]["QUEUED"] == 0
     detail = wait_study(api, study, timeout=60, d=d)

@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from samsweep.cli import main
 from samsweep.client import SpecError, load_spec
 from samsweep.settings import get_settings, redact, with_search_path
-from tests.conftest import ROOT, digits_spec, free_port, wait_healthy
+from tests.conftest import ROOT, digits_spec, free_port, wait_for, wait_healthy
 
 
 def _group_alive(pgid: int) -> bool:
@@ -29,20 +28,18 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
+# README "The CLI": `samsweep up`: the worker never outlives it (SIGTERM)
 @pytest.mark.e2e
 def test_up_stops_its_worker_on_sigterm(deployment_factory):
     d = deployment_factory()
     port = free_port()
     up = d.spawn("up", "up", "--port", str(port))  # its own process group
     wait_healthy(f"http://127.0.0.1:{port}", up)
-    time.sleep(2)  # the worker is up by now (its spawn pool child too)
+    # Celery logs "<name> ready." once its consumer runs, i.e. after the pool child started.
+    wait_for(lambda: " ready." in up.log_path.read_text(), 60, d, "the worker to be ready")
     up.send_signal(signal.SIGTERM)  # only `up` itself, as a service manager would
     up.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while _group_alive(up.pid):
-        if time.monotonic() > deadline:
-            pytest.fail(f"processes of `samsweep up` outlived it:\n{d.logs()}")
-        time.sleep(0.2)
+    wait_for(lambda: not _group_alive(up.pid), 30, d, "the processes of `samsweep up` to end")
 
 
 # --- spec files ------------------------------------------------------------------------
@@ -81,6 +78,7 @@ SYNTAX_ERRORS = [
 ]
 
 
+# README "The CLI": a spec that cannot be parsed: `file:line:col: ...`, exit 2
 @pytest.mark.parametrize(("name", "text", "where", "phrase"), SYNTAX_ERRORS)
 def test_a_syntax_error_names_the_file_line_and_column(tmp_path, capsys, name, text, where, phrase):
     path = tmp_path / name
@@ -106,6 +104,7 @@ def _invalid(suffix: str) -> str:
     )
 
 
+# README "The CLI": a spec that cannot be validated: one line per error, exit 2
 @pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json"])
 def test_an_invalid_spec_lists_each_error_by_field(tmp_path, capsys, suffix):
     path = tmp_path / f"spec{suffix}"
@@ -143,6 +142,7 @@ def _mkdir(path):
     return path
 
 
+# README "The CLI": a spec that cannot be read is refused before anything starts
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -181,6 +181,7 @@ def test_a_parse_error_from_the_real_command_has_no_traceback(tmp_path):
     assert not (tmp_path / ".samsweep").exists()
 
 
+# README "The CLI": `--no-follow` needs an API that is already up
 def test_no_follow_never_starts_a_server_it_would_stop_at_once(tmp_path, monkeypatch, capsys):
     """It would submit, stop the server, and leave the study for the next `samsweep up`."""
     monkeypatch.setenv("SAMSWEEP_API_URL", f"http://127.0.0.1:{free_port()}")
@@ -192,6 +193,7 @@ def test_no_follow_never_starts_a_server_it_would_stop_at_once(tmp_path, monkeyp
     assert not (tmp_path / "st" / "up.log").exists()
 
 
+# README "Two commands": `make demo` submits examples/digits-label-noise.yaml
 def test_the_example_spec_loads():
     from samsweep.client import load_spec
 
@@ -201,6 +203,7 @@ def test_the_example_spec_loads():
 # --- optuna-url -------------------------------------------------------------------------
 
 
+# README "The CLI": `optuna-url` on SQLite: the absolute path of optuna.sqlite
 def test_optuna_url_sqlite_is_an_absolute_path(tmp_path, capsys):
     assert main(["optuna-url", "--state-dir", str(tmp_path / "st")]) == 0
     out, err = capsys.readouterr()
@@ -208,6 +211,7 @@ def test_optuna_url_sqlite_is_an_absolute_path(tmp_path, capsys):
     assert "does not exist yet" in err
 
 
+# README "The CLI": `optuna-url` prints the password as *** unless --show-password
 def test_optuna_url_postgres_hides_the_password_unless_asked(monkeypatch, capsys):
     monkeypatch.setenv("SAMSWEEP_DATABASE_URL", "postgresql+psycopg://bob:s%40cr3t@db:5432/sam")
     get_settings.cache_clear()
@@ -241,6 +245,7 @@ def test_redact(url, shown):
     assert redact(url) == shown
 
 
+# README "The CLI": Ctrl-C: exit 130, no traceback
 def test_ctrl_c_in_a_command_is_exit_130_without_traceback(monkeypatch):
     import samsweep.cli.commands as cli
 
@@ -251,6 +256,7 @@ def test_ctrl_c_in_a_command_is_exit_130_without_traceback(monkeypatch):
     assert main(["migrate"]) == 130
 
 
+# README "The CLI": on Linux the kernel sends the worker SIGTERM when `up` dies
 def test_parent_death_signal_is_set_in_the_child(tmp_path):
     """The preexec_fn really sets PR_SET_PDEATHSIG (read back with PR_GET_PDEATHSIG)."""
     if not sys.platform.startswith("linux"):
@@ -271,6 +277,8 @@ def test_parent_death_signal_is_set_in_the_child(tmp_path):
     assert int(out) == signal.SIGTERM
 
 
+# README "The study spec": `samsweep run` reads YAML 1.2 floats (`lr: 1e-3` is a number,
+# `rho: [yes]` is 422)
 def test_yaml_exponents_are_numbers_and_yes_is_not(tmp_path):
     """PyYAML reads YAML 1.1, where `1e-3` is a string; the strict spec would refuse the
     most common way to write a learning rate. Booleans stay booleans (and are refused)."""

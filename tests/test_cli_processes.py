@@ -75,7 +75,7 @@ def _alive_after(procs: list[psutil.Process], timeout: float) -> list[psutil.Pro
                 pass
         if not alive or time.monotonic() > deadline:
             return alive
-        time.sleep(0.2)
+        time.sleep(0.2)  # the poll interval of this wait
 
 
 def _describe(procs: list[psutil.Process]) -> str:
@@ -100,7 +100,7 @@ def _wait_for(what: str, check, proc: subprocess.Popen, d: Deployment, timeout: 
                 return value
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
+        time.sleep(0.3)  # the poll interval of this wait
     pytest.fail(f"no {what} after {timeout}s:\n{_logs(d)}")
 
 
@@ -159,6 +159,8 @@ def _study_rows(state: Path, study_id: str) -> tuple[object, dict[str, int]]:
     return cancelled_at, states
 
 
+# README "The CLI": Ctrl-C with the server it started cancels the study (the running trial
+# stops at its epoch's end), then stops the server; exit 130, no traceback
 def test_ctrl_c_cancels_the_study_of_the_embedded_server(deployment_factory, tmp_path, reaper):
     d = deployment_factory()
     run, api, study_id, tree = _embedded_run(d, tmp_path, reaper)
@@ -184,11 +186,14 @@ def test_ctrl_c_cancels_the_study_of_the_embedded_server(deployment_factory, tmp
     wait_healthy(f"http://127.0.0.1:{port}", up)
     detail = httpx.get(f"http://127.0.0.1:{port}/studies/{study_id}", timeout=10).json()
     assert detail["status"] == "cancelled", detail
-    time.sleep(3)  # a sweep round or two
+    # Time passes on purpose: nothing may come back during a few sweep rounds (1 s each
+    # here), and there is no state change to poll for when the claim is that none happens.
+    time.sleep(3)
     _, states = _study_rows(tmp_path / "state", study_id)
     assert not states.get("QUEUED") and not states.get("RUNNING"), states
 
 
+# README "The CLI": Ctrl-C again stops at once
 def test_a_second_ctrl_c_during_the_clean_up_stops_at_once(deployment_factory, tmp_path, reaper):
     d = deployment_factory()
     run, api, study_id, tree = _embedded_run(d, tmp_path, reaper)
@@ -213,6 +218,8 @@ def test_a_second_ctrl_c_during_the_clean_up_stops_at_once(deployment_factory, t
     assert cancelled_at is not None
 
 
+# README "The CLI": on an API it did not start, Ctrl-C leaves the study running and prints
+# the `curl` line that cancels it
 def test_ctrl_c_leaves_a_study_on_an_api_it_did_not_start(deployment_factory, tmp_path, reaper):
     """No worker: the study stays queued, `run` follows it until interrupted."""
     d = deployment_factory(api_token="t" * 20)
@@ -223,7 +230,13 @@ def test_ctrl_c_leaves_a_study_on_an_api_it_did_not_start(deployment_factory, tm
     run = d.spawn("run", "run", str(spec_path), "--url", api)
     reaper.track(psutil.Process(run.pid))
     study_id = _wait_for("a study", lambda: _any_study(api), run, d, timeout=60)
-    time.sleep(1)  # following it now
+    _wait_for(  # its first progress line: it is following the study now
+        "the progress line",
+        lambda: True if " trials  running " in run.log_path.read_text() else None,
+        run,
+        d,
+        timeout=30,
+    )
     os.kill(run.pid, signal.SIGINT)
     rc = run.wait(timeout=30)
     out = run.log_path.read_text()
@@ -238,6 +251,7 @@ def test_ctrl_c_leaves_a_study_on_an_api_it_did_not_start(deployment_factory, tm
     assert httpx.get(f"{api}/health", timeout=5).status_code == 200  # not stopped either
 
 
+# README "The CLI": `samsweep up`: the worker never outlives it, SIGKILL included
 def test_sigkill_of_up_stops_its_worker(deployment_factory, reaper):
     d = deployment_factory()
     port = free_port()
@@ -257,6 +271,7 @@ def test_sigkill_of_up_stops_its_worker(deployment_factory, reaper):
     assert not alive, f"outlived a SIGKILLed `samsweep up`: {_describe(alive)}\n{d.logs()}"
 
 
+# README "The CLI": the `up` that `samsweep run` starts is bound to `run` the same way
 def test_sigkill_of_run_stops_the_embedded_server(deployment_factory, tmp_path, reaper):
     """While a trial trains: the server's warm shutdown is bounded by `up`'s grace."""
     d = deployment_factory()
@@ -303,6 +318,7 @@ def _optuna_url_sees_the_study(d: Deployment) -> str:
     return url
 
 
+# README "The CLI": `optuna-url` on PostgreSQL adds ?options=-csearch_path%3Doptuna
 def test_optuna_url_on_postgresql_reaches_optunas_schema(server_deployment):
     d = server_deployment
     url = _optuna_url_sees_the_study(d)

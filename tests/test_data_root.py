@@ -116,6 +116,8 @@ ESCAPES = [
 ]
 
 
+# README "The study spec": a dataset path whose directory, official subdirectory or any
+# data file resolves outside the data root is refused (a symlink at any level)
 @pytest.mark.parametrize("path,reason", ESCAPES, ids=[e[0] for e in ESCAPES])
 def test_escaping_symlinks_are_refused_at_every_level(tree, path, reason):
     root, _ = tree
@@ -186,6 +188,7 @@ def test_hostile_paths_are_a_spec_error_never_another_exception(tree, case, path
     assert str(root) not in str(error)  # nor the server's own paths
 
 
+# README "The study spec": a data file that is not a regular file is refused
 def test_loops_files_fifos_and_missing_files_are_refused(tree):
     root, _ = tree
     (root / "loop").symlink_to(root / "loop")
@@ -220,6 +223,7 @@ def test_a_missing_data_root_is_a_spec_error(tmp_path):
     assert "data root" in error.message
 
 
+# README "The study spec": a data file that is not a complete pickle is refused
 @pytest.mark.parametrize(
     "damage,reason",
     [
@@ -262,6 +266,8 @@ def test_a_file_swapped_after_the_check_is_refused_when_read(tree, tmp_path):
     assert "changed" in refusal(check_files, files, "good").message
 
 
+# README "Dataset files are never trusted": workers check containment again on the
+# resolved path of every file just before training
 def test_the_worker_refuses_a_file_swapped_after_the_api_accepted(tree):
     """trial_config resolves through the same check: an escape made later is refused."""
     from worker.trial_config import trial_config
@@ -330,6 +336,8 @@ def _plain_load_in_a_subprocess(file: Path) -> None:
     subprocess.run([sys.executable, "-c", code, str(file)], capture_output=True, timeout=60)
 
 
+# README "Dataset files are never trusted": the API never unpickles (pickletools only);
+# workers use a restricted unpickler
 @pytest.mark.parametrize("how,where", CRAFTED)
 def test_a_crafted_pickle_runs_in_neither_the_catalog_nor_the_trainer(tree, tmp_path, how, where):
     root, _ = tree
@@ -380,6 +388,7 @@ def data_root_deployment(deployment_factory, pg_url, redis_url, tmp_path):
     return d, root, pg_url
 
 
+# README "The door": a crafted pickle must not execute in any process
 @pytest.mark.e2e
 @needs_subset
 def test_no_process_runs_a_crafted_pickle_or_reads_outside_the_root(data_root_deployment, tmp_path):
@@ -428,5 +437,5 @@ def test_no_process_runs_a_crafted_pickle_or_reads_outside_the_root(data_root_de
         (row,) = trial_rows(db_url, study.json()["id"])
         assert row["state"] == "FAILED", (row, d.logs())
         assert "data_batch_1" in row["error"] and says in row["error"], row["error"]
-    time.sleep(1)  # nothing runs late either
+    time.sleep(1)  # on purpose: a late run of the pickle would show within this second
     assert not marker.exists(), d.logs()

@@ -1,4 +1,4 @@
-"""The fault contract (DESIGN.md §5), each fault injected into real processes: Celery
+"""The fault contract (docs/DESIGN.md §5), each fault injected into real processes: Celery
 workers on Redis, PostgreSQL, uvicorn. Nothing is mocked: workers are SIGKILLed,
 Redis is killed and restarted empty, PostgreSQL refuses connections for a while."""
 
@@ -78,6 +78,8 @@ def fault_deployment(server_deployment, tmp_path: Path) -> Deployment:
     return server_deployment
 
 
+# README "Faults": a worker SIGKILLed mid-trial, twice, is resumed from its checkpoint and
+# equals an uninterrupted run; the next worker FAILs the dead attempt's Optuna trial
 def test_killed_workers_resume_from_checkpoint_and_record_once(fault_deployment):
     """SIGKILL the worker mid-trial, twice: each time the trial is detected dead by its
     heartbeat, re-run from its last checkpoint by the next worker, and recorded once,
@@ -139,6 +141,7 @@ def test_killed_workers_resume_from_checkpoint_and_record_once(fault_deployment)
     assert trainer.fit(config).test_accuracy == t["metrics"]["test_accuracy"]
 
 
+# README "Faults": a worker SIGKILLed with one attempt allowed -> FAILED `worker lost`
 def test_attempts_are_bounded(fault_deployment):
     """With one attempt allowed, a killed worker's trial FAILs with the reason, and the
     rest of the study goes on."""
@@ -176,10 +179,11 @@ def start_redis(port: int, tmp: Path) -> subprocess.Popen:
         != b"PONG\n"
     ):
         assert time.monotonic() < deadline, "redis did not start"
-        time.sleep(0.1)
+        time.sleep(0.1)  # the poll interval (no Deployment yet for wait_for's logs)
     return proc
 
 
+# README "Faults": Redis killed and restarted empty loses no trial (re-sent on a new run_id)
 def test_broker_restarted_empty_loses_nothing(server_deployment, tmp_path: Path):
     """Kill the broker while trials are queued and one is running, start it empty: the
     database re-sends every unfinished trial and the study completes, each cell once."""
@@ -198,12 +202,13 @@ def test_broker_restarted_empty_loses_nothing(server_deployment, tmp_path: Path)
             d,
             "a running trial",
         )
-        time.sleep(2)  # the sweeper has recorded this Redis's identity by now
+        db_url = d.env["SAMSWEEP_DATABASE_URL"]
+        wait_for(lambda: _broker_identity(db_url), 30, d, "the sweeper to record Redis's run_id")
         redis_proc.kill()
         redis_proc.wait()
         queued_then = sum(t["state"] == "QUEUED" for t in trials(api, study))
         assert queued_then >= 4  # their messages are gone with the broker
-        time.sleep(2)
+        time.sleep(2)  # on purpose: the broker stays down for a sweep round or two
         redis_proc = start_redis(port, tmp_path)  # empty: --save "" --appendonly no
         restarted_at = time.monotonic()
         wait_for(  # a trial whose message died with the broker gets picked up
@@ -234,6 +239,8 @@ def _set_connections(db_url: str, allowed: bool) -> None:
     admin.dispose()
 
 
+# README "Faults": PostgreSQL refusing connections for 8 s (API answers 503): nothing lost;
+# README "How a trial runs": every database write retries with backoff
 def test_database_outage_is_survived(server_deployment):
     """PostgreSQL refuses every connection for 8 s mid-study: the API answers 503 (not
     500) meanwhile, workers retry with backoff, and nothing is lost or duplicated."""
@@ -249,10 +256,17 @@ def test_database_outage_is_survived(server_deployment):
         "a trial mid-training",
     )
     _set_connections(d.env["SAMSWEEP_DATABASE_URL"], allowed=False)
+    outage_began = time.monotonic()
     try:
-        time.sleep(1)
+        wait_for(
+            lambda: httpx.get(f"{api}/studies/{study}").status_code == 503,
+            10,
+            d,
+            "the API to answer 503",
+        )
         during = [httpx.get(f"{api}/studies/{study}").status_code for _ in range(3)]
-        time.sleep(7)
+        # On purpose: the outage lasts 8 s in all, so the workers' writes meet it and retry.
+        time.sleep(max(0.0, 8 - (time.monotonic() - outage_began)))
     finally:
         _set_connections(d.env["SAMSWEEP_DATABASE_URL"], allowed=True)
     back_at, epochs = time.monotonic(), _epochs(d, study)
@@ -265,6 +279,7 @@ def test_database_outage_is_survived(server_deployment):
     assert "database unavailable" in "".join(p.log_path.read_text() for p in d.procs[1:])
 
 
+# README "Faults": a trial longer than a 2 s visibility timeout is not trained twice
 def test_trial_longer_than_visibility_timeout_is_not_run_twice(server_deployment):
     """Redis re-delivers a task unacked for longer than its visibility timeout; the
     second delivery finds the trial claimed and does not train it again."""
@@ -288,6 +303,7 @@ def test_trial_longer_than_visibility_timeout_is_not_run_twice(server_deployment
     assert logs.count(": 'skipped'") >= 1, "Redis should have re-delivered the long task"
 
 
+# README "Faults": loss -> inf fails the trial at once (`diverged`); the study goes on
 def test_diverged_trials_fail_with_reason_and_the_study_goes_on(server_deployment):
     d = server_deployment
     api = d.start_api()
@@ -306,6 +322,7 @@ def test_diverged_trials_fail_with_reason_and_the_study_goes_on(server_deploymen
     assert httpx.get(f"{api}/studies/{study}/best").json()["best"] is None
 
 
+# README "Faults": the API SIGKILLed and restarted mid-study loses nothing
 def test_api_restart_loses_nothing(server_deployment):
     d = server_deployment
     port = free_port()
@@ -332,10 +349,23 @@ def test_api_restart_loses_nothing(server_deployment):
     assert_each_cell_once(api, study, d, 4)
 
 
+def _broker_identity(db_url: str) -> str | None:
+    """The broker identity (Redis's run_id) the sweeper keeps in samsweep_meta, if any."""
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        value = conn.execute(
+            text("SELECT value FROM samsweep_meta WHERE key = 'broker_identity'")
+        ).scalar_one_or_none()
+    engine.dispose()
+    return value
+
+
 def _epochs(d: Deployment, study: str) -> int:
     return sum(t["epoch"] or 0 for t in trial_rows(d.env["SAMSWEEP_DATABASE_URL"], study))
 
 
+# README "Faults" and "Production": an Optuna study deleted under a running study ->
+# its trials FAILED once, `error: KeyError: ...`, never `worker lost`
 def test_a_deleted_optuna_study_fails_its_trials_with_the_real_reason(fault_deployment):
     """optuna-dashboard can DELETE a study under a running samsweep study. The worker is
     alive: its trials must fail once, with the exception that stopped them (the missing
@@ -368,6 +398,7 @@ def test_a_deleted_optuna_study_fails_its_trials_with_the_real_reason(fault_depl
         assert t["error"].startswith("error: KeyError:"), t["error"]
 
 
+# README "Faults": an allocation failure is INFEASIBLE, not retried; the study goes on
 def test_out_of_memory_cell_is_infeasible_and_not_retried(server_deployment):
     """A worker limited to 3 GiB of address space: batch 4096 fails to allocate (the real
     CPU allocator error), its cell is INFEASIBLE at once, and batch 32 still trains.

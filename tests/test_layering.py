@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md §6: the API never imports torch (or the worker and the
+"""The layering of docs/DESIGN.md §6: the API never imports torch (or the worker and the
 trainer); the trainer never imports Optuna, Celery, FastAPI, SQLAlchemy or pydantic;
 the worker's parent process does not import torch (it is imported inside the task).
 Stated as import-linter contracts (pyproject.toml) and checked by loading each layer."""
@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# README "Layout and layering": the import-linter contracts in pyproject.toml hold
 def test_import_contracts_hold():
     """The contracts in pyproject.toml ([tool.importlinter]): each layer imports only what
     it may, counting imports inside functions and indirect chains; the CLI, the
@@ -28,6 +29,8 @@ def test_import_contracts_hold():
 # Lazy imports (the worker imports torch inside the task, so the process that spawns
 # pool children never initializes CUDA) are what these check: what importing a layer
 # really loads, in a fresh interpreter.
+# README "Layout and layering": each layer imported in a fresh interpreter loads nothing
+# forbidden (the API never imports torch)
 @pytest.mark.parametrize(
     "module,absent",
     [

@@ -7,7 +7,6 @@ service/api/deps.py. Not a timed test: latencies are in benchmarks/load.py."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from tests.conftest import REDIS, digits_spec
+from tests.conftest import REDIS, digits_spec, wait_for
 
 CLIENTS = 200
 
@@ -27,6 +26,8 @@ async def _burst(url: str, paths: list[str]) -> list[int]:
     return [r.status_code for r in responses]
 
 
+# README "The door": 200 concurrent readers, more than the pool's connections and the
+# threadpool's threads: all answered, the sweeper keeps sweeping
 @pytest.mark.e2e
 def test_more_concurrent_readers_than_connections_are_all_answered(deployment_factory, pg_url):
     d = deployment_factory(
@@ -51,17 +52,15 @@ def test_more_concurrent_readers_than_connections_are_all_answered(deployment_fa
     engine = create_engine(pg_url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE samsweep_trials SET enqueued_at = NULL WHERE number = 0"))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def sent_at():
         with engine.connect() as conn:
-            sent = conn.execute(
+            return conn.execute(
                 text("SELECT enqueued_at FROM samsweep_trials WHERE number = 0")
             ).scalar_one()
-        if sent is not None:
-            break
-        time.sleep(0.5)
+
+    wait_for(sent_at, 30, d, "the sweeper to send the trial")
     engine.dispose()
     redis.Redis.from_url(REDIS).delete(d.env["SAMSWEEP_QUEUE"])
-    assert sent is not None, d.logs()
     log = d.procs[0].log_path.read_text()
     assert "QueuePool limit" not in log and "sweep failed" not in log, log[-3000:]

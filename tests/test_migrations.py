@@ -29,6 +29,7 @@ def _tables(url: str, schema: str | None = None) -> set[str]:
     return names
 
 
+# README "The CLI": `samsweep migrate` runs the service's migrations, then Optuna's
 def test_migrate_twice_then_no_drift(settings):
     migrate(settings)
     migrate(settings)  # idempotent: the compose migration job may run on every start
@@ -56,6 +57,8 @@ def test_downgrade_leaves_optuna_alone(settings):
     assert _tables(settings.resolved_database_url) >= SERVICE_TABLES
 
 
+# README "Production": the dashboard's role may only read Optuna's schema: its DELETE fails
+# and the study stays; it cannot read the service's tables
 def test_dashboard_role_reads_optuna_and_changes_nothing(pg_url):
     """optuna-dashboard has no authentication and a DELETE button: its role may read
     Optuna's schema and nothing else, so the DELETE cannot reach the storage."""

@@ -50,6 +50,8 @@ def _running(session, number: int, beat_age: float, attempts: int) -> Trial:
     return t
 
 
+# README "How a trial runs": the sweeper returns a trial whose worker stopped heartbeating
+# to the queue, up to SAMSWEEP_MAX_ATTEMPTS runs, then FAILs it with the reason
 def test_requeue_stale_trials(session):
     alive = _running(session, 0, beat_age=2, attempts=1)
     dead = _running(session, 1, beat_age=120, attempts=1)
@@ -63,6 +65,8 @@ def test_requeue_stale_trials(session):
     assert exhausted.error.startswith("worker lost: no heartbeat for 30s after 3 attempts")
 
 
+# README "Faults": a worker stopped after its study was cancelled -> the stale trial is
+# CANCELLED, not re-run
 def test_a_stale_trial_of_a_cancelled_study_is_cancelled_not_requeued(session):
     dead = _running(session, 1, beat_age=120, attempts=1)
     session.get(Study, "s1").cancelled_at = utcnow()
@@ -90,6 +94,8 @@ class _RecordingCelery:
         self.sent.append(args[0])
 
 
+# README "The HTTP API" (POST /studies) and "How a trial runs": the trials reach the broker
+# after the answer; any QUEUED trial the broker never received is sent by the sweeper
 def test_enqueue_pending_sends_each_trial_once_and_survives_a_broker_outage(session):
     down = _RecordingCelery(fail_after=1)
     assert enqueue_pending(session, down, "q") == 1

@@ -40,7 +40,7 @@ class SAM:
     ) -> None:
         if rho <= 0:
             # rho = 0 is the base optimizer alone and must cost one pass, not two:
-            # the loop never builds a SAM for it (DESIGN.md §1).
+            # the loop never builds a SAM for it (docs/DESIGN.md §1).
             raise ValueError(f"SAM needs rho > 0, got {rho}; use the base optimizer for rho = 0")
         self.base_optimizer = base_optimizer
         self.rho = float(rho)
@@ -105,7 +105,7 @@ class SAM:
 
         Scales ``grads`` in place (they are not needed afterwards), so ε costs no
         allocation. The norm is accumulated in fp32 even for bf16/fp16 gradients,
-        as DESIGN.md §1 asks under mixed precision.
+        as docs/DESIGN.md §1 asks under mixed precision.
         """
         scale = self.rho / (global_norm(grads) + self.eps)
         torch._foreach_mul_(grads, scale.to(grads[0].dtype))
@@ -133,7 +133,7 @@ class ASAM(SAM):
     T_w = diag(|w| + η) makes the ε-ball scale-invariant: multiplying a filter by
     a (BN-absorbed) constant no longer changes its sharpness. Because |w| ≪ 1 for
     most weights, ‖ε‖ is much smaller than ρ, and ASAM's useful ρ is 10–40× SAM's,
-    0.5–2.0 (DESIGN.md §1; the paper's CIFAR runs use 0.5 and 1.0, SAM's 0.05).
+    0.5–2.0 (docs/DESIGN.md §1; the paper's CIFAR runs use 0.5 and 1.0, SAM's 0.05).
 
     η = 0.01 is the authors' default. We add η to *every* parameter, biases and BN
     shifts included, rather than using T_w = 1 for biases as the authors' code

@@ -6,7 +6,7 @@ dropout masks, clipping). Everything that does not change between steps (the BN
 module list, the autocast setting) is worked out once in
 :meth:`StepOptions.for_model`, not on the hot path.
 
-What the paper leaves implicit, decided here (DESIGN.md §1):
+What the paper leaves implicit, decided here (docs/DESIGN.md §1):
 - Logged loss/accuracy come from the unperturbed pass, and the logged loss is
   plain cross-entropy even when the training objective uses label smoothing, so
   that train losses are comparable across trials (evaluation is plain CE too).
@@ -104,7 +104,7 @@ def build_step(
     """The step function for ``config``, the base optimizer it drives, its options.
 
     ρ = 0 is the study's baseline: plain base-optimizer steps, one pass each,
-    never a degenerate two-pass SAM step (DESIGN.md §1). ``m`` is then moot.
+    never a degenerate two-pass SAM step (docs/DESIGN.md §1). ``m`` is then moot.
     """
     base = build_base_optimizer(model, config)
     options = StepOptions.for_model(model, config)

@@ -3,7 +3,7 @@
 A task claims its row with one atomic `UPDATE ... WHERE state = 'QUEUED'`; a second
 delivery of the same task finds the row taken and returns without training. Every
 later write is guarded by the claim token (`write_claimed`), so a worker that lost
-its claim can never overwrite another's result (docs/DESIGN.md §6).
+its claim can never overwrite another's result (docs/DESIGN.md §5).
 """
 
 from __future__ import annotations

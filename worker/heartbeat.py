@@ -1,5 +1,5 @@
 """The heartbeat: a claimed trial's `heartbeat_at` touched every period, so the
-sweeper can tell a dead worker's trial from a slow one (docs/DESIGN.md §6)."""
+sweeper can tell a dead worker's trial from a slow one (docs/DESIGN.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The trainer's layering contract (DESIGN.md §6): torch and numpy only."""
+"""The trainer's layering contract (docs/DESIGN.md §6): torch and numpy only."""
 
 from __future__ import annotations
 

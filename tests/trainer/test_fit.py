@@ -49,6 +49,7 @@ def test_small_cnn_with_sam_learns_digits() -> None:
     assert all(m.lr == pytest.approx(0.1) for m in result.history)
 
 
+# README "What the trainer guarantees": the same seed gives the same metrics on the CPU
 def test_same_seed_same_metrics_different_seed_different() -> None:
     config = TrialConfig(
         dataset=DatasetConfig(name="synthetic", val_fraction=0.25, label_noise=0.2),
@@ -77,6 +78,7 @@ def test_no_validation_metrics_without_a_split() -> None:
     assert result.val_accuracy is None and result.history[0].val_loss is None
 
 
+# README "How a trial runs": a NaN or infinite loss fails the trial (`diverged`)
 @pytest.mark.parametrize("rho", [0.0, 0.05])
 def test_absurd_learning_rate_diverges(rho: float) -> None:
     config = TrialConfig(
@@ -111,6 +113,7 @@ def test_callback_exception_propagates() -> None:
     assert calls == [1]
 
 
+# README "The study spec": `train.momentum` is beta1 for adam/adamw
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_variants_take_momentum_as_beta1(name: str) -> None:
     config = TrialConfig(
@@ -175,6 +178,7 @@ def test_epoch_visits_every_example_once_including_the_partial_batch() -> None:
     assert (loss, accuracy) == (1.0, 1.0)
 
 
+# README "What the trainer guarantees": ... with augmentation, dropout and m-sharpness too
 def test_same_seed_same_metrics_with_augmentation_dropout_and_m_sharpness(
     fake_cifar100: Path,
 ) -> None:
@@ -200,6 +204,7 @@ def test_same_seed_same_metrics_with_augmentation_dropout_and_m_sharpness(
     assert comparable(a.history) != comparable(c.history)
 
 
+# README "The HTTP API": `train_clean_accuracy` only when there is label noise
 def test_clean_train_accuracy_is_reported_only_under_label_noise() -> None:
     config = TrialConfig(
         dataset=DatasetConfig(name="synthetic", label_noise=0.4),
@@ -259,6 +264,7 @@ def test_channels_last_reaches_the_model(monkeypatch: pytest.MonkeyPatch) -> Non
     assert formats and all(formats)
 
 
+# README "The study spec": a batch size larger than the real set fails the trial naming both
 def test_a_batch_larger_than_the_training_set_fails_naming_both():
     # The API bounds file datasets from their sizes only; the trainer has the real count.
     from trainer import DatasetError

@@ -10,7 +10,7 @@ from torch import nn
 
 from trainer.config import DatasetConfig, TrainConfig, TrialConfig
 from trainer.models import build_model
-from trainer.sam import ASAM, SAM, build_sam
+from trainer.sam import ASAM, SAM, build_sam, global_norm
 from trainer.steps import build_step
 
 RHO = 0.3
@@ -31,11 +31,16 @@ def loss_of(a: torch.Tensor, params: nn.ParameterList) -> torch.Tensor:
     return 0.5 * w @ a @ w
 
 
-def test_base_optimizer_gets_gradient_at_perturbed_point_and_exact_weights() -> None:
+# README "What the trainer guarantees": the weights are restored bitwise before the base
+# step; README "The study spec": weight decay is applied by the base optimizer, never by
+# SAM's ascent
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_base_optimizer_gets_gradient_at_perturbed_point_and_exact_weights(wd: float) -> None:
     a, params = quadratic()
     w0 = torch.cat([p.detach().clone() for p in params])
     saved = [p.detach().clone() for p in params]
-    base = torch.optim.SGD(params, lr=1.0)  # w_new = w − g': the update exposes g'
+    # w_new = w − (g' + wd·w): the update exposes g'
+    base = torch.optim.SGD(params, lr=1.0, weight_decay=wd)
     sam = SAM(base, rho=RHO)
 
     seen: dict[str, list[torch.Tensor]] = {}
@@ -62,7 +67,7 @@ def test_base_optimizer_gets_gradient_at_perturbed_point_and_exact_weights() -> 
     assert all(torch.equal(w, s) for w, s in zip(seen["weights"], saved, strict=True))
     g_prime = a @ (w0 + eps)
     torch.testing.assert_close(torch.cat(seen["grads"]), g_prime, rtol=1e-12, atol=1e-12)
-    expected = w0 - 1.0 * g_prime
+    expected = w0 - 1.0 * (g_prime + wd * w0)  # decay once, at w
     torch.testing.assert_close(torch.cat(list(params)).detach(), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -86,6 +91,7 @@ def test_params_without_gradient_are_skipped() -> None:
     assert torch.equal(used.detach(), torch.tensor([3.0, 4.0]))
 
 
+# README "What the trainer guarantees": the checkpoint holds the base optimizer's state
 def test_state_dict_is_the_base_optimizers() -> None:
     param = nn.Parameter(torch.ones(2))
     base = torch.optim.SGD([param], lr=0.1, momentum=0.9)
@@ -102,6 +108,7 @@ def count_passes(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+# README "What the trainer guarantees": rho = 0 is one forward/backward per step
 def test_rho_zero_is_the_bare_base_optimizer_with_one_pass_per_step() -> None:
     torch.manual_seed(0)
     model = build_model("cnn", 1, 10, 8)
@@ -128,6 +135,7 @@ def test_rho_zero_is_the_bare_base_optimizer_with_one_pass_per_step() -> None:
         assert torch.equal(p, q)
 
 
+# README "Benchmarks": two forward/backward passes per SAM step (2.0x the floor)
 def test_sam_step_makes_two_passes() -> None:
     torch.manual_seed(0)
     model = build_model("cnn", 1, 10, 8)
@@ -137,11 +145,21 @@ def test_sam_step_makes_two_passes() -> None:
     assert counts == {"forward": 2, "backward": 2}
 
 
+# README "What the trainer guarantees": the SAM norm is computed in fp32.
+def test_the_norm_of_bf16_gradients_is_accumulated_in_fp32() -> None:
+    """Summed in bf16 (8 mantissa bits), 20 000 squares of 1 would stall below 20 000."""
+    grads = [torch.ones(12_000, dtype=torch.bfloat16), torch.ones(8_000, dtype=torch.bfloat16)]
+    norm = global_norm(grads)
+    assert norm.dtype == torch.float32
+    assert norm.item() == pytest.approx(20_000**0.5, rel=1e-6)
+
+
 def test_rho_must_be_positive() -> None:
     with pytest.raises(ValueError, match="rho"):
         SAM(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), rho=0.0)
 
 
+# README "The study spec": `search.sam_variant: asam`
 def test_asam_perturbation_matches_a_hand_computation() -> None:
     """ε = ρ · T² g / ‖T g‖ with T = |w| + η, on numbers small enough to check by hand.
 
