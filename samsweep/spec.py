@@ -14,7 +14,15 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # The longest grid axis and seed list. The grid is their product, refused above the
 # deployment's SAMSWEEP_MAX_GRID_TRIALS (samsweep.catalog) before anything is built.
@@ -215,10 +223,26 @@ class StudySpec(_Strict):
     search: SearchSpec
     train: TrainSpec
     seeds: list[Seed] = Field([0], min_length=1, max_length=MAX_AXIS)
-    objective: Literal["test_accuracy", "val_accuracy"] = "test_accuracy"
+    objective: Literal["test_accuracy", "val_accuracy"] = Field(
+        "test_accuracy",
+        description="what Optuna maximizes and `best` selects on; default: val_accuracy "
+        "when dataset.val_fraction > 0 (select on held-out data), else test_accuracy",
+    )
     sharpness: SharpnessSpec = SharpnessSpec()
 
     _unique_seeds = field_validator("seeds")(_unique)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _select_on_validation_by_default(cls, data: Any) -> Any:
+        """With a validation split and no objective given, the objective is validation
+        accuracy: choosing hyperparameters on the test set overstates the result."""
+        if isinstance(data, dict) and "objective" not in data:
+            dataset = data.get("dataset")
+            split = dataset.get("val_fraction") if isinstance(dataset, dict) else None
+            held_out = isinstance(split, int | float) and not isinstance(split, bool) and split > 0
+            data = {**data, "objective": "val_accuracy" if held_out else "test_accuracy"}
+        return data
 
     @field_validator("objective")
     @classmethod

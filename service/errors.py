@@ -115,7 +115,8 @@ async def _internal(_: Request, exc: Exception) -> JSONResponse:
 RESPONSES = {
     401: "no valid bearer token (tokens are configured)",
     404: "no such study (or not yours, with private studies)",
-    409: "a concurrent create with this Idempotency-Key failed; retry",
+    409: "a conflict: a concurrent create with this Idempotency-Key failed (retry), or the "
+    "stored spec no longer validates",
     413: "request body over SAMSWEEP_MAX_BODY_BYTES",
     422: "invalid input: `field` names the first field at fault, `details` every one",
     503: "the database is unavailable or overloaded; retry after Retry-After seconds",

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from samsweep.report import Stat
 from samsweep.states import StudyStatus
 
 
@@ -33,6 +34,7 @@ class Links(BaseModel):
     self: str
     trials: str
     best: str
+    report: str
 
 
 class StudyCreated(BaseModel):
@@ -112,13 +114,32 @@ class BestTrial(BaseModel):
     optuna_trial_number: int | None
 
 
+class BestCell(BaseModel):
+    """A grid cell (its trials over seeds), by its mean objective over seeds."""
+
+    base_optimizer: str
+    batch_size: int
+    rho: float
+    sam_variant: str | None
+    m: int | None
+    n: int = Field(description="complete trials (seeds) the mean is over")
+    seeds: list[int]
+    objective: Stat = Field(description="the study's objective, mean ± std over seeds")
+    metrics: dict[str, Stat]
+
+
 class Best(BaseModel):
     study_id: str
-    objective: str
+    objective: str = Field(description="what selected: the study's objective metric")
+    selected_on_test: bool = Field(
+        description="true when the objective is test accuracy: the selection saw the test "
+        "set, so its test accuracy is optimistic"
+    )
     status: StudyStatus
     counts: dict[str, int]
     complete: bool
-    best: BestTrial | None
+    cell: BestCell | None = Field(description="the best grid cell by its mean over seeds")
+    best: BestTrial | None = Field(description="the single best trial (one seed): luckiest")
 
 
 class Health(BaseModel):

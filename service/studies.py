@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from pydantic import ValidationError
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -20,8 +21,9 @@ from samsweep import optuna_store
 from samsweep.catalog import SpecError, check_spec
 from samsweep.db import IdempotencyKey, Study, Trial, new_id, utcnow
 from samsweep.queue import enqueue_trial
+from samsweep.report import Report, TrialRecord, build_report
 from samsweep.settings import Settings
-from samsweep.spec import StudySpec
+from samsweep.spec import StudySpec, TrialParams
 from samsweep.states import FINISHED_STATES, StudyStatus, TrialState
 from service.errors import Conflict, IdempotencyMismatch, InvalidSpec, NotFound
 
@@ -278,3 +280,25 @@ def elapsed_seconds(start: datetime | None, end: datetime | None) -> float | Non
     if start is None:
         return None
     return ((end or utcnow()) - start).total_seconds()
+
+
+def stored_spec(study: Study) -> StudySpec:
+    """The study's spec as stored; a spec stored before a stricter rule is a 409 naming
+    the rule, never a 500."""
+    try:
+        return StudySpec.model_validate(study.spec)
+    except ValidationError as e:
+        raise Conflict(f"the stored spec no longer validates: {e}".splitlines()[0]) from e
+
+
+def study_report(session: Session, study: Study) -> Report:
+    """The generalization-gap report (samsweep.report) over every trial of the study."""
+    rows = session.execute(
+        select(Trial.params, Trial.state, Trial.metrics, Trial.error)
+        .where(Trial.study_id == study.id)
+        .order_by(Trial.number)
+    )
+    records = [
+        TrialRecord(TrialParams.model_validate(p), TrialState(s), m, e) for p, s, m, e in rows
+    ]
+    return build_report(stored_spec(study), records)

@@ -114,3 +114,28 @@ def test_trials_are_paginated_and_curves_optional(server_deployment):
     with httpx.Client(base_url=api, timeout=60) as http:
         numbers = [t["number"] for t in all_trials(http, sid, curves=False)]
     assert numbers == list(range(n))
+
+
+# README "The report": a study whose stored spec no longer validates is a 409 naming why
+# on /report and /best, never a 500; a new study's report counts its queued cells
+def test_report_of_a_queued_study_and_of_a_stale_spec(server_deployment):
+    from sqlalchemy import create_engine, text
+
+    api = server_deployment.start_api()  # no worker: every trial stays QUEUED
+    study = httpx.post(f"{api}/studies", json=digits_spec()).json()["id"]
+    report = httpx.get(f"{api}/studies/{study}/report").json()
+    rows = [row for g in report["groups"] for row in g["rows"]]
+    assert report["counts"] == {"QUEUED": 4} and [r["counts"] for r in rows] == [{"QUEUED": 1}] * 4
+    assert all(r["metrics"]["test_accuracy"]["n"] == 0 for r in rows)
+    assert all(g["selected_rho"] is None and g["gain"] is None for g in report["groups"])
+    engine = create_engine(server_deployment.env["SAMSWEEP_DATABASE_URL"])
+    with engine.begin() as conn:  # as if stored before the printable-text rule
+        conn.execute(
+            text("UPDATE samsweep_studies SET spec = "
+                 "jsonb_set(spec, '{name}', to_jsonb(E'tab\\there'::text))")
+        )  # fmt: skip
+    engine.dispose()
+    for path in ("report", "best"):
+        r = httpx.get(f"{api}/studies/{study}/{path}")
+        assert r.status_code == 409, r.text
+        assert "no longer validates" in r.json()["error"]["message"]

@@ -57,7 +57,48 @@ def _check_complete_study(api: str, study_id: str, optuna_url: str, n: int) -> d
             assert key in m and f.user_attrs[key] == m[key]
     assert best["best"]["value"] == max(f.value for f in frozen)
     assert best["best"]["metrics"]["test_accuracy"] == best["best"]["value"]
+    _check_report(api, study_id, trials, best)
     return best
+
+
+# README "The report": /report over the study's real trials (mean ± std over seeds per
+# cell, counts), the same as CSV, and /best's cell is the best mean over seeds
+def _check_report(api: str, study_id: str, trials: list[dict], best: dict) -> None:
+    import csv
+    import io
+    import statistics
+
+    report = httpx.get(f"{api}/studies/{study_id}/report").json()
+    cells: dict[tuple, list[dict]] = {}
+    for t in trials:
+        p = t["params"]
+        cells.setdefault((p["batch_size"], p["rho"]), []).append(t)
+    seen = 0
+    for g in report["groups"]:
+        for row in g["rows"]:
+            ts = cells[(g["batch_size"], row["rho"])]
+            acc = [t["metrics"]["test_accuracy"] for t in ts]
+            stat = row["metrics"]["test_accuracy"]
+            assert stat["n"] == len(acc) and stat["mean"] == pytest.approx(statistics.mean(acc))
+            if len(acc) > 1:
+                assert stat["std"] == pytest.approx(statistics.stdev(acc))
+            assert row["counts"] == {"COMPLETE": len(ts)}
+            seen += 1
+    assert seen == len(cells) and report["selected_on_test"] == (
+        report["selection_metric"] == "test_accuracy"
+    )
+    r = httpx.get(f"{api}/studies/{study_id}/report", params={"format": "csv"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert len(rows) == seen
+    means = {
+        (g["batch_size"], row["rho"]): row["metrics"][best["objective"]]["mean"]
+        for g in report["groups"]
+        for row in g["rows"]
+    }
+    cell = best["cell"]
+    assert means[(cell["batch_size"], cell["rho"])] == max(means.values())
+    assert cell["objective"]["mean"] == max(means.values())
 
 
 # README intro and "The HTTP API": POST -> workers -> Optuna -> /best; the same numbers

@@ -31,7 +31,8 @@ EXPECTED = {
     ("get", "/studies/{study_id}"): {401, 404, 422, 503},
     ("post", "/studies/{study_id}/cancel"): {401, 404, 422, 503},
     ("get", "/studies/{study_id}/trials"): {401, 404, 422, 503},
-    ("get", "/studies/{study_id}/best"): {401, 404, 422, 503},
+    ("get", "/studies/{study_id}/best"): {401, 404, 409, 422, 503},
+    ("get", "/studies/{study_id}/report"): {401, 404, 409, 422, 503},
 }
 
 

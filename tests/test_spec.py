@@ -88,3 +88,14 @@ def test_a_json_integer_is_a_float_and_a_list_holds_at_most_100_values():
     _spec(batch_size=list(range(1, 101)))
     with pytest.raises(ValidationError, match="search.batch_size"):
         _spec(batch_size=list(range(1, 102)))
+
+
+# README "The study spec": the objective defaults to val_accuracy when there is a split
+def test_the_objective_defaults_to_validation_when_there_is_a_split():
+    raw = digits_spec()
+    del raw["objective"]
+    assert StudySpec.model_validate(raw).objective == "test_accuracy"
+    raw["dataset"]["val_fraction"] = 0.2
+    assert StudySpec.model_validate(raw).objective == "val_accuracy"
+    raw["objective"] = "test_accuracy"  # still possible, and then said plainly (report)
+    assert StudySpec.model_validate(raw).objective == "test_accuracy"

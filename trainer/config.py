@@ -186,6 +186,9 @@ class TrialResult:
     epochs: int
     wall_seconds: float
     samples_per_second: float  # training samples processed per second of training
+    # Compute: forward+backward passes over training batches (SAM: two per step, the
+    # base optimizer one), so cells can be compared at equal compute.
+    passes: int = 0
     val_accuracy: float | None = None
     val_loss: float | None = None
     effective_lr: float | None = None  # lr after batch-size scaling, before the schedule

@@ -157,6 +157,11 @@ class _Run:
     train_seconds: float = 0.0  # summed over every process that worked on the trial
     earlier_wall_seconds: float = 0.0  # wall time of the processes before this one
 
+    @property
+    def passes_per_step(self) -> int:
+        """SAM: the ascent's pass and the descent's; rho = 0: one (steps.build_step)."""
+        return 1 if self.config.rho == 0 else 2
+
     def prepare_eval(self, x: Tensor) -> Tensor:
         if self.config.uses_channels_last:
             return x.contiguous(memory_format=torch.channels_last)
@@ -314,6 +319,9 @@ def _final_result(run: _Run, started: float, resumed_from: int | None) -> TrialR
         epochs=len(history),
         wall_seconds=run.earlier_wall_seconds + time.perf_counter() - started,
         samples_per_second=len(data.train_x) * len(history) / max(run.train_seconds, 1e-9),
+        passes=len(history)
+        * math.ceil(len(data.train_x) / config.batch_size)
+        * run.passes_per_step,
         val_accuracy=last.val_accuracy,
         val_loss=last.val_loss,
         effective_lr=effective_lr(config),

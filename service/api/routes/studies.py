@@ -1,4 +1,4 @@
-"""/studies: create a study, list them, read one, its trials and its best trial.
+"""/studies: create a study, list them, read one, its trials, its best cell, its report.
 
 Every route is a plain `def` (run in the threadpool) that opens its database session
 inside its own body: see service/api/deps.py for why never through a yield dependency.
@@ -6,13 +6,17 @@ inside its own body: see service/api/deps.py for why never through a yield depen
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import csv
+import io
+from typing import Annotated, Any, Literal
 
 from celery import Celery
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Response, status
+from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, defer, sessionmaker
 
+from samsweep import report as reports
 from samsweep.db import Study, Trial
 from samsweep.spec import StudySpec
 from samsweep.states import FINISHED_STATES, StudyStatus
@@ -22,6 +26,7 @@ from service.api.deps import CeleryDep, DbDep, ReadOwner, SettingsDep, WriteOwne
 from service.errors import responses
 from service.schemas import (
     Best,
+    BestCell,
     BestTrial,
     Links,
     Progress,
@@ -43,7 +48,7 @@ Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
 
 def _links(study_id: str) -> Links:
     base = f"/studies/{study_id}"
-    return Links(self=base, trials=f"{base}/trials", best=f"{base}/best")
+    return Links(self=base, trials=f"{base}/trials", best=f"{base}/best", report=f"{base}/report")
 
 
 def _summary(study: Study, counts: dict[str, int]) -> StudySummary:
@@ -185,20 +190,40 @@ def list_trials(
         )
 
 
-@router.get("/{study_id}/best", response_model=Best, responses=responses(401, 404, 422, 503))
+@router.get("/{study_id}/best", response_model=Best, responses=responses(401, 404, 409, 422, 503))
 def best(study_id: str, db: DbDep, owner: ReadOwner) -> Best:
-    """The best complete trial by the study's objective, and how complete the study is."""
+    """The best grid cell by its mean objective over seeds (and the single best trial),
+    and how complete the study is."""
     with db() as session:
         study = studies.get_study(session, study_id, owner)
         counts = studies.state_counts(session, study.id)
         status_ = studies.study_status(study, counts)
+        report = studies.study_report(session, study)
         top = studies.best_trial(session, study.id)
+    objective = report.objective
+    found = reports.best_cell(report, objective)
+    cell = None
+    if found is not None:
+        group, row = found
+        cell = BestCell(
+            base_optimizer=group.base_optimizer,
+            batch_size=group.batch_size,
+            rho=row.rho,
+            sam_variant=None if row.baseline else group.sam_variant,
+            m=None if row.baseline else group.m,
+            n=len(row.seeds),
+            seeds=row.seeds,
+            objective=row.metrics[objective],
+            metrics=row.metrics,
+        )
     return Best(
         study_id=study.id,
-        objective=study.spec["objective"],
+        objective=objective,
+        selected_on_test=objective == "test_accuracy",
         status=status_,
         counts=counts,
         complete=status_ is StudyStatus.COMPLETE,
+        cell=cell,
         best=None
         if top is None
         else BestTrial(
@@ -208,4 +233,39 @@ def best(study_id: str, db: DbDep, owner: ReadOwner) -> Best:
             metrics=top.metrics or {},
             optuna_trial_number=top.optuna_trial_number,
         ),
+    )
+
+
+@router.get(
+    "/{study_id}/report",
+    response_model=reports.Report,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with ?format=csv"},
+        **responses(401, 404, 409, 422, 503),
+    },
+)
+def report(
+    study_id: str,
+    db: DbDep,
+    owner: ReadOwner,
+    format: Annotated[
+        Literal["json", "csv"], Query(description="csv: one line per row, for spreadsheets")
+    ] = "json",
+) -> Any:
+    """Per batch size and SAM setting: baseline and each rho as mean ± std over seeds, the
+    rho selected on the selection metric, SAM's paired gain with a 95 % interval, and the
+    fraction of the large-batch drop SAM recovers. Unfinished cells are counted."""
+    with db() as session:
+        study = studies.get_study(session, study_id, owner)
+        result = studies.study_report(session, study)
+    if format == "json":
+        return result
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=reports.CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(reports.to_rows(result))
+    return PlainTextResponse(
+        out.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{study.id}-report.csv"'},
     )

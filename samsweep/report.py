@@ -1,0 +1,334 @@
+"""The generalization-gap report: per grid cell, mean ± std over seeds; per group, the
+selected ρ, SAM's paired gain over the base optimizer, and the large-batch question.
+
+A *group* is one (base optimizer, batch size, SAM variant, m): its rows are the
+baseline (ρ = 0, the base optimizer alone, shared by every variant and m of that
+optimizer and batch size) and one row per SAM ρ. The protocol is the paper's:
+
+- **Selection.** ρ is chosen per group by the mean over seeds of the study's selection
+  metric: validation accuracy when the spec holds out a split, else test accuracy,
+  which the report then flags (``selected_on_test``): a ρ picked on the test set
+  overstates its own test accuracy.
+- **Gain.** SAM's test-accuracy gain at the selected ρ over the baseline, from the
+  per-seed differences (the same seed means the same initialization and data order,
+  so the pairs share their noise), with a two-sided 95 % Student-t interval.
+- **Large batches.** For each larger batch size, the baseline's test-accuracy drop
+  from the smallest batch size, and the fraction of that drop SAM recovers at the
+  selected ρ.
+
+Cells that have not finished are counted by state, never dropped; failed and
+infeasible cells carry their reasons. Pure computation: the API, the CLI and the
+tests call :func:`build_report` on trials they read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+from scipy import stats
+
+from samsweep.spec import StudySpec, TrialParams
+from samsweep.states import TrialState
+
+# The per-trial metrics the rows aggregate, in the order tables show them.
+METRICS = (
+    "train_accuracy",
+    "test_accuracy",
+    "val_accuracy",
+    "gap",
+    "sharpness",
+    "hessian_max_eig",
+    "wall_seconds",
+    "passes",
+)
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What the report needs of one trial (a row of the trials table)."""
+
+    params: TrialParams
+    state: TrialState
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Stat(BaseModel):
+    """Mean ± sample standard deviation (n − 1) over the n seeds that have the value."""
+
+    mean: float | None
+    std: float | None = Field(description="None with fewer than two values")
+    n: int
+
+
+class Row(BaseModel):
+    rho: float
+    baseline: bool = Field(description="rho = 0: the base optimizer alone")
+    seeds: list[int] = Field(description="seeds of the complete trials, in order")
+    counts: dict[str, int] = Field(description="trials per state")
+    errors: list[str] = Field(description="reasons of failed or infeasible trials")
+    metrics: dict[str, Stat] = Field(description=f"each of {', '.join(METRICS)}")
+
+
+class Gain(BaseModel):
+    """SAM at the selected rho minus the baseline, test accuracy, paired by seed."""
+
+    metric: str = "test_accuracy"
+    mean: float
+    std: float | None
+    n_pairs: int
+    seeds: list[int]
+    ci_low: float | None = Field(description=f"{CONFIDENCE:.0%} Student-t interval")
+    ci_high: float | None
+    excludes_zero: bool | None = Field(description="None below two pairs")
+
+
+class Group(BaseModel):
+    base_optimizer: str
+    batch_size: int
+    sam_variant: str | None
+    m: int | None
+    rows: list[Row]
+    selected_rho: float | None = Field(description="best SAM rho by the selection metric")
+    gain: Gain | None
+
+
+class LargeBatch(BaseModel):
+    """The large-batch question for one larger batch size of one (optimizer, variant, m)."""
+
+    base_optimizer: str
+    sam_variant: str | None
+    m: int | None
+    small_batch_size: int
+    batch_size: int
+    selected_rho: float | None
+    baseline_drop: float | None = Field(description="baseline test acc., small minus this")
+    sam_drop: float | None = Field(description="SAM (selected rho) at this size, same reference")
+    recovered_fraction: float | None = Field(
+        description="(SAM - baseline) / baseline drop at this size; None without a drop"
+    )
+
+
+class Report(BaseModel):
+    objective: str
+    selection_metric: str
+    selected_on_test: bool = Field(description="rho was selected on the test set")
+    counts: dict[str, int]
+    n_trials: int
+    groups: list[Group]
+    large_batch: list[LargeBatch]
+
+
+def stat(values: Sequence[float]) -> Stat:
+    if not values:
+        return Stat(mean=None, std=None, n=0)
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return Stat(mean=mean, std=None, n=len(values))
+    var = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return Stat(mean=mean, std=math.sqrt(var), n=len(values))
+
+
+def paired_gain(sam: dict[int, float], base: dict[int, float]) -> Gain | None:
+    """SAM minus baseline over the seeds both have, with a Student-t interval."""
+    seeds = sorted(sam.keys() & base.keys())
+    if not seeds:
+        return None
+    diffs = [sam[s] - base[s] for s in seeds]
+    d = stat(diffs)
+    assert d.mean is not None
+    low = high = excludes = None
+    if d.std is not None:
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(diffs) - 1) * d.std / math.sqrt(len(diffs))
+        low, high = d.mean - half, d.mean + half
+        excludes = low > 0 or high < 0
+    return Gain(
+        mean=d.mean, std=d.std, n_pairs=len(diffs), seeds=seeds,
+        ci_low=low, ci_high=high, excludes_zero=excludes,
+    )  # fmt: skip
+
+
+def selection_metric(spec: StudySpec) -> str:
+    """Validation accuracy when there is a split (the paper's protocol), else test."""
+    return "val_accuracy" if spec.dataset.val_fraction > 0 else "test_accuracy"
+
+
+def build_report(spec: StudySpec, trials: Iterable[TrialRecord]) -> Report:
+    select_on = selection_metric(spec)
+    cells: dict[str, list[TrialRecord]] = defaultdict(list)
+    for t in trials:
+        cells[t.params.cell_key].append(t)
+    all_counts: Counter[str] = Counter()
+    rows: dict[str, Row] = {}
+    per_seed: dict[str, dict[str, dict[int, float]]] = {}  # cell -> metric -> seed -> value
+    for key, ts in cells.items():
+        ts.sort(key=lambda t: t.params.seed)
+        counts = Counter(str(t.state) for t in ts)
+        all_counts.update(counts)
+        done = [t for t in ts if t.state == TrialState.COMPLETE and t.metrics]
+        values = {
+            name: {t.params.seed: float(v) for t in done if (v := t.metrics.get(name)) is not None}
+            for name in METRICS
+        }
+        per_seed[key] = values
+        rows[key] = Row(
+            rho=ts[0].params.rho,
+            baseline=ts[0].params.rho == 0,
+            seeds=[t.params.seed for t in done],
+            counts=dict(sorted(counts.items())),
+            errors=[t.error for t in ts if t.error and t.state != TrialState.CANCELLED],
+            metrics={name: stat(list(v.values())) for name, v in values.items()},
+        )
+
+    s = spec.search
+    sam_rhos = [r for r in s.rho if r > 0]
+    # Without a SAM rho there is one group per (optimizer, batch size): its baseline.
+    kinds = [(v, m) for v in s.sam_variant for m in s.m] if sam_rhos else [(None, None)]
+    groups: list[Group] = []
+    for opt, batch, (variant, m) in itertools.product(s.base_optimizer, s.batch_size, kinds):
+        base_key = _key(0.0, batch, opt, None, None)
+        sam_keys = [_key(r, batch, opt, variant, m) for r in sam_rhos]
+        keys = [k for k in [base_key, *sam_keys] if k in rows]
+        if not keys:
+            continue
+        selected = _select(sam_keys, rows, select_on)
+        gain = None
+        if selected is not None and base_key in per_seed:
+            gain = paired_gain(
+                per_seed[selected]["test_accuracy"], per_seed[base_key]["test_accuracy"]
+            )
+        groups.append(
+            Group(
+                base_optimizer=opt,
+                batch_size=batch,
+                sam_variant=variant,
+                m=m,
+                rows=[rows[k] for k in keys],
+                selected_rho=rows[selected].rho if selected else None,
+                gain=gain,
+            )  # fmt: skip
+        )
+    return Report(
+        objective=spec.objective,
+        selection_metric=select_on,
+        selected_on_test=select_on == "test_accuracy",
+        counts=dict(sorted(all_counts.items())),
+        n_trials=sum(all_counts.values()),
+        groups=groups,
+        large_batch=_large_batch(groups),
+    )
+
+
+def _key(rho: float, batch: int, opt: str, variant: str | None, m: int | None) -> str:
+    if rho == 0:
+        variant, m = None, None
+    return TrialParams(
+        rho=rho, batch_size=batch, base_optimizer=opt, sam_variant=variant, m=m, seed=0
+    ).cell_key
+
+
+def _select(keys: list[str], rows: dict[str, Row], metric: str) -> str | None:
+    """The SAM cell with the highest mean selection metric (ties: the smaller rho)."""
+    scored = [(rows[k].metrics[metric].mean, -rows[k].rho, k) for k in keys if k in rows]
+    scored = [s for s in scored if s[0] is not None]
+    return max(scored)[2] if scored else None
+
+
+def _mean(group: Group, rho: float | None) -> float | None:
+    row = next((r for r in group.rows if rho is not None and r.rho == rho), None)
+    return row.metrics["test_accuracy"].mean if row else None
+
+
+def _large_batch(groups: list[Group]) -> list[LargeBatch]:
+    by_kind: dict[tuple, list[Group]] = defaultdict(list)
+    for g in groups:
+        by_kind[(g.base_optimizer, g.sam_variant, g.m)].append(g)
+    out = []
+    for (opt, variant, m), gs in by_kind.items():
+        gs = sorted(gs, key=lambda g: g.batch_size)
+        small = next((g for g in gs if _mean(g, 0.0) is not None), None)
+        if small is None:
+            continue
+        base_small = _mean(small, 0.0)
+        assert base_small is not None
+        for g in gs:
+            if g.batch_size <= small.batch_size:
+                continue
+            base, sam = _mean(g, 0.0), _mean(g, g.selected_rho)
+            drop = None if base is None else base_small - base
+            recovered = None
+            if drop is not None and drop > 0 and sam is not None and base is not None:
+                recovered = (sam - base) / drop
+            out.append(
+                LargeBatch(
+                    base_optimizer=opt,
+                    sam_variant=variant,
+                    m=m,
+                    small_batch_size=small.batch_size,
+                    batch_size=g.batch_size,
+                    selected_rho=g.selected_rho,
+                    baseline_drop=drop,
+                    sam_drop=None if sam is None else base_small - sam,
+                    recovered_fraction=recovered,
+                )  # fmt: skip
+            )
+    return out
+
+
+def best_cell(report: Report, metric: str) -> tuple[Group, Row] | None:
+    """The grid cell (baseline or SAM) with the highest mean `metric` over seeds; ties go
+    to the earlier row (the smaller rho, the smaller batch size)."""
+    best: tuple[float, Group, Row] | None = None
+    for g in report.groups:
+        for row in g.rows:
+            mean = row.metrics[metric].mean
+            if mean is not None and (best is None or mean > best[0]):
+                best = (mean, g, row)
+    return None if best is None else (best[1], best[2])
+
+
+CSV_COLUMNS = (
+    ["base_optimizer", "batch_size", "sam_variant", "m", "rho", "baseline", "selected", "n"]
+    + [f"{metric}_{part}" for metric in METRICS for part in ("mean", "std")]
+    + ["gain_mean", "gain_ci_low", "gain_ci_high", "gain_n_pairs", "counts", "errors"]
+)
+
+
+def to_rows(report: Report) -> list[dict[str, Any]]:
+    """One flat record per report row, in CSV_COLUMNS order (SAM's gain on the selected
+    row; a baseline shared by several variants or m appears once per group)."""
+    out = []
+    for g in report.groups:
+        for row in g.rows:
+            selected = row.rho == g.selected_rho and not row.baseline
+            record: dict[str, Any] = {
+                "base_optimizer": g.base_optimizer,
+                "batch_size": g.batch_size,
+                "sam_variant": None if row.baseline else g.sam_variant,
+                "m": None if row.baseline else g.m,
+                "rho": row.rho,
+                "baseline": row.baseline,
+                "selected": selected,
+                "n": len(row.seeds),
+            }
+            for metric in METRICS:
+                record[f"{metric}_mean"] = row.metrics[metric].mean
+                record[f"{metric}_std"] = row.metrics[metric].std
+            gain = g.gain if selected else None
+            record.update(
+                gain_mean=gain.mean if gain else None,
+                gain_ci_low=gain.ci_low if gain else None,
+                gain_ci_high=gain.ci_high if gain else None,
+                gain_n_pairs=gain.n_pairs if gain else None,
+                counts=" ".join(f"{k}={v}" for k, v in row.counts.items()),
+                errors=" | ".join(row.errors),
+            )
+            out.append(record)
+    return out
