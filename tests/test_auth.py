@@ -132,3 +132,38 @@ def test_a_missing_or_malformed_authorization_header_is_a_401_naming_it(
 def test_the_bearer_scheme_is_case_insensitive(private_app):
     r = private_app.get("/studies", headers={"Authorization": f"bearer {ALICE}"})
     assert r.status_code == 200, r.text
+
+
+# README "Credentials": tokens are compared as SHA-256 digests with `hmac.compare_digest`
+# against every configured token (docs/DESIGN.md §5: in constant time, whichever matched)
+@pytest.mark.parametrize(
+    ("presented", "owner"),
+    [(ALICE, "alice"), (BOB, "bob"), ("mallory-token-0000000000", None)],
+    ids=["first", "last", "none"],
+)
+def test_every_configured_token_is_compared_as_a_digest(monkeypatch, presented, owner):
+    import hashlib
+    import hmac
+
+    from service import auth
+
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def counting(a, b):
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", counting)
+    tokens = f"alice:{ALICE},carol:{'c' * 20},bob:{BOB}"
+    if owner is None:
+        with pytest.raises(auth.Unauthorized):
+            auth.owner_for(presented, tokens)
+    else:
+        assert auth.owner_for(presented, tokens) == owner
+    digest = hashlib.sha256(presented.encode()).digest()
+    assert len(compared) == 3  # the first, the last and no match alike: no early exit
+    assert all(a == digest for a, _ in compared)
+    assert sorted(b for _, b in compared) == sorted(
+        hashlib.sha256(t.encode()).digest() for t in (ALICE, "c" * 20, BOB)
+    )

@@ -20,7 +20,7 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import Deployment, digits_spec, free_port, wait_healthy
+from tests.conftest import Deployment, digits_spec, free_port, wait_for, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -337,3 +337,27 @@ def test_optuna_url_on_sqlite(deployment_factory, tmp_path):
     assert d.run("migrate").returncode == 0
     url = _optuna_url_sees_the_study(d)
     assert url == f"sqlite:///{(tmp_path / 'state').resolve()}/optuna.sqlite"
+
+
+# README "The CLI": `samsweep worker` — prefork children are spawned, never forked, so CUDA
+# is never initialized in a process that forks (docs/DESIGN.md §7)
+def test_worker_pool_children_are_spawned_not_forked(server_deployment):
+    d = server_deployment
+    worker = psutil.Process(d.start_worker("worker", "--concurrency", "2").pid)
+
+    def pool_children() -> list[list[str]]:
+        cmdlines = []
+        for child in worker.children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                cmdlines.append(child.cmdline())
+        # spawn's semaphore tracker is a helper, not a pool child
+        pool = [c for c in cmdlines if not any("semaphore_tracker" in a for a in c)]
+        return pool if len(pool) >= 2 else []
+
+    children = wait_for(pool_children, 60, d, "the worker's two pool children")
+    # A spawned child is a fresh interpreter running billiard's spawn_main; a forked one
+    # would carry its parent's command line (`-m samsweep.cli worker`).
+    for cmdline in children:
+        assert "--billiard-fork" in cmdline, children
+        assert any("spawn_main" in arg for arg in cmdline), children
+        assert "samsweep.cli" not in cmdline, children

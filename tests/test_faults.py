@@ -419,3 +419,37 @@ def test_out_of_memory_cell_is_infeasible_and_not_retried(server_deployment):
     assert detail["counts"]["INFEASIBLE"] == 1
     states = sorted(f.state.name for f in optuna_trials(d, study))
     assert states == ["COMPLETE", "FAIL"]
+
+
+# README "Faults": worker stopped after its study was cancelled -> the stale trial is
+# CANCELLED, not re-run (the sweep's rule on its own: tests/test_sweeper.py)
+def test_a_worker_stopped_after_its_study_was_cancelled_leaves_it_cancelled(fault_deployment):
+    """Freeze the worker mid-trial (so it never reaches the epoch boundary where it would
+    see the cancel), cancel the study, SIGKILL the worker and start another: the sweeper
+    finds the trial's heartbeat stale and CANCELs it; the new worker never trains it."""
+    d = fault_deployment
+    api = d.start_api()
+    worker = d.start_worker("worker-0")
+    spec = digits_spec(rho=(0.05,), batch_size=(16,), epochs=30, seeds=(0,))
+    study = httpx.post(f"{api}/studies", json=spec).json()["id"]
+    wait_for(
+        lambda: any(t["state"] == "RUNNING" and t["epoch"] >= 1 for t in trials(api, study)),
+        120,
+        d,
+        "the trial mid-training",
+    )
+    os.killpg(worker.pid, signal.SIGSTOP)  # the worker and its pool child stop where they are
+    r = httpx.post(f"{api}/studies/{study}/cancel")
+    assert r.status_code == 200 and r.json()["counts"]["RUNNING"] == 1, r.text
+    kill(worker)
+    d.start_worker("worker-1")
+    db_url = d.env["SAMSWEEP_DATABASE_URL"]
+    (t,) = wait_for(
+        lambda: (rows := trial_rows(db_url, study))[0]["state"] != "RUNNING" and rows,
+        60,
+        d,
+        "the sweeper to release the stale trial",
+    )
+    assert t["state"] == "CANCELLED" and t["error"] == "cancelled", t
+    assert t["attempts"] == 1 and t["finished_at"] is not None  # never claimed again
+    assert wait_study(api, study, timeout=30, d=d)["status"] == "cancelled"

@@ -1,6 +1,7 @@
 """The API's sweep on PostgreSQL: a RUNNING trial whose worker stopped heartbeating goes
 back to the queue (or FAILs after the last attempt); a live one is left alone; trials
-the broker never received are sent."""
+the broker never received are sent, and every QUEUED one again after a broker restart
+(real Redis)."""
 
 from __future__ import annotations
 
@@ -105,3 +106,43 @@ def test_enqueue_pending_sends_each_trial_once_and_survives_a_broker_outage(sess
     assert enqueue_pending(session, up, "q") == 3
     assert enqueue_pending(session, up, "q") == 0
     assert sorted(down.sent + up.sent) == sorted(t.id for t in session.scalars(select(Trial)))
+
+
+# README "How a trial runs": the sweeper re-sends every QUEUED trial when Redis's run_id
+# changes (a restart that may have lost the queue; the id is kept in the database, so a
+# restart while the API was down counts: docs/DESIGN.md §5 "Sweeper")
+def test_a_broker_restart_while_the_api_was_down_resends_the_queued_trials(
+    session, pg_url, redis_url
+):
+    import uuid
+
+    import redis
+
+    from samsweep.db import Meta
+    from samsweep.queue import broker_identity, make_celery
+    from service.sweeper import BROKER_IDENTITY, sweep_once
+
+    queue = f"samsweep-test-{uuid.uuid4().hex[:8]}"
+    settings = Settings(database_url=pg_url, broker_url=redis_url, queue=queue)
+    celery = make_celery(settings)
+    trials = session.scalars(select(Trial).order_by(Trial.number)).all()
+    sent_before = utcnow()
+    for t in trials[:3]:  # sent to the Redis that was there before (its messages are gone)
+        t.enqueued_at = sent_before
+    trials[3].state, trials[3].finished_at = TrialState.COMPLETE, utcnow()
+    # what the sweeper recorded before the API went down: another Redis's run_id
+    session.add(Meta(key=BROKER_IDENTITY, value="run-id-of-the-redis-before-its-restart"))
+    session.commit()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        sweep_once(session, celery, settings)  # the first round of a freshly started API
+        assert session.get(Meta, BROKER_IDENTITY).value == broker_identity(celery)
+        for t in trials:
+            session.refresh(t)
+        assert all(t.enqueued_at > sent_before for t in trials[:3])  # re-sent
+        assert r.llen(queue) == 3  # every QUEUED trial, not the COMPLETE one
+        sweep_once(session, celery, settings)  # the same Redis: nothing more is sent
+        assert r.llen(queue) == 3
+    finally:
+        r.delete(queue)
+        r.close()

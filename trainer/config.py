@@ -207,7 +207,7 @@ class TrialResult:
         return asdict(self)
 
 
-# Called after every epoch. It may raise (e.g. to prune or cancel): fit() lets the
+# Called after every epoch. It may raise (e.g. to cancel): fit() lets the
 # exception propagate unchanged, so the caller decides what it means.
 EpochCallback = Callable[[EpochMetrics], None]
 

@@ -202,7 +202,7 @@ def fit(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResu
         if config.checkpoint_path:
             save_checkpoint(config.checkpoint_path, _checkpoint(run, started))
         if on_epoch is not None:
-            on_epoch(metrics)  # may raise to prune or cancel: propagate unchanged
+            on_epoch(metrics)  # may raise to cancel: propagate unchanged
     return _final_result(run, started, resumed_from)
 
 

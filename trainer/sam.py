@@ -2,8 +2,8 @@
 
 SAM minimizes max_{‖ε‖₂ ≤ ρ} L(w + ε). One step on a batch is two passes:
 
-    (1) g  = ∇L(w);     ε = ρ · g / ‖g‖₂;   w ← w + ε        -> SAM.first_step()
-    (2) g' = ∇L(w + ε); w ← w − ε (exact);  base step with g' -> SAM.second_step()
+    (1) g  = ∇L(w);     ε = ρ · g / ‖g‖₂;   w ← w + ε        -> SAM.first_step(g)
+    (2) g' = ∇L(w + ε); w ← w − ε (exact);  base step with g' -> SAM.restore(), SAM.base_step()
 
 The forward/backward passes are the training loop's job (see steps.sam_step); this
 class only moves the weights and drives the base optimizer. All weight arithmetic
@@ -59,17 +59,14 @@ class SAM:
         self._saved: list[Tensor] = []
 
     @torch.no_grad()
-    def first_step(self, grads: Sequence[Tensor | None] | None = None) -> None:
+    def first_step(self, grads: Sequence[Tensor | None]) -> None:
         """Step (1): climb from w to w + ε(w, g).
 
         ``grads`` is g = ∇L(w), one entry per :attr:`params` (None for a parameter
         the loss does not reach), as ``torch.autograd.grad`` returns it; it is
-        consumed (overwritten). Without it, g is read from ``.grad``, which is then
-        cleared so step (2) gets a fresh gradient at w + ε.
+        consumed (overwritten). ``.grad`` is left alone: with m-sharpness it is
+        accumulating the second gradients of the earlier micro-batches.
         """
-        from_grad_attr = grads is None
-        if grads is None:
-            grads = [p.grad for p in self.params]
         params, saved = self.params, self._backup
         if any(g is None for g in grads):  # rare: unused parameters keep ε = 0
             keep = [i for i, g in enumerate(grads) if g is not None]
@@ -80,14 +77,6 @@ class SAM:
             epsilon = self._perturbation(params, list(grads))
             torch._foreach_add_(params, epsilon)  # w ← w + ε: "climb to the local maximum"
         self._perturbed, self._saved = params, saved
-        if from_grad_attr:
-            self.base_optimizer.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def second_step(self) -> None:
-        """Step (2), after g' = ∇L(w + ε) is in ``.grad``: restore w, base step with g'."""
-        self.restore()
-        self.base_step()
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -111,7 +100,7 @@ class SAM:
         torch._foreach_mul_(grads, scale.to(grads[0].dtype))
         return grads
 
-    # -- the Optimizer surface the loop and checkpoints use --------------------
+    # -- the Optimizer surface the step uses -----------------------------------
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
@@ -119,12 +108,6 @@ class SAM:
     @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self.base_optimizer.param_groups
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.base_optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.base_optimizer.load_state_dict(state_dict)
 
 
 class ASAM(SAM):
