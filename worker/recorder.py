@@ -1,5 +1,6 @@
 """Recording one claimed trial as it trains: every epoch to our row and to Optuna,
-then its outcome once. The trainer calls `on_epoch`; the runner calls `finish`."""
+then its outcome once, with its learning curves as a figure optuna-dashboard shows.
+The trainer calls `on_epoch`; the runner calls `finish`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from samsweep import optuna_store
 from samsweep.db import utcnow
 from trainer import EpochMetrics, TrialResult
 from worker.claim import Claim, finish, study_cancelled, write_claimed
+from worker.dashboard import save_learning_curves
 from worker.heartbeat import Heartbeat
 from worker.outcome import Outcome
 from worker.retry import with_db_retry
@@ -66,11 +68,14 @@ class TrialRecorder:
         self, outcome: Outcome, result: TrialResult | None = None, error: str | None = None
     ) -> Outcome:
         """Record the outcome once: a complete trial's metrics and full history, or a
-        failed one's reason (its Optuna trial FAILED with the outcome as reason)."""
+        failed one's reason (its Optuna trial FAILED with the outcome as reason). Either
+        way the epochs it trained become its figure in optuna-dashboard, saved before the
+        Optuna trial is told, so a finished Optuna trial has its figure."""
         state = outcome.state
         if state is None:  # the claim went to another worker: it owns the trial now
             return outcome
         if result is None:
+            self._save_figure()
             self._retry(
                 lambda: optuna_store.fail_trial(self.optuna_url, self.optuna_trial_id, outcome),
                 "fail the Optuna trial",
@@ -81,6 +86,7 @@ class TrialRecorder:
         # a checkpoint and its epoch's callback left that epoch out of our row).
         self.curves = [h.to_dict() for h in result.history]
         self._report_epochs()
+        self._save_figure()
         metrics = {k: v for k, v in result.to_dict().items() if k != "history"}
         value = metrics[self.claim.spec.objective]
         self._retry(
@@ -104,6 +110,16 @@ class TrialRecorder:
                     "report an epoch",
                 )
                 self._reported.add(e["epoch"])
+
+    def _save_figure(self) -> None:
+        c = self.claim
+        self._retry(
+            lambda: save_learning_curves(
+                self.optuna_url, c.optuna_study_name, self.optuna_trial_id, c.params,
+                c.spec.objective, self.curves,
+            ),
+            "save the learning curves figure",
+        )  # fmt: skip
 
     def _retry(self, fn, what: str):
         return with_db_retry(fn, f"trial {self.claim.trial_id}: {what}", self.retry)

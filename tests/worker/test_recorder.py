@@ -4,6 +4,8 @@ and the outcome is recorded once, with the trial state it stands for."""
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 from sqlalchemy import update
@@ -111,6 +113,11 @@ def test_a_complete_trial_records_its_metrics_and_the_objective(claimed):
     frozen = optuna_trial(settings)
     assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.value == 0.65
     assert frozen.intermediate_values == {1: 0.4, 2: 0.65}  # the last epoch reported too
+    fig = dashboard_figures(settings)["trial-0"]  # the trainer's full history
+    assert [(t["name"], t["y"]) for t in fig["data"]] == [
+        ("train", [0.6, 0.6]),
+        ("test", [0.4, 0.65]),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -136,3 +143,30 @@ def test_every_outcome_names_the_state_it_records():
     recorded_elsewhere = {Outcome.SKIPPED, Outcome.CLAIM_LOST}  # this worker writes nothing
     for outcome in Outcome:
         assert (outcome.state is None) == (outcome in recorded_elsewhere), outcome
+
+
+def dashboard_figures(settings: Settings) -> dict[str, dict]:
+    """The figures optuna-dashboard's own JSON API serves for the study, by id."""
+    import httpx
+    from optuna_dashboard import wsgi
+
+    storage = optuna_store.get_storage(settings.resolved_optuna_url)
+    app = wsgi(storage)
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://dash") as c:
+        (study,) = c.get("/api/studies").json()["study_summaries"]
+        detail = c.get(f"/api/studies/{study['study_id']}").json()
+    return {g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]}
+
+
+# README "optuna-dashboard": a trial's train/validation/test curves become its figure when
+# it ends, complete or not; nothing is written per epoch beyond the intermediate value
+def test_the_learning_curves_become_a_dashboard_figure_when_the_trial_ends(claimed):
+    recorder, sessions, settings = claimed
+    recorder.on_epoch(epoch(1, 0.4))
+    assert dashboard_figures(settings) == {}
+    recorder.on_epoch(epoch(2, 0.6))
+    assert recorder.finish(Outcome.DIVERGED, error="diverged: loss is nan") is Outcome.DIVERGED
+    fig = dashboard_figures(settings)["trial-0"]
+    lines = {t["name"]: (t["x"], t["y"]) for t in fig["data"]}
+    assert lines == {"train": ([1, 2], [0.6, 0.6]), "test": ([1, 2], [0.4, 0.6])}
+    assert fig["layout"]["title"]["text"].startswith("Trial 0: ρ=0")
