@@ -29,6 +29,17 @@ def _optuna_trials(optuna_url: str, study_name: str) -> list[optuna.trial.Frozen
     return study.get_trials(deepcopy=False)
 
 
+def _dashboard_figures(optuna_url: str, study_name: str) -> set[str]:
+    from optuna_dashboard import wsgi
+
+    transport = httpx.WSGITransport(app=wsgi(optuna_url))
+    with httpx.Client(transport=transport, base_url="http://dashboard") as c:
+        studies = c.get("/api/studies").json()["study_summaries"]
+        (study_id,) = [s["study_id"] for s in studies if s["study_name"] == study_name]
+        detail = c.get(f"/api/studies/{study_id}").json()
+    return {g["id"] for g in detail["plotly_graph_objects"]}
+
+
 def _check_complete_study(api: str, study_id: str, optuna_url: str, n: int) -> dict:
     """Shared assertions: n COMPLETE trials in the API and in Optuna, values equal,
     best is their maximum."""
@@ -57,6 +68,11 @@ def _check_complete_study(api: str, study_id: str, optuna_url: str, n: int) -> d
             assert key in m and f.user_attrs[key] == m[key]
     assert best["best"]["value"] == max(f.value for f in frozen)
     assert best["best"]["metrics"]["test_accuracy"] == best["best"]["value"]
+    # each trial's learning curves are a figure in optuna-dashboard (its JSON API, in process;
+    # tests/test_optuna_dashboard.py reads them from its own server)
+    assert _dashboard_figures(optuna_url, detail["optuna_study_name"]) == {
+        f"trial-{t['optuna_trial_number']}" for t in trials
+    }
     _check_report(api, study_id, trials, best)
     return best
 
@@ -158,6 +174,9 @@ def test_embedded_default_through_samsweep_run(deployment_factory, tmp_path: Pat
         rows = conn.execute(text("SELECT value FROM samsweep_trials WHERE state='COMPLETE'")).all()
     frozen = _optuna_trials(f"sqlite:///{state}/optuna.sqlite", f"digits-test-{study_id}")
     assert sorted(f.value for f in frozen) == sorted(v for (v,) in rows)
+    assert _dashboard_figures(f"sqlite:///{state}/optuna.sqlite", f"digits-test-{study_id}") == {
+        f"trial-{f.number}" for f in frozen
+    }
     best_line = next(line for line in out.splitlines() if line.startswith("best by"))
     assert f"test {100 * max(f.value for f in frozen):.2f}%" in best_line
 
