@@ -137,7 +137,9 @@ def group_title(g: Group) -> str:
 
 
 def _table(title: str | None = None) -> Table:
-    return Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    return Table(
+        title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False
+    )
 
 
 # --- studies, a study, trials --------------------------------------------------------------
