@@ -157,7 +157,7 @@ class Run:
             say(f"the API at {self.url} answered {e}")
             return 1
         except client.Unreachable as e:
-            say(f"lost the API: {e}")
+            say(f"lost the API at {self.url}: {type(e.error).__name__}: {e.error}")
             return 1
 
     def start_server(self) -> None:

@@ -77,10 +77,10 @@ class ProgressView:
         if self._progress is not None:
             if self._task is None:
                 self._task = self._progress.add_task(
-                    f"study {detail.id}", total=p.total, states=states
+                    f"study {detail.id}", total=p.total, completed=p.finished, states=""
                 )
             self._progress.update(
-                self._task, completed=p.finished, states=f"{states}  {detail.status}"
+                self._task, completed=p.finished, states=f"{states}  {detail.status}", refresh=True
             )
             return
         state = (p.finished, running, failed, str(detail.status))
