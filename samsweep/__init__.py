@@ -6,10 +6,26 @@ contracts, tests/test_layering.py):
 - the core (`spec`, `settings`, `db`, `catalog`, `queue`, `optuna_store`, `migrate`,
   `tasks`): what both the API (`service`) and the workers (`worker`) use. It never
   imports torch, FastAPI, the API or the worker;
-- `samsweep.client`: the API over HTTP, a spec file checked locally, the terminal's
-  tables; it loads neither the API nor the worker, nor torch, FastAPI or Celery;
+- `samsweep.client`: `Client`, the API over HTTP, a spec file checked locally, the
+  terminal's tables; it loads neither the API nor the worker, nor torch, FastAPI or
+  Celery. `from samsweep import Client` imports it on first use (so `import samsweep`
+  alone stays light);
 - `samsweep.cli`: the `samsweep` command, the composition root, the one place that
   starts the API (`service.app`) and the worker (`worker.app`).
 """
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+__all__ = ["Client", "__version__"]
+
+if TYPE_CHECKING:
+    from samsweep.client import Client
+
+
+def __getattr__(name: str):
+    if name == "Client":
+        from samsweep.client import Client
+
+        return Client
+    raise AttributeError(f"module 'samsweep' has no attribute {name!r}")

@@ -125,6 +125,23 @@ class Report(BaseModel):
     groups: list[Group]
     large_batch: list[LargeBatch]
 
+    def to_dataframe(self):
+        """The rows as a pandas DataFrame, one per (group, rho), in CSV_COLUMNS order (the
+        CSV export's columns). Needs pandas (`pip install 'samsweep[pandas]'`)."""
+        pd = require_pandas("Report.to_dataframe()")
+        return pd.DataFrame.from_records(to_rows(self), columns=list(CSV_COLUMNS))
+
+
+def require_pandas(what: str):
+    """pandas, imported only when a DataFrame is asked for; a clear error without it."""
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError(
+            f"{what} needs pandas: pip install 'samsweep[pandas]' (or pandas itself)"
+        ) from None
+    return pandas
+
 
 def stat(values: Sequence[float]) -> Stat:
     if not values:

@@ -266,3 +266,50 @@ def _no_settings_leak(monkeypatch):
     from samsweep.settings import get_settings
 
     get_settings.cache_clear()
+
+
+@dataclass
+class FinishedStudy:
+    """A study that really ran, on an API and a worker kept for the whole test session."""
+
+    deployment: Deployment
+    api: str
+    study_id: str
+    spec: dict
+
+
+# ρ 0 and 0.05 at two batch sizes, two seeds (paired gains have an interval), a validation
+# split (ρ is selected on it): 8 tiny trainings, a few seconds each on a CPU.
+FINISHED_SPEC = digits_spec(
+    batch_size=(32, 128),
+    seeds=(0, 1),
+    dataset={"name": "digits", "val_fraction": 0.2},
+    objective="val_accuracy",
+)
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory) -> Iterator[FinishedStudy]:
+    """PostgreSQL + Redis, the API and one worker, and FINISHED_SPEC run to completion:
+    shared by the CLI and client tests that only read (tests/test_cli_studies.py,
+    tests/test_client.py)."""
+    _require("127.0.0.1", 6379, "Redis")
+    tmp = tmp_path_factory.mktemp("finished")
+    with fresh_pg_database() as db_url:
+        env = base_env(
+            tmp,
+            database_url=db_url,
+            broker_url=REDIS,
+            queue=f"samsweep-test-{uuid.uuid4().hex[:8]}",
+        )
+        d = Deployment(env=env, tmp=tmp)
+        try:
+            result = d.run("migrate")
+            assert result.returncode == 0, result.stderr
+            api = d.start_api()
+            d.start_worker()
+            created = httpx.post(f"{api}/studies", json=FINISHED_SPEC, timeout=30).json()
+            wait_study(api, created["id"], d=d)
+            yield FinishedStudy(d, api, created["id"], FINISHED_SPEC)
+        finally:
+            d.stop()

@@ -110,10 +110,10 @@ def test_trials_are_paginated_and_curves_optional(server_deployment):
     assert len(lean["trials"]) == 500 and all(t["curves"] is None for t in lean["trials"])
     assert httpx.get(f"{api}/studies/{sid}/trials", params={"limit": 1001}).status_code == 422
     # the client (samsweep run's tables) reads every page
-    from samsweep.client import all_trials
+    from samsweep import Client
 
-    with httpx.Client(base_url=api, timeout=60) as http:
-        numbers = [t["number"] for t in all_trials(http, sid, curves=False)]
+    with Client(api, timeout=60) as client:
+        numbers = [t.number for t in client.trials(sid, curves=False)]
     assert numbers == list(range(n))
 
 

@@ -162,6 +162,10 @@ def test_embedded_default_through_samsweep_run(deployment_factory, tmp_path: Pat
         r"best by test_accuracy: sgd batch (16|64) (rho 0|sam 0\.05) seed 0: test \d+\.\d\d%", out
     )
     assert out.count("COMPLETE") == 4 and "4 trials, 4 complete" in out
+    # then the report's tables, and the study's page
+    assert "report: 4 trials (4 complete)" in out and "SAM's gain at rho 0.05" in out, out
+    assert "warning: rho was selected on the test set" in out  # the spec has no split
+    assert re.search(r"^page: http://127\.0\.0\.1:\d+/studies/\w+/page$", out, re.M), out
 
     state = tmp_path / "state"
     assert {"samsweep.sqlite", "optuna.sqlite", "broker.sqlite"} <= {

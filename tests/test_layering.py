@@ -49,3 +49,17 @@ def test_importing_a_layer_loads_nothing_forbidden(module, absent):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"{module} loaded {out.stdout.strip()}"
+
+
+# README "Python client": `from samsweep import Client` loads neither the API nor the
+# worker (nor torch, FastAPI, Celery); `import samsweep` alone loads not even the client
+def test_the_client_import_is_light():
+    absent = ["service", "worker", "trainer", "torch", "fastapi", "starlette", "celery", "uvicorn"]
+    code = (
+        "import sys, samsweep; light = 'samsweep.client' not in sys.modules;"
+        " from samsweep import Client; assert Client.__module__ == 'samsweep.client.api';"
+        f" print(light, sorted(m for m in {absent!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True []", out.stdout

@@ -1,5 +1,6 @@
-"""The `samsweep` command: the embedded default (`up`, `run`) and the production parts
-(`api`, `worker`, `migrate`). The composition root: the one place that starts the API
+"""The `samsweep` command: the embedded default (`up`, `run`), the production parts
+(`api`, `worker`, `migrate`), and the commands on existing studies (cli/studies.py).
+The composition root: the one place that starts the API
 (`service.app`) and the worker (`worker.app`). Heavy modules are imported inside each
 command, so `samsweep worker` never loads the API, nor `samsweep api` the worker."""
 
@@ -21,7 +22,8 @@ from samsweep.cli.processes import (
     terminate_with_parent,
 )
 from samsweep.cli.run import Interrupted, Run, Signals, say
-from samsweep.settings import get_settings, redact, reveal
+from samsweep.cli.studies import add_commands, add_connection, server_and_token
+from samsweep.settings import get_settings, redact
 
 
 def _use_state_dir(state_dir: Path | None) -> None:
@@ -120,12 +122,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except client.SpecError as e:
         print(f"samsweep: {e}", file=sys.stderr)
         return 2
-    url = (args.url or settings.api_url).rstrip("/")
-    run = Run(url, reveal(settings.api_token), settings.state_dir)
+    url, token = server_and_token(args)
+    run = Run(url, token, settings.state_dir)
     with Signals() as signals:
         try:
             return run.submit_and_follow(
-                spec, follow=not args.no_follow, signals=signals, url_given=bool(args.url)
+                spec, follow=not args.no_follow, signals=signals, url_given=bool(args.server)
             )
         except Interrupted as e:
             run.interrupted(signals)
@@ -168,9 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by `samsweep run`
     up.set_defaults(func=cmd_up)
 
-    run = sub.add_parser("run", help="submit a study spec (YAML/JSON), follow it, print the best")
+    run = sub.add_parser(
+        "run", help="submit a study spec (YAML/JSON), follow it, print the report and the best"
+    )
     run.add_argument("spec", type=Path)
-    run.add_argument("--url", help="API to submit to (default SAMSWEEP_API_URL; started if down)")
+    add_connection(run)  # --server (alias --url): started if down unless given
     run.add_argument("--state-dir", type=Path)
     run.add_argument("--no-follow", action="store_true", help="print the study id and return")
     run.set_defaults(func=cmd_run)
@@ -197,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     ou.add_argument("--state-dir", type=Path)
     ou.add_argument("--show-password", action="store_true", help="print the password, not ***")
     ou.set_defaults(func=cmd_optuna_url)
+
+    add_commands(sub)  # studies, status, report, best, trials, export, cancel, submit
     return p
 
 

@@ -85,6 +85,35 @@ def say(message: str) -> None:
     print(f"samsweep: {message}", file=sys.stderr, flush=True)
 
 
+def follow_study(api, study_id: str, poll: float = 1.0) -> None:
+    """Show the study's progress until it is complete or cancelled."""
+    from samsweep.client.tables import ProgressView
+
+    with ProgressView() as view:
+        api.wait(study_id, poll=poll, on_progress=view.update)
+
+
+def results(api, study_id: str, seconds: float) -> int:
+    """Print the trials, the report, the best cell and the study's page; 1 when nothing
+    completed."""
+    from samsweep.client.tables import (
+        best_lines,
+        console,
+        report_renderables,
+        trials_table,
+    )
+
+    trials = api.trials(study_id, curves=False)  # the tables need no curves
+    report, best = api.report(study_id), api.best(study_id)
+    out = console()
+    for r in [trials_table(trials), *report_renderables(report), "", *best_lines(best)]:
+        out.print(r)
+    complete = best.counts.get("COMPLETE", 0)
+    out.print(f"{len(trials)} trials, {complete} complete, in {seconds:.0f}s")
+    out.print(f"page: {api.page_url(study_id)}")
+    return 0 if best.best is not None else 1
+
+
 class Run:
     """One `samsweep run`: what it started and submitted, so an interrupt can undo it."""
 
@@ -95,8 +124,6 @@ class Run:
         self.finished = False
 
     def submit_and_follow(self, spec: dict, follow: bool, signals: Signals, url_given: bool) -> int:
-        import httpx
-
         from samsweep import client
 
         try:
@@ -111,27 +138,26 @@ class Run:
                     )
                     return 1
                 self.start_server()
-            with client.connect(self.url, self.token) as http:
+            with client.Client(self.url, self.token) as api:
                 # A Ctrl-C during the POST waits for its answer: the study's id is then
                 # known, so the study can be cancelled (or named) rather than lost.
                 with signals.deferred():
-                    self.study_id = client.submit(http, spec)
+                    created = api.submit(spec)
+                    self.study_id = created.id
+                page = api.page_url(created.id)
+                say(f"study {created.id}: {created.n_trials} trials; page: {page}")
                 if not follow:
                     print(self.study_id)
                     return 0
                 started = time.monotonic()
-                client.follow(http, self.study_id)
+                follow_study(api, self.study_id)
                 self.finished = True
-                return client.results(http, self.study_id, time.monotonic() - started)
-        except client.Refused as e:
-            say(str(e))
+                return results(api, self.study_id, time.monotonic() - started)
+        except client.ApiError as e:
+            say(f"the API at {self.url} answered {e}")
             return 1
-        except httpx.HTTPStatusError as e:
-            r = e.response
-            say(f"the API answered {r.status_code} to {e.request.url.path}: {r.text[:300]}")
-            return 1
-        except httpx.HTTPError as e:
-            say(f"lost the API at {self.url}: {type(e).__name__}: {e}")
+        except client.Unreachable as e:
+            say(f"lost the API at {self.url}: {type(e.error).__name__}: {e.error}")
             return 1
 
     def start_server(self) -> None:
@@ -171,8 +197,6 @@ class Run:
 
     def interrupted(self, signals: Signals) -> None:
         """After the first stop signal: cancel what only this command would have run."""
-        import httpx
-
         from samsweep import client
 
         if sys.stderr.isatty():
@@ -191,11 +215,11 @@ class Run:
         say(f"interrupted; cancelling study {sid} (this command started the server it runs on)")
         cancelled = False
         try:
-            with client.connect(self.url, self.token) as http:
+            with client.Client(self.url, self.token) as api:
                 with signals.deferred():
-                    detail = client.cancel(http, sid)
+                    detail = api.cancel(sid)
                     cancelled = True
-                running = detail["counts"]["RUNNING"]
+                running = detail.counts.get("RUNNING", 0)
                 if not running:
                     say(f"cancelled study {sid}")
                     return
@@ -203,14 +227,14 @@ class Run:
                     f"cancelled study {sid}; waiting up to {CANCEL_WAIT:.0f}s for its {running}"
                     " running trial(s) to stop at the end of their epoch (Ctrl-C again: stop now)"
                 )
-                if not client.wait_stopped(http, sid, CANCEL_WAIT):
+                if not api.wait_stopped(sid, CANCEL_WAIT):
                     say(
                         "a trial is still running; it stops at its next epoch boundary when"
                         " `samsweep up` runs again"
                     )
         except Interrupted:
             say(f"{'cancelled study ' + sid + '; ' if cancelled else ''}not waiting any longer")
-        except (httpx.HTTPError, KeyError) as e:
+        except client.ClientError as e:
             say(
                 f"could not cancel study {sid} ({e}); cancel it with `samsweep up` running:"
                 f"\n  {hint}"

@@ -1,42 +1,61 @@
-"""The client side of samsweep: a spec file checked locally, the API over HTTP, and the
-terminal's progress bar and tables.
+"""The client side of samsweep: `Client`, the API over HTTP (typed answers, typed
+errors), and a spec file checked locally. The terminal's tables and progress bar are
+`samsweep.client.tables` (rich), imported by the CLI, not here.
 
-It sits above the core (it uses `samsweep.spec`) and below the CLI; importing it loads
-neither the API nor the worker, nor torch, FastAPI or Celery (pyproject.toml's
-import-linter contracts, tests/test_layering.py).
+It sits above the core (it uses `samsweep.spec` and `samsweep.report`) and below the
+CLI; importing it loads neither the API nor the worker, nor torch, FastAPI or Celery
+(pyproject.toml's import-linter contracts, tests/test_layering.py).
 """
 
 from samsweep.client.api import (
-    Refused,
+    ApiError,
+    Client,
+    ClientError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ServerError,
     ServerExited,
-    all_trials,
-    cancel,
+    Unauthorized,
+    Unreachable,
     cancel_command,
-    connect,
-    follow,
     is_up,
-    results,
-    submit,
-    wait_stopped,
     wait_until_up,
 )
+from samsweep.client.models import (
+    Best,
+    BestCell,
+    BestTrial,
+    StudyCreated,
+    StudyDetail,
+    StudySummary,
+    Trial,
+    Trials,
+)
 from samsweep.client.specfile import SpecError, load_spec
-from samsweep.client.tables import format_results
 
 __all__ = [
-    "Refused",
+    "ApiError",
+    "Best",
+    "BestCell",
+    "BestTrial",
+    "Client",
+    "ClientError",
+    "Conflict",
+    "InvalidRequest",
+    "NotFound",
+    "ServerError",
     "ServerExited",
     "SpecError",
-    "all_trials",
-    "cancel",
+    "StudyCreated",
+    "StudyDetail",
+    "StudySummary",
+    "Trial",
+    "Trials",
+    "Unauthorized",
+    "Unreachable",
     "cancel_command",
-    "connect",
-    "follow",
-    "format_results",
     "is_up",
     "load_spec",
-    "results",
-    "submit",
-    "wait_stopped",
     "wait_until_up",
 ]

@@ -1,106 +1,345 @@
-"""What the terminal shows: the progress bar and the results tables."""
+"""What the terminal shows, with rich: the progress bar, the studies, trials and report
+tables, and the best cell.
+
+On a terminal the progress bar redraws in place; elsewhere (a log file, CI) it prints a
+plain line each time something changes, and tables print without colour at a width
+that keeps their rows on one line.
+"""
 
 from __future__ import annotations
 
-import statistics
+import os
 import sys
-from typing import Any
+from collections.abc import Iterable
+from typing import IO, Any
+
+from rich import box
+from rich.console import Console, RenderableType
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from samsweep.client.models import Best, StudyDetail, StudySummary, Trial
+from samsweep.report import Group, Report, Row, Stat
+
+# Not a terminal and no COLUMNS: wide enough that a report row stays on one line.
+LOG_WIDTH = 200
 
 
-def progress(detail: dict[str, Any], elapsed: float, last: tuple | None) -> tuple:
-    """Redraw the bar in place on a terminal; elsewhere (logs, CI) print a line per change."""
-    p, c = detail["progress"], detail["counts"]
-    state = (p["finished"], c["RUNNING"], c["FAILED"])
-    tty = sys.stderr.isatty()
-    if tty or state != last:
-        width = 30
-        done = int(width * p["fraction"])
-        line = (
-            f"[{'#' * done}{'.' * (width - done)}] {p['finished']}/{p['total']} trials"
-            f"  running {c['RUNNING']}  failed {c['FAILED']}  {elapsed:5.0f}s"
-        )
-        print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-    return state
+def console(file: IO[str] | None = None) -> Console:
+    """A console on stdout (or `file`, e.g. sys.stderr)."""
+    out = file or sys.stdout
+    width = None
+    if not out.isatty() and "COLUMNS" not in os.environ:
+        width = LOG_WIDTH
+    return Console(file=out, width=width, highlight=False, soft_wrap=False)
 
 
-def _pct(x: float | None) -> str:
-    return "   -  " if x is None else f"{100 * x:6.2f}"
+# --- progress --------------------------------------------------------------------------
 
 
-def format_results(trials: list[dict[str, Any]], best: dict[str, Any], seconds: float) -> str:
-    """One row per trial, then mean ± std per grid cell over seeds, then the best."""
-    head = f"{'optimizer':>9} {'batch':>5} {'method':>12}"
-    out = [
-        "trials (accuracies in %):",
-        f"{head} {'seed':>4} {'state':>10} {'train':>6} {'test':>6} {'gap':>6} {'secs':>6}",
-    ]
-    cells: dict[tuple, list[dict[str, Any]]] = {}
-    for t in sorted(trials, key=lambda t: _cell(t) + (t["params"]["seed"],)):
-        m = t["metrics"] or {}
-        out.append(
-            f"{_label(t)} {t['params']['seed']:>4} {t['state']:>10} "
-            f"{_pct(m.get('train_accuracy'))} {_pct(m.get('test_accuracy'))} "
-            f"{_pct(m.get('gap'))} {m.get('wall_seconds', 0):6.1f}"
-            + (f"  {t['error']}" if t["error"] else "")
-        )
-        if t["state"] == "COMPLETE":
-            cells.setdefault(_cell(t), []).append(t)
-    out += [
-        "",
-        "per cell, mean ± std over seeds (accuracies in %; sharpness: loss increase in the"
-        " sharpness rho-ball, and the top Hessian eigenvalue):",
-        f"{head} {'n':>2} {'train':>13} {'test':>13} {'gap':>13} {'secs':>6}"
-        f" {'sharpness':>9} {'hess_max':>9}",
-    ]
-    for _, ts in sorted(cells.items()):
-        ms = [t["metrics"] for t in ts]
-        accuracies = " ".join(
-            _mean_std([m[k] for m in ms]) for k in ("train_accuracy", "test_accuracy", "gap")
-        )
-        out.append(
-            f"{_label(ts[0])} {len(ms):>2} {accuracies} "
-            f"{statistics.fmean(m['wall_seconds'] for m in ms):6.1f}"
-            f" {_mean(ms, 'sharpness')} {_mean(ms, 'hessian_max_eig')}"
-        )
-    b = best["best"]
-    out.append("")
-    if b is None:
-        out.append(f"no complete trial; counts: {best['counts']}")
-    else:
-        p, m = b["params"], b["metrics"]
-        out.append(
-            f"best by {best['objective']}: {p['base_optimizer']} batch {p['batch_size']} "
-            f"{_method(p)} seed {p['seed']}: test {100 * m['test_accuracy']:.2f}%  "
-            f"train {100 * m['train_accuracy']:.2f}%  gap {100 * m['gap']:.2f}"
-        )
-    out.append(f"{len(trials)} trials, {best['counts']['COMPLETE']} complete, in {seconds:.0f}s")
-    return "\n".join(out)
+class ProgressView:
+    """Shows a study's progress: a live rich bar on a terminal, a line per change elsewhere.
+
+    with ProgressView() as view:
+        client.wait(study_id, on_progress=view.update)
+    """
+
+    def __init__(self, file: IO[str] | None = None) -> None:
+        self.console = console(file or sys.stderr)
+        self.live = self.console.is_terminal
+        self._last: tuple | None = None
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._elapsed = 0.0
+
+    def __enter__(self) -> ProgressView:
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("trials  {task.fields[states]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, detail: StudyDetail) -> None:
+        p, c = detail.progress, detail.counts
+        running, failed = c.get("RUNNING", 0), c.get("FAILED", 0) + c.get("INFEASIBLE", 0)
+        states = f"running {running}  failed {failed}"
+        if self._progress is not None:
+            if self._task is None:
+                self._task = self._progress.add_task(
+                    f"study {detail.id}", total=p.total, completed=p.finished, states=""
+                )
+            self._progress.update(
+                self._task, completed=p.finished, states=f"{states}  {detail.status}", refresh=True
+            )
+            return
+        state = (p.finished, running, failed, str(detail.status))
+        if state != self._last:
+            width, done = 30, int(30 * p.fraction)
+            elapsed = detail.timings.elapsed_seconds or 0.0
+            self.console.print(
+                f"[{'#' * done}{'.' * (width - done)}] {p.finished}/{p.total} trials"
+                f"  {states}  {detail.status}  {elapsed:5.0f}s",
+                markup=False,
+            )
+            self._last = state
 
 
-def _method(p: dict[str, Any]) -> str:
+# --- formatting --------------------------------------------------------------------------
+
+PERCENT = {"train_accuracy", "test_accuracy", "val_accuracy", "gap"}
+
+
+def _num(metric: str, x: float | None) -> str:
+    if x is None:
+        return "-"
+    if metric in PERCENT:
+        return f"{100 * x:.2f}"
+    if metric == "passes":
+        return f"{x:.0f}"
+    if metric == "wall_seconds":
+        return f"{x:.1f}"
+    return f"{x:.4g}"
+
+
+def stat_text(metric: str, s: Stat) -> str:
+    """`mean ± std` (accuracies and gap in %); `-` with no value, no ± with one seed."""
+    if s.mean is None:
+        return "-"
+    if s.std is None:
+        return _num(metric, s.mean)
+    return f"{_num(metric, s.mean)} ± {_num(metric, s.std)}"
+
+
+def method(params: dict[str, Any]) -> str:
     """'rho 0' for the base optimizer alone, else e.g. 'sam 0.05', 'asam 1 m=32'."""
-    if p["rho"] == 0:
+    if params["rho"] == 0:
         return "rho 0"
-    m = p.get("m")
-    return f"{p.get('sam_variant') or 'sam'} {p['rho']:g}" + (f" m={m}" if m else "")
+    m = params.get("m")
+    return f"{params.get('sam_variant') or 'sam'} {params['rho']:g}" + (f" m={m}" if m else "")
 
 
-def _label(t: dict[str, Any]) -> str:
-    p = t["params"]
-    return f"{p['base_optimizer']:>9} {p['batch_size']:>5} {_method(p):>12}"
+def group_title(g: Group) -> str:
+    kind = g.sam_variant or "sam"
+    if g.m:
+        kind += f" m={g.m}"
+    return f"{g.base_optimizer}, batch {g.batch_size}, {kind}"
 
 
-def _cell(t: dict[str, Any]) -> tuple:
-    p = t["params"]
-    variant = p.get("sam_variant") or ""
-    return (p["base_optimizer"], p["batch_size"], variant, p.get("m") or 0, p["rho"])
+def _table(title: str | None = None) -> Table:
+    return Table(
+        title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False
+    )
 
 
-def _mean(ms: list[dict[str, Any]], key: str) -> str:
-    values = [m[key] for m in ms if m.get(key) is not None]
-    return f"{statistics.fmean(values):9.4g}" if values else f"{'-':>9}"
+# --- studies, a study, trials --------------------------------------------------------------
 
 
-def _mean_std(xs: list[float]) -> str:
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{100 * statistics.fmean(xs):6.2f}±{100 * sd:5.2f}"
+def studies_table(studies: Iterable[StudySummary]) -> Table:
+    t = _table()
+    for name, justify in [("id", "left"), ("name", "left"), ("status", "left"),
+                          ("trials", "right"), ("created", "left")]:  # fmt: skip
+        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for s in studies:
+        created = s.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        t.add_row(s.id, s.name, str(s.status), str(s.n_trials), created)
+    return t
+
+
+def study_lines(detail: StudyDetail, page_url: str) -> list[str]:
+    p, t = detail.progress, detail.timings
+    counts = "  ".join(f"{k.lower()} {v}" for k, v in detail.counts.items() if v)
+    elapsed = "" if t.elapsed_seconds is None else f", {t.elapsed_seconds:.0f}s"
+    return [
+        f"study {detail.id} ({detail.name}): {detail.status}",
+        f"{p.finished}/{p.total} trials finished ({100 * p.fraction:.0f}%{elapsed}): {counts}",
+        f"page: {page_url}",
+    ]
+
+
+def trials_table(trials: Iterable[Trial]) -> Table:
+    """One row per trial (accuracies in %)."""
+    t = _table("trials (accuracies in %)")
+    for name in ["#", "optimizer", "batch", "method", "seed", "state"]:
+        t.add_column(name, justify="right" if name in ("#", "batch", "seed") else "left")
+    for name in ["train", "test", "val", "gap", "secs"]:
+        t.add_column(name, justify="right")
+    t.add_column("error")
+    for tr in trials:
+        p, m = tr.params, tr.metrics or {}
+        t.add_row(
+            str(tr.number),
+            p["base_optimizer"],
+            str(p["batch_size"]),
+            method(p),
+            str(p["seed"]),
+            tr.state,
+            *(_num(k, m.get(k)) for k in ("train_accuracy", "test_accuracy", "val_accuracy")),
+            _num("gap", m.get("gap")),
+            _num("wall_seconds", m.get("wall_seconds")),
+            tr.error or "",
+        )
+    return t
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+def _columns(report: Report) -> list[tuple[str, str]]:
+    """(metric, header); validation only where some row has it."""
+    has_val = any(r.metrics["val_accuracy"].n for g in report.groups for r in g.rows)
+    cols = [("train_accuracy", "train %"), ("test_accuracy", "test %")]
+    if has_val:
+        cols.append(("val_accuracy", "val %"))
+    return cols + [
+        ("gap", "gap (pp)"),
+        ("sharpness", "sharpness"),
+        ("hessian_max_eig", "top eig."),
+        ("wall_seconds", "secs"),
+    ]
+
+
+def _done(row: Row) -> str:
+    """`n` seeds complete, and the other states when not all are."""
+    total = sum(row.counts.values())
+    done = row.counts.get("COMPLETE", 0)
+    if done == total:
+        return str(done)
+    rest = ", ".join(f"{v} {k.lower()}" for k, v in row.counts.items() if k != "COMPLETE" and v)
+    return f"{done}/{total} ({rest})"
+
+
+def group_table(report: Report, g: Group) -> Table:
+    t = _table(group_title(g))
+    t.add_column("rho", justify="right")
+    t.add_column("")
+    t.add_column("seeds", justify="right")
+    cols = _columns(report)
+    for _, header in cols:
+        t.add_column(header, justify="right")
+    for row in g.rows:
+        mark = "baseline" if row.baseline else ("selected" if row.rho == g.selected_rho else "")
+        t.add_row(
+            f"{row.rho:g}",
+            mark,
+            _done(row),
+            *(stat_text(metric, row.metrics[metric]) for metric, _ in cols),
+            style="bold" if mark == "selected" else None,
+        )
+    return t
+
+
+def gain_line(g: Group) -> str:
+    if g.selected_rho is None:
+        return "  no SAM rho has a complete trial yet: no selection, no gain"
+    gain = g.gain
+    if gain is None:
+        return f"  SAM's gain at rho {g.selected_rho:g}: no seed with both SAM and the baseline"
+    head = (
+        f"  SAM's gain at rho {g.selected_rho:g} (test accuracy, paired over"
+        f" {gain.n_pairs} seed{'s' if gain.n_pairs != 1 else ''}): {100 * gain.mean:+.2f} pp"
+    )
+    if gain.ci_low is None or gain.ci_high is None:
+        return head + " (one pair: no interval)"
+    verdict = "excludes zero" if gain.excludes_zero else "includes zero: not significant"
+    return f"{head}, 95% CI [{100 * gain.ci_low:+.2f}, {100 * gain.ci_high:+.2f}]: {verdict}"
+
+
+def large_batch_table(report: Report) -> Table | None:
+    if not report.large_batch:
+        return None
+    t = _table("large batches: the baseline's test-accuracy drop and what SAM recovers")
+    for name in ["optimizer", "method", "batch", "vs batch", "rho", "baseline drop (pp)",
+                 "SAM drop (pp)", "recovered"]:  # fmt: skip
+        t.add_column(name, justify="left" if name in ("optimizer", "method") else "right")
+    for lb in report.large_batch:
+        kind = (lb.sam_variant or "sam") + (f" m={lb.m}" if lb.m else "")
+        frac = lb.recovered_fraction
+        t.add_row(
+            lb.base_optimizer,
+            kind,
+            str(lb.batch_size),
+            str(lb.small_batch_size),
+            "-" if lb.selected_rho is None else f"{lb.selected_rho:g}",
+            _num("gap", lb.baseline_drop),
+            _num("gap", lb.sam_drop),
+            "- (no drop)" if frac is None else f"{100 * frac:.0f}%",
+        )
+    return t
+
+
+def selection_lines(report: Report) -> list[str]:
+    lines = [f"rho selected per group by the mean {report.selection_metric} over seeds"]
+    if report.selected_on_test:
+        lines.append(
+            "warning: rho was selected on the test set, so the selected rho's test accuracy"
+            " (and SAM's gain) is optimistic; hold out a validation split"
+            " (dataset.val_fraction) to select on it"
+        )
+    return lines
+
+
+def report_renderables(report: Report) -> list[RenderableType]:
+    """The report as the terminal shows it: a table per group (baseline, each rho, the
+    selected one marked) with SAM's gain under it, the large-batch table, and which
+    metric selected rho (a warning when it was the test set)."""
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in report.counts.items())
+    out: list[RenderableType] = [
+        Text(
+            f"report: {report.n_trials} trials ({counts}); mean ± std over seeds;"
+            " accuracies and gap in %"
+        )
+    ]
+    for g in report.groups:
+        out += [group_table(report, g), Text(gain_line(g))]
+        errors = sorted({e for row in g.rows for e in row.errors})
+        out += [Text(f"  failed: {e}") for e in errors]
+    lb = large_batch_table(report)
+    if lb is not None:
+        out.append(lb)
+    out += [Text(line) for line in selection_lines(report)]
+    return out
+
+
+def best_lines(best: Best) -> list[str]:
+    """The best cell by its mean over seeds, then the single best trial."""
+    out = []
+    c = best.cell
+    if c is None:
+        counts = ", ".join(f"{v} {k.lower()}" for k, v in best.counts.items() if v)
+        out.append(f"no complete trial yet ({counts})")
+    else:
+        kind = method({"rho": c.rho, "sam_variant": c.sam_variant, "m": c.m})
+        m = c.metrics
+        out.append(
+            f"best cell by mean {best.objective} over {c.n} seed{'s' if c.n != 1 else ''}:"
+            f" {c.base_optimizer} batch {c.batch_size} {kind}:"
+            f" {best.objective} {stat_text(best.objective, c.objective)}%"
+            f"  (test {stat_text('test_accuracy', m['test_accuracy'])}%,"
+            f" train {stat_text('train_accuracy', m['train_accuracy'])}%,"
+            f" gap {stat_text('gap', m['gap'])})"
+        )
+    b = best.best
+    if b is not None:
+        p, m = b.params, b.metrics
+        out.append(
+            f"best by {best.objective}: {p['base_optimizer']} batch {p['batch_size']} "
+            f"{method(p)} seed {p['seed']}: test {100 * m['test_accuracy']:.2f}%  "
+            f"train {100 * m['train_accuracy']:.2f}%  gap {100 * m['gap']:.2f}"
+            "  (the single best trial)"
+        )
+    if best.selected_on_test:
+        out.append("warning: selected on the test set (the study's objective is test accuracy)")
+    if not best.complete:
+        out.append(f"the study is {best.status}: these may change")
+    return out

@@ -1,0 +1,198 @@
+"""The commands on a running API: `studies`, `status`, `report`, `best`, `trials`,
+`export`, `cancel`, `submit`. Each talks to the API through `samsweep.Client` at
+--server (default SAMSWEEP_API_URL) with --token (default SAMSWEEP_API_TOKEN).
+
+Exit codes, as for `run`: 0 done; 1 the API refused or could not be reached (its
+error code and message, one line); 2 a usage or spec error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from samsweep.cli.run import say
+from samsweep.settings import get_settings, reveal
+
+# The client (httpx, pydantic models) and rich are imported where used: `samsweep
+# worker` and `api` never need them.
+
+
+def add_connection(p: argparse.ArgumentParser) -> None:
+    """--server and --token: the one way every command that calls the API is told where."""
+    p.add_argument(
+        "--server",
+        "--url",
+        dest="server",
+        metavar="URL",
+        help="the samsweep API (default SAMSWEEP_API_URL, else http://127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--token", help="bearer token for an API with tokens (default SAMSWEEP_API_TOKEN)"
+    )
+
+
+def server_and_token(args: argparse.Namespace) -> tuple[str, str | None]:
+    settings = get_settings()
+    url = (args.server or settings.api_url).rstrip("/")
+    return url, args.token or reveal(settings.api_token)
+
+
+def _calling(command: Callable[..., int]) -> Callable[..., int]:
+    """Run `command(args, client)`; the API's errors are one line and exit 1."""
+
+    def run(args: argparse.Namespace, *extra: object) -> int:
+        from samsweep.client import ApiError, Client, Unreachable
+
+        url, token = server_and_token(args)
+        try:
+            with Client(url, token) as client:
+                return command(args, client, *extra)
+        except ApiError as e:
+            say(f"the API at {url} answered {e}")
+            return 1
+        except Unreachable as e:
+            say(str(e))
+            return 1
+
+    run.__doc__ = command.__doc__
+    return run
+
+
+def _print(*renderables) -> None:
+    from samsweep.client.tables import console
+
+    out = console()
+    for r in renderables:
+        out.print(r)
+
+
+@_calling
+def cmd_studies(args: argparse.Namespace, client) -> int:
+    """The studies, newest first."""
+    from samsweep.client.tables import studies_table
+
+    studies = client.studies()
+    if not studies:
+        say(f"no studies at {client.url}")
+        return 0
+    _print(studies_table(studies))
+    return 0
+
+
+@_calling
+def cmd_status(args: argparse.Namespace, client) -> int:
+    """A study's status and counts; with --watch a live progress bar until it finishes."""
+    from samsweep.client.tables import ProgressView, study_lines
+
+    if args.watch:
+        with ProgressView() as view:
+            detail = client.wait(args.study_id, poll=args.poll, on_progress=view.update)
+    else:
+        detail = client.study(args.study_id)
+    _print(*study_lines(detail, client.page_url(detail.id)))
+    return 0
+
+
+@_calling
+def cmd_report(args: argparse.Namespace, client) -> int:
+    """The generalization-gap report as tables."""
+    from samsweep.client.tables import report_renderables
+
+    _print(*report_renderables(client.report(args.study_id)))
+    _print(f"page: {client.page_url(args.study_id)}")
+    return 0
+
+
+@_calling
+def cmd_best(args: argparse.Namespace, client) -> int:
+    """The best cell by its mean over seeds, and the single best trial."""
+    from samsweep.client.tables import best_lines
+
+    best = client.best(args.study_id)
+    _print(*best_lines(best))
+    return 0 if best.cell is not None else 1
+
+
+@_calling
+def cmd_trials(args: argparse.Namespace, client) -> int:
+    """Every trial of a study."""
+    from samsweep.client.tables import trials_table
+
+    _print(trials_table(client.trials(args.study_id, curves=False)))
+    return 0
+
+
+@_calling
+def cmd_export(args: argparse.Namespace, client) -> int:
+    """The report as CSV or JSON, to stdout or -o FILE."""
+    import json
+
+    if args.format == "csv":
+        text = client.report_csv(args.study_id)
+    else:
+        text = json.dumps(client.report_json(args.study_id), indent=2) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+        say(f"wrote {args.output}")
+    return 0
+
+
+@_calling
+def cmd_cancel(args: argparse.Namespace, client) -> int:
+    """Cancel: queued trials now, running ones at their next epoch boundary."""
+    detail = client.cancel(args.study_id)
+    running = detail.counts.get("RUNNING", 0)
+    tail = f"; {running} running trial(s) stop at their next epoch" if running else ""
+    print(f"cancelled study {detail.id} ({detail.status}){tail}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit a spec and return: prints the study's id (stdout) and its page (stderr)."""
+    from samsweep.client import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as e:
+        say(str(e))
+        return 2
+    return _submit(args, spec)
+
+
+@_calling
+def _submit(args: argparse.Namespace, client, spec: dict) -> int:
+    created = client.submit(spec, idempotency_key=args.idempotency_key)
+    again = " (already submitted with this key)" if created.replayed else ""
+    page = client.page_url(created.id)
+    say(f"study {created.id}: {created.n_trials} trials{again}; page: {page}")
+    print(created.id)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    def command(name: str, func, help: str, study: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        if study:
+            p.add_argument("study_id", metavar="ID", help="the study's id")
+        add_connection(p)
+        p.set_defaults(func=func)
+        return p
+
+    command("studies", cmd_studies, "list the studies, newest first", study=False)
+    status = command("status", cmd_status, "a study's status and progress")
+    status.add_argument("--watch", action="store_true", help="a live progress bar until it ends")
+    status.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
+    command("report", cmd_report, "the report: per batch size, baseline and each rho")
+    command("best", cmd_best, "the best cell (mean over seeds) and the best single trial")
+    command("trials", cmd_trials, "every trial of a study")
+    export = command("export", cmd_export, "the report as CSV or JSON")
+    export.add_argument("--format", choices=["csv", "json"], default="csv")
+    export.add_argument("-o", "--output", type=Path, help="write to FILE, not stdout")
+    command("cancel", cmd_cancel, "cancel a study (queued trials now, running at their epoch)")
+    submit = command("submit", cmd_submit, "submit a spec (YAML/JSON) and return", study=False)
+    submit.add_argument("spec", type=Path)
+    submit.add_argument("--idempotency-key", help="resubmitting with the same key: one study")
