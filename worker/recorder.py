@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from samsweep import optuna_store
 from samsweep.db import utcnow
@@ -35,7 +35,7 @@ class TrialRecorder:
 
     def __init__(
         self,
-        sessions: sessionmaker,
+        sessions: sessionmaker[Session],
         claim: Claim,
         optuna_url: str,
         optuna_trial_id: int,
