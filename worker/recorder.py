@@ -3,9 +3,11 @@ then its outcome once. The trainer calls `on_epoch`; the runner calls `finish`."
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from samsweep import optuna_store
 from samsweep.db import utcnow
@@ -14,6 +16,8 @@ from worker.claim import Claim, finish, study_cancelled, write_claimed
 from worker.heartbeat import Heartbeat
 from worker.outcome import Outcome
 from worker.retry import with_db_retry
+
+T = TypeVar("T")
 
 
 class Stop(Exception):
@@ -35,7 +39,7 @@ class TrialRecorder:
 
     def __init__(
         self,
-        sessions: sessionmaker,
+        sessions: sessionmaker[Session],
         claim: Claim,
         optuna_url: str,
         optuna_trial_id: int,
@@ -97,13 +101,15 @@ class TrialRecorder:
         objective = self.claim.spec.objective
         for e in self.curves:
             if e["epoch"] not in self._reported:
-                self._retry(
-                    lambda e=e: optuna_store.report(
-                        self.optuna_url, self.optuna_trial_id, e["epoch"], e.get(objective)
-                    ),
-                    "report an epoch",
+                report = partial(
+                    optuna_store.report,
+                    self.optuna_url,
+                    self.optuna_trial_id,
+                    e["epoch"],
+                    e.get(objective),
                 )
+                self._retry(report, "report an epoch")
                 self._reported.add(e["epoch"])
 
-    def _retry(self, fn, what: str):
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
         return with_db_retry(fn, f"trial {self.claim.trial_id}: {what}", self.retry)

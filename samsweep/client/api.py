@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from samsweep.client.tables import format_results, progress
 from samsweep.states import StudyStatus
+
+if TYPE_CHECKING:
+    from subprocess import Popen
 
 
 def is_up(url: str) -> bool:
@@ -65,14 +68,16 @@ class ServerExited(RuntimeError):
     """The server process being waited for ended before it answered."""
 
 
-def wait_until_up(url: str, timeout: float, process=None, poll: float = 0.3) -> None:
+def wait_until_up(
+    url: str, timeout: float, process: Popen[Any] | None = None, poll: float = 0.3
+) -> None:
     """Poll GET /health until it answers 200 (the one "wait until healthy" loop: the CLI,
     the tests and the benchmarks use it). Raises ServerExited if `process` (a Popen)
     ends first, TimeoutError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not is_up(url):
         if process is not None and process.poll() is not None:
-            raise ServerExited(f"{process.args} exited with {process.returncode}")
+            raise ServerExited(f"{process.args!r} exited with {process.returncode}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} not healthy after {timeout:.0f}s")
         time.sleep(poll)
