@@ -28,12 +28,14 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check samsweep service worker trainer tests benchmarks migrations
 	$(VENV)/bin/ruff format --check samsweep service worker trainer tests benchmarks migrations
+	$(VENV)/bin/mypy samsweep service worker trainer
 	bash scripts/services.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check samsweep service worker trainer tests benchmarks migrations
 	$(VENV)/bin/ruff format --check samsweep service worker trainer tests benchmarks migrations
+	$(VENV)/bin/mypy samsweep service worker trainer
 
 bench: setup
 	$(PY) benchmarks/sam_step.py

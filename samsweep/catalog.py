@@ -42,6 +42,7 @@ import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import IO, cast
 
 from samsweep.spec import StudySpec
 
@@ -220,7 +221,7 @@ class _Bounded:
     """A file that never reads past `size` bytes: a length field in a hostile pickle
     cannot make `read(n)` allocate more than the file holds."""
 
-    def __init__(self, f, size: int) -> None:
+    def __init__(self, f: IO[bytes], size: int) -> None:
         self.f, self.left = f, size
 
     def read(self, n: int = -1) -> bytes:
@@ -249,7 +250,9 @@ def _parse(root: Path, file: Path, identity: tuple[int, ...]) -> None:
     budget = OPS_PER_ROW * (size // ROW_BYTES) + OPS_BASE
     with os.fdopen(_open_checked(root, file, identity), "rb") as f:
         # genops raises ValueError at a truncated argument or an end before STOP.
-        for count, _ in enumerate(pickletools.genops(_Bounded(f, size)), 1):
+        # genops reads with read, readline and tell only; its stub asks for a whole IO.
+        bounded = cast(IO[bytes], _Bounded(f, size))
+        for count, _ in enumerate(pickletools.genops(bounded), 1):
             if count > budget:
                 raise ValueError(f"more than {budget} pickle opcodes for its size")
 

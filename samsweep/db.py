@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -25,8 +25,16 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.engine import CursorResult, Engine
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+from sqlalchemy.sql.dml import Update
 from sqlalchemy.types import TypeDecorator
 
 from samsweep.states import TrialState
@@ -163,5 +171,11 @@ def engine_for(url: str) -> Engine:
 
 
 @lru_cache
-def session_factory(url: str) -> sessionmaker:
+def session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=engine_for(url), expire_on_commit=False)
+
+
+def rows_updated(session: Session, statement: Update) -> int:
+    """Run an UPDATE in the session; how many rows it matched."""
+    # Session.execute is typed to return a Result; an UPDATE's is a CursorResult.
+    return cast(CursorResult[Any], session.execute(statement)).rowcount

@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 from sqlalchemy import text
 
@@ -66,37 +66,42 @@ def grant_read_only(db_url: str, role: str, password: str) -> None:
     existing role is reused only if it is a plain login role (no superuser, createdb,
     createrole, replication or bypassrls, member of nothing) and not the role migrate
     itself runs as; anything else is refused rather than silently reset."""
+    import psycopg
     from psycopg import sql
 
-    with engine_for(db_url).begin() as conn, conn.connection.dbapi_connection.cursor() as cur:
-        cur.execute(
-            "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls"
-            " OR EXISTS (SELECT 1 FROM pg_auth_members WHERE member = r.oid),"
-            " rolname = current_user FROM pg_roles r WHERE rolname = %s",
-            (role,),
-        )
-        found = cur.fetchone()
-        if found is not None and any(found):
-            raise RuntimeError(
-                f"SAMSWEEP_DASHBOARD_DB_ROLE={role!r} names an existing role that is not a "
-                "plain login role (or is the one migrate runs as): choose another name"
-            )
-        verb = "CREATE" if found is None else "ALTER"
-        for statement in (
-            f"{verb} ROLE {{role}} LOGIN PASSWORD {{pw}}",
-            "REVOKE ALL ON DATABASE {db} FROM {role}",
-            "GRANT CONNECT ON DATABASE {db} TO {role}",
-            "GRANT USAGE ON SCHEMA {schema} TO {role}",
-            "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
-        ):
+    with engine_for(db_url).begin() as conn:
+        raw = conn.connection.dbapi_connection
+        if not isinstance(raw, psycopg.Connection):  # prepare_storage checks postgresql first
+            raise RuntimeError(f"the read-only role needs PostgreSQL through psycopg, not {raw!r}")
+        with raw.cursor() as cur:
             cur.execute(
-                sql.SQL(statement).format(
-                    role=sql.Identifier(role),
-                    pw=sql.Literal(password),
-                    db=sql.Identifier(conn.connection.dbapi_connection.info.dbname),
-                    schema=sql.Identifier(OPTUNA_SCHEMA),
-                )
+                "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls"
+                " OR EXISTS (SELECT 1 FROM pg_auth_members WHERE member = r.oid),"
+                " rolname = current_user FROM pg_roles r WHERE rolname = %s",
+                (role,),
             )
+            found = cur.fetchone()
+            if found is not None and any(found):
+                raise RuntimeError(
+                    f"SAMSWEEP_DASHBOARD_DB_ROLE={role!r} names an existing role that is not a "
+                    "plain login role (or is the one migrate runs as): choose another name"
+                )
+            verb = "CREATE" if found is None else "ALTER"
+            for statement in (
+                f"{verb} ROLE {{role}} LOGIN PASSWORD {{pw}}",
+                "REVOKE ALL ON DATABASE {db} FROM {role}",
+                "GRANT CONNECT ON DATABASE {db} TO {role}",
+                "GRANT USAGE ON SCHEMA {schema} TO {role}",
+                "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+            ):
+                cur.execute(
+                    sql.SQL(statement).format(
+                        role=sql.Identifier(role),
+                        pw=sql.Literal(password),
+                        db=sql.Identifier(raw.info.dbname),
+                        schema=sql.Identifier(OPTUNA_SCHEMA),
+                    )
+                )
 
 
 # The grid axes are Optuna params. The seed is not a hyperparameter (optuna-dashboard's
@@ -110,7 +115,7 @@ def study_name(name: str, samsweep_id: str) -> str:
     return f"{name[:60]}-{samsweep_id}"
 
 
-def distributions(spec: StudySpec) -> dict[str, CategoricalDistribution]:
+def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
     """Every grid axis as a categorical; choices are the values the trials really take
     (sam_variant and m are None on rho = 0 trials)."""
     trials = spec.trials()

@@ -8,11 +8,15 @@ task itself must be idempotent: it claims its trial row in the database first
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from celery import Celery
 
 from samsweep.settings import Settings
 from samsweep.tasks import RUN_TRIAL
+
+if TYPE_CHECKING:
+    from kombu import Producer
 
 # kombu's SQLAlchemy transport passes every transport option to create_engine, so
 # its polling interval is set on the class (docs/DESIGN.md §7); 0.1 s gives ~60 ms latency.
@@ -71,6 +75,6 @@ def broker_identity(app: Celery) -> str | None:
         return str(client.info("server")["run_id"])
 
 
-def enqueue_trial(app: Celery, queue: str, trial_id: int, producer=None) -> None:
+def enqueue_trial(app: Celery, queue: str, trial_id: int, producer: Producer | None = None) -> None:
     """Send one trial id; pass `producer` to send many over one broker connection."""
     app.send_task(RUN_TRIAL, args=[trial_id], queue=queue, producer=producer)

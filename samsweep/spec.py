@@ -272,10 +272,14 @@ class StudySpec(_Strict):
             s.base_optimizer, s.batch_size, s.rho, s.sam_variant, s.m, self.seeds
         )
         for opt, batch, rho, variant, m, seed in grid:
-            if rho == 0:
-                variant, m = None, None
+            sam = rho != 0
             params = TrialParams(
-                rho=rho, batch_size=batch, base_optimizer=opt, sam_variant=variant, m=m, seed=seed
+                rho=rho,
+                batch_size=batch,
+                base_optimizer=opt,
+                sam_variant=variant if sam else None,
+                m=m if sam else None,
+                seed=seed,
             )
             if (params.cell_key, seed) not in seen:
                 seen.add((params.cell_key, seed))

@@ -47,7 +47,9 @@ class IdempotencyMismatch(ApiError):
     status, code = 422, "idempotency_key_reused"
 
 
-def error_body(code: str, message: str, field: str | None = None, details: list[Any] | None = None):
+def error_body(
+    code: str, message: str, field: str | None = None, details: list[Any] | None = None
+) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "field": field, "details": details or []}}
 
 
@@ -129,9 +131,11 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(DBAPIError, _database_unavailable)
-    app.add_exception_handler(PoolTimeout, _pool_exhausted)
-    app.add_exception_handler(Exception, _internal)
+    # FastAPI's decorator, applied directly: it registers exactly as add_exception_handler
+    # does, whose type (Starlette's) accepts only handlers taking any Exception.
+    app.exception_handler(ApiError)(_api_error)
+    app.exception_handler(RequestValidationError)(_validation_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(DBAPIError)(_database_unavailable)
+    app.exception_handler(PoolTimeout)(_pool_exhausted)
+    app.exception_handler(Exception)(_internal)

@@ -255,9 +255,15 @@ def counts_and_timings(session: Session, study: Study) -> tuple[dict[str, int], 
 
 
 def best_trial(session: Session, study_id: str) -> Trial | None:
+    # A complete trial always has its value; were one without, PostgreSQL's DESC puts
+    # NULL first, so the filter keeps it from being "best".
     return session.scalar(
         select(Trial)
-        .where(Trial.study_id == study_id, Trial.state == TrialState.COMPLETE)
+        .where(
+            Trial.study_id == study_id,
+            Trial.state == TrialState.COMPLETE,
+            Trial.value.is_not(None),
+        )
         .order_by(Trial.value.desc(), Trial.number)
         .limit(1)
     )

@@ -16,7 +16,7 @@ from celery import Celery
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from samsweep.db import Meta, Study, Trial, session_factory, utcnow
+from samsweep.db import Meta, Study, Trial, rows_updated, session_factory, utcnow
 from samsweep.queue import broker_identity
 from samsweep.settings import Settings
 from samsweep.states import TrialState
@@ -85,11 +85,12 @@ def resend_after_broker_restart(session: Session, celery: Celery) -> int:
         session.add(Meta(key=BROKER_IDENTITY, value=identity))
     else:
         seen.value = identity
-        n = session.execute(
+        n = rows_updated(
+            session,
             update(Trial)
             .where(Trial.state == TrialState.QUEUED, Trial.enqueued_at.is_not(None))
-            .values(enqueued_at=None)
-        ).rowcount
+            .values(enqueued_at=None),
+        )
         log.warning("the broker restarted: re-sending %d queued trial(s)", n)
     session.commit()
     return n

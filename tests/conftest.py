@@ -221,25 +221,47 @@ def trial_rows(db_url: str, study_id: str) -> list[dict]:
     return result
 
 
-def wait_for(cond: Callable[[], object], timeout: float, source, what: str, poll: float = 0.2):
-    """Poll `cond` until it returns something truthy (returned); on timeout fail the test
-    with `source.logs()` (a Deployment, a compose Emulation)."""
+def wait_for(
+    cond: Callable[[], object],
+    timeout: float,
+    source,
+    what: str,
+    poll: float = 0.2,
+    process: subprocess.Popen | None = None,
+    ignore: tuple[type[Exception], ...] = (),
+):
+    """The tests' one wait: poll `cond` until it returns something truthy (returned).
+    Fails the test with `source.logs()` (a Deployment, a compose Emulation) on timeout,
+    or at once if `process` exits first; exceptions in `ignore` count as "not yet"."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if value := cond():
-            return value
+        if process is not None and process.poll() is not None:
+            pytest.fail(
+                f"{process.args} exited with {process.returncode} waiting for {what}\n"
+                f"{source.logs()}"
+            )
+        try:
+            if value := cond():
+                return value
+        except ignore:
+            pass
         time.sleep(poll)
     pytest.fail(f"timed out after {timeout}s waiting for {what}\n{source.logs()}")
 
 
+class _NoLogs:
+    def logs(self) -> str:
+        return ""
+
+
 def wait_study(api: str, study_id: str, timeout: float = 240, d: Deployment | None = None) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll the study until it is complete or cancelled; its detail."""
+
+    def finished() -> dict | None:
         detail = httpx.get(f"{api}/studies/{study_id}", timeout=10).json()
-        if detail["status"] in ("complete", "cancelled"):
-            return detail
-        time.sleep(0.5)
-    raise TimeoutError(f"study {study_id} not finished: {detail}\n{d.logs() if d else ''}")
+        return detail if detail["status"] in ("complete", "cancelled") else None
+
+    return wait_for(finished, timeout, d or _NoLogs(), f"study {study_id} to finish", poll=0.5)
 
 
 def digits_spec(rho=(0.0, 0.05), batch_size=(16, 64), epochs=2, seeds=(0,), **extra) -> dict:

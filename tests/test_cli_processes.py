@@ -89,19 +89,18 @@ def _describe(procs: list[psutil.Process]) -> str:
 
 
 def _wait_for(what: str, check, proc: subprocess.Popen, d: Deployment, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(
-                f"{proc.args} exited with {proc.returncode} waiting for {what}:\n{_logs(d)}"
-            )
-        try:
-            if (value := check()) is not None:
-                return value
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)  # the poll interval of this wait
-    pytest.fail(f"no {what} after {timeout}s:\n{_logs(d)}")
+    """conftest.wait_for while `proc` lives, HTTP errors meaning "not yet", with up.log."""
+    return wait_for(
+        check, timeout, _WithUpLog(d), what, poll=0.3, process=proc, ignore=(httpx.HTTPError,)
+    )
+
+
+class _WithUpLog:
+    def __init__(self, d: Deployment) -> None:
+        self.d = d
+
+    def logs(self) -> str:
+        return _logs(self.d)
 
 
 def _logs(d: Deployment) -> str:

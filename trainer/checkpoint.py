@@ -74,7 +74,9 @@ def load_checkpoint(path: str | os.PathLike, config: TrialConfig) -> dict[str, A
 
 def capture_rng_state(generators: dict[str, torch.Generator | None], device: str) -> dict[str, Any]:
     """The state of every generator a training epoch draws from."""
-    keys, pos, has_gauss, cached = np.random.get_state()[1:]
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # the legacy form: numpy's global generator is MT19937
+    _, keys, pos, has_gauss, cached = state
     device_type = torch.device(device).type
     return {
         "torch": torch.get_rng_state(),

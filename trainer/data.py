@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import functools
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -44,7 +46,9 @@ from torch import Tensor
 try:  # numpy 2 moved numpy.core to numpy._core
     from numpy._core.multiarray import _reconstruct as _numpy_reconstruct
 except ImportError:  # pragma: no cover - numpy 1
-    from numpy.core.multiarray import _reconstruct as _numpy_reconstruct
+    from numpy.core.multiarray import (  # type: ignore[no-redef]  # numpy 1's path to it
+        _reconstruct as _numpy_reconstruct,
+    )
 
 DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
 ON_DISK = ("cifar10", "cifar100")  # need dataset_path
@@ -295,8 +299,10 @@ class _Allowed:
     it cannot patch it for later loads (no __dict__, setattr refused)."""
 
     __slots__ = ("_name", "_call")
+    _name: str
+    _call: Callable[..., object]
 
-    def __init__(self, name: str, call) -> None:
+    def __init__(self, name: str, call: Callable[..., object]) -> None:
         object.__setattr__(self, "_name", name)
         object.__setattr__(self, "_call", call)
 
@@ -319,11 +325,12 @@ def _reconstruct(subtype: object, shape: object, dtype: object) -> np.ndarray:
     # the file (so every row of data is in the file: see samsweep.catalog's size bound).
     if subtype is not _NDARRAY or shape != (0,):
         raise pickle.UnpicklingError("_reconstruct is admitted for an empty numpy.ndarray only")
-    return _numpy_reconstruct(np.ndarray, (0,), dtype)
+    return cast(np.ndarray, _numpy_reconstruct(np.ndarray, (0,), dtype))  # stub: -> object
 
 
-def _frombuffer(buf: object, dtype: object, shape: object, order: object) -> np.ndarray:
-    # Protocol 5's in-band buffers (Python 3.14's default protocol).
+def _frombuffer(buf: object, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    # Protocol 5's in-band buffers (Python 3.14's default protocol). dtype and shape are
+    # the file's, unchecked here: numpy refuses (TypeError, ValueError) what is not one.
     if not isinstance(buf, bytes | bytearray) or order not in ("C", "F"):
         raise pickle.UnpicklingError("_frombuffer is admitted for in-file bytes only")
     return np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(shape, order=order)

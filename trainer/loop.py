@@ -151,7 +151,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     step: StepFn
     options: StepOptions
-    generators: dict[str, torch.Generator | None]
+    shuffle: torch.Generator
     augment: Augment | None
     history: list[EpochMetrics] = field(default_factory=list)
     train_seconds: float = 0.0  # summed over every process that worked on the trial
@@ -161,6 +161,14 @@ class _Run:
     def passes_per_step(self) -> int:
         """SAM: the ascent's pass and the descent's; rho = 0: one (steps.build_step)."""
         return 1 if self.config.rho == 0 else 2
+
+    @property
+    def generators(self) -> dict[str, torch.Generator | None]:
+        """Every generator an epoch draws from, by name (what a checkpoint saves)."""
+        return {
+            "shuffle": self.shuffle,
+            "augment": self.augment.generator if self.augment else None,
+        }
 
     def prepare_eval(self, x: Tensor) -> Tensor:
         if self.config.uses_channels_last:
@@ -182,7 +190,7 @@ def fit(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResu
     config.validate()
     started = time.perf_counter()
     run = _setup(config)
-    resumed_from = _resume(run) if config.checkpoint_path else None
+    resumed_from = _resume(run, config.checkpoint_path) if config.checkpoint_path else None
     for epoch in range(len(run.history) + 1, config.train.epochs + 1):
         epoch_start = time.perf_counter()
         train_loss, train_acc = train_epoch(
@@ -190,7 +198,7 @@ def fit(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResu
             run.model,
             run.data,
             config.batch_size,
-            run.generators["shuffle"],
+            run.shuffle,
             run.scheduler,
             epoch,
             run.prepare_train,
@@ -233,15 +241,15 @@ def _setup(config: TrialConfig) -> _Run:
         dropout=config.model.dropout,
     ).to(config.device)
     if config.uses_channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format (documented), but torch's overloads leave it out.
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     augment = build_augment(
         config.dataset.augment, config.dataset.name, data.image_size, config.seed, config.device
     )
     step, base, options = build_step(model, config)
     steps_per_epoch = math.ceil(len(data.train_x) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(base, lr_multiplier(config, steps_per_epoch))
-    generators = {"shuffle": shuffle, "augment": augment.generator if augment else None}
-    return _Run(config, data, model, base, scheduler, step, options, generators, augment)
+    return _Run(config, data, model, base, scheduler, step, options, shuffle, augment)
 
 
 def _checkpoint(run: _Run, started: float) -> dict:
@@ -259,9 +267,9 @@ def _checkpoint(run: _Run, started: float) -> dict:
     }
 
 
-def _resume(run: _Run) -> int | None:
-    """Load ``run.config.checkpoint_path`` into ``run`` if it exists: its epoch, or None."""
-    state = load_checkpoint(run.config.checkpoint_path, run.config)
+def _resume(run: _Run, path: str) -> int | None:
+    """Load the checkpoint at ``path`` into ``run`` if it exists: its epoch, or None."""
+    state = load_checkpoint(path, run.config)
     if state is None:
         return None
     run.model.load_state_dict(state["model"])

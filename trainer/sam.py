@@ -68,13 +68,13 @@ class SAM:
         accumulating the second gradients of the earlier micro-batches.
         """
         params, saved = self.params, self._backup
-        if any(g is None for g in grads):  # rare: unused parameters keep ε = 0
+        present = [g for g in grads if g is not None]
+        if len(present) < len(grads):  # rare: unused parameters keep ε = 0
             keep = [i for i, g in enumerate(grads) if g is not None]
             params, saved = [params[i] for i in keep], [saved[i] for i in keep]
-            grads = [grads[i] for i in keep]
         if params:
             torch._foreach_copy_(saved, params)  # remember w for the exact restore
-            epsilon = self._perturbation(params, list(grads))
+            epsilon = self._perturbation(params, present)
             torch._foreach_add_(params, epsilon)  # w ← w + ε: "climb to the local maximum"
         self._perturbed, self._saved = params, saved
 

@@ -63,7 +63,7 @@ def measure(
     """
     was_training = model.training
     model.eval()
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
 
     def objective() -> Iterable[Tensor]:
         for start in range(0, len(x), CHUNK):
@@ -114,13 +114,13 @@ def top_hessian_eigenvalue(
         hv = hessian_vector_product(objective, params, v)
         with torch.no_grad():
             previous = eigenvalue
-            eigenvalue = sum((a * b).sum() for a, b in zip(v, hv, strict=True)).item()
+            eigenvalue = float(sum((a * b).sum() for a, b in zip(v, hv, strict=True)))
             norm = global_norm(hv).item()
             if norm == 0.0:  # H v = 0: v is in the null space; nothing larger was found
                 break
             if previous is not None and abs(eigenvalue - previous) <= tol * abs(eigenvalue):
                 break
-            v = torch._foreach_div(hv, norm)
+            v = list(torch._foreach_div(hv, norm))
     return float(eigenvalue or 0.0)
 
 
@@ -173,7 +173,7 @@ def _random_direction(params: list[Tensor], norm: float) -> list[Tensor]:
         torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params
     ]
     scale = norm / global_norm(vectors).item()
-    return torch._foreach_mul(vectors, scale)
+    return list(torch._foreach_mul(vectors, scale))
 
 
 def _finite(value: float) -> float | None:

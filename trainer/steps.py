@@ -26,6 +26,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from trainer.config import TrialConfig
 from trainer.sam import SAM, build_sam
@@ -47,7 +48,7 @@ class StepOptions:
     label_smoothing: float = 0.0
     device: str = "cpu"
     bf16: bool = False
-    batchnorms: tuple[nn.Module, ...] = ()  # frozen during SAM's perturbed pass
+    batchnorms: tuple[_BatchNorm, ...] = ()  # frozen during SAM's perturbed pass
 
     @classmethod
     def for_model(cls, model: nn.Module, config: TrialConfig) -> StepOptions:
@@ -200,12 +201,12 @@ def clip_gradients(param_groups: Sequence[dict], max_norm: float) -> None:
     torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
 
 
-def batchnorm_modules(model: nn.Module) -> tuple[nn.Module, ...]:
-    return tuple(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+def batchnorm_modules(model: nn.Module) -> tuple[_BatchNorm, ...]:
+    return tuple(m for m in model.modules() if isinstance(m, _BatchNorm))
 
 
 @contextlib.contextmanager
-def frozen_batchnorm_stats(model: nn.Module | Sequence[nn.Module]) -> Iterator[None]:
+def frozen_batchnorm_stats(model: nn.Module | Sequence[_BatchNorm]) -> Iterator[None]:
     """Train-mode BatchNorm that leaves running_mean/var/num_batches_tracked alone.
 
     With ``track_running_stats = False`` a BatchNorm in train mode passes no

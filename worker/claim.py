@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from samsweep.db import Study, Trial, new_id, utcnow
+from samsweep.db import Study, Trial, new_id, rows_updated, utcnow
 from samsweep.spec import StudySpec, TrialParams
 from samsweep.states import TrialState
 from worker.retry import with_db_retry
@@ -44,12 +44,13 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def claim(sessions: sessionmaker, trial_id: int) -> Claim | None:
+def claim(sessions: sessionmaker[Session], trial_id: int) -> Claim | None:
     """Take the trial if it is QUEUED; None if someone else has it or it is finished."""
     token = new_id()
     now = utcnow()
     with sessions() as session:
-        taken = session.execute(
+        taken = rows_updated(
+            session,
             update(Trial)
             .where(Trial.id == trial_id, Trial.state == TrialState.QUEUED)
             .values(
@@ -59,12 +60,14 @@ def claim(sessions: sessionmaker, trial_id: int) -> Claim | None:
                 worker=worker_name(),
                 started_at=now,
                 heartbeat_at=now,
-            )
-        ).rowcount
+            ),
+        )
         session.commit()
         if taken != 1:
             return None
         trial = session.get(Trial, trial_id)
+        if trial is None:  # its study was deleted between the claim and this read
+            return None
         study = trial.study
         try:
             spec = StudySpec.model_validate(study.spec)
@@ -94,20 +97,21 @@ def claim(sessions: sessionmaker, trial_id: int) -> Claim | None:
         )
 
 
-def write_claimed(sessions: sessionmaker, c: Claim, **values: Any) -> bool:
+def write_claimed(sessions: sessionmaker[Session], c: Claim, **values: Any) -> bool:
     """Write to the trial only while we still hold the claim; False if we lost it."""
     with sessions() as session:
-        n = session.execute(
+        n = rows_updated(
+            session,
             update(Trial)
             .where(Trial.id == c.trial_id, Trial.claim_token == c.token)
-            .values(**values)
-        ).rowcount
+            .values(**values),
+        )
         session.commit()
     return n == 1
 
 
 def finish(
-    sessions: sessionmaker, c: Claim, state: TrialState, retry: float, **values: Any
+    sessions: sessionmaker[Session], c: Claim, state: TrialState, retry: float, **values: Any
 ) -> None:
     """Record the trial's final state once (while we hold the claim), retrying while the
     database is down."""
@@ -119,6 +123,6 @@ def finish(
     with_db_retry(write, f"record trial {c.trial_id}", retry)
 
 
-def study_cancelled(sessions: sessionmaker, c: Claim) -> bool:
+def study_cancelled(sessions: sessionmaker[Session], c: Claim) -> bool:
     with sessions() as session:
         return session.scalar(select(Study.cancelled_at).where(Study.id == c.study_id)) is not None

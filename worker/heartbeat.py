@@ -7,7 +7,7 @@ import logging
 import threading
 
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from samsweep.db import utcnow
 from worker.claim import Claim, write_claimed
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class Heartbeat(threading.Thread):
     """Beats until `stopped` is set; sets `lost` (and stops) if the claim was taken."""
 
-    def __init__(self, sessions: sessionmaker, c: Claim, period: float) -> None:
+    def __init__(self, sessions: sessionmaker[Session], c: Claim, period: float) -> None:
         super().__init__(daemon=True, name=f"heartbeat-{c.trial_id}")
         self.sessions, self.claim, self.period = sessions, c, period
         self.stopped = threading.Event()

@@ -4,9 +4,11 @@ The trainer calls `on_epoch`; the runner calls `finish`."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from samsweep import optuna_store
 from samsweep.db import utcnow
@@ -16,6 +18,8 @@ from worker.dashboard import save_learning_curves
 from worker.heartbeat import Heartbeat
 from worker.outcome import Outcome
 from worker.retry import with_db_retry
+
+T = TypeVar("T")
 
 
 class Stop(Exception):
@@ -37,7 +41,7 @@ class TrialRecorder:
 
     def __init__(
         self,
-        sessions: sessionmaker,
+        sessions: sessionmaker[Session],
         claim: Claim,
         optuna_url: str,
         optuna_trial_id: int,
@@ -103,12 +107,14 @@ class TrialRecorder:
         objective = self.claim.spec.objective
         for e in self.curves:
             if e["epoch"] not in self._reported:
-                self._retry(
-                    lambda e=e: optuna_store.report(
-                        self.optuna_url, self.optuna_trial_id, e["epoch"], e.get(objective)
-                    ),
-                    "report an epoch",
+                report = partial(
+                    optuna_store.report,
+                    self.optuna_url,
+                    self.optuna_trial_id,
+                    e["epoch"],
+                    e.get(objective),
                 )
+                self._retry(report, "report an epoch")
                 self._reported.add(e["epoch"])
 
     def _save_figure(self) -> None:
@@ -121,5 +127,5 @@ class TrialRecorder:
             "save the learning curves figure",
         )  # fmt: skip
 
-    def _retry(self, fn, what: str):
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
         return with_db_retry(fn, f"trial {self.claim.trial_id}: {what}", self.retry)

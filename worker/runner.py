@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 import trainer
 from samsweep import optuna_store
@@ -54,7 +54,7 @@ def checkpoint_path(settings: Settings, c: Claim) -> Path:
     return settings.resolved_checkpoint_dir / c.study_id / f"trial-{c.trial_id}.pt"
 
 
-def _run_claimed(c: Claim, settings: Settings, sessions: sessionmaker) -> Outcome:
+def _run_claimed(c: Claim, settings: Settings, sessions: sessionmaker[Session]) -> Outcome:
     url, retry = settings.resolved_optuna_url, settings.db_retry_seconds
     if c.attempt > 1:  # only a re-run can find Optuna trials of earlier attempts
         earlier = with_db_retry(

@@ -10,9 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from samsweep.cli.processes import UP_STOP_GRACE, terminate_with_parent
 
@@ -35,6 +37,9 @@ STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
 
+# What signal.signal takes and returns (typeshed's private _HANDLER).
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
 
 class Signals:
     """While active, each stop signal raises Interrupted in the main thread, except inside
@@ -45,7 +50,7 @@ class Signals:
         self.first: int | None = None
         self._deferring = False
         self._pending: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, _Handler] = {}
 
     def __enter__(self) -> Signals:
         if threading.current_thread() is threading.main_thread():
@@ -54,7 +59,7 @@ class Signals:
 
     def __exit__(self, *_: object) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)  # type: ignore[arg-type]
+            signal.signal(s, handler)
 
     def _handle(self, signum: int, _frame: object) -> None:
         if self.first is None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -300,6 +300,9 @@ def _retry_after(r: httpx.Response) -> float | None:
 
 # --- for processes that start a server and wait for it ------------------------------------
 
+if TYPE_CHECKING:
+    from subprocess import Popen
+
 
 def is_up(url: str) -> bool:
     with Client(url, retries=0) as api:
@@ -310,7 +313,9 @@ class ServerExited(RuntimeError):
     """The server process being waited for ended before it answered."""
 
 
-def wait_until_up(url: str, timeout: float, process=None, poll: float = 0.3) -> None:
+def wait_until_up(
+    url: str, timeout: float, process: Popen[Any] | None = None, poll: float = 0.3
+) -> None:
     """Poll GET /health until it answers 200 (the one "wait until healthy" loop: the CLI,
     the tests and the benchmarks use it). Raises ServerExited if `process` (a Popen)
     ends first, TimeoutError after `timeout` seconds."""
@@ -318,7 +323,7 @@ def wait_until_up(url: str, timeout: float, process=None, poll: float = 0.3) -> 
     with Client(url, retries=0) as api:
         while not api.is_up():
             if process is not None and process.poll() is not None:
-                raise ServerExited(f"{process.args} exited with {process.returncode}")
+                raise ServerExited(f"{process.args!r} exited with {process.returncode}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} not healthy after {timeout:.0f}s")
             time.sleep(poll)

@@ -63,7 +63,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     YAML 1.2's floats, so `lr: 1e-3` is a number (PyYAML's YAML 1.1 reads it as a
     string, which the strict spec then refuses)."""
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)

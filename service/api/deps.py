@@ -19,7 +19,7 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from samsweep.db import session_factory
 from samsweep.settings import Settings, reveal
@@ -38,7 +38,7 @@ async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_db(request: Request) -> sessionmaker:
+async def get_db(request: Request) -> sessionmaker[Session]:
     return session_factory(request.app.state.settings.resolved_database_url)
 
 
@@ -69,7 +69,7 @@ async def owner_for_read(request: Request, credentials: Credentials) -> str | No
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-DbDep = Annotated[sessionmaker, Depends(get_db)]
+DbDep = Annotated[sessionmaker[Session], Depends(get_db)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 # The owner a call acts for (None: no tokens configured, or public reads).
 WriteOwner = Annotated[str | None, Depends(owner_for_write)]

@@ -62,7 +62,7 @@ def _summary(study: Study, counts: dict[str, int]) -> StudySummary:
     )
 
 
-def _enqueue_study(db: sessionmaker, celery: Celery, queue: str, study_id: str) -> None:
+def _enqueue_study(db: sessionmaker[Session], celery: Celery, queue: str, study_id: str) -> None:
     """After the 201 is sent: hand the new study's trials to the broker. If this fails
     or the API dies first, the trials stay unsent and the sweeper sends them."""
     with db() as session:
@@ -225,7 +225,7 @@ def best(study_id: str, db: DbDep, owner: ReadOwner) -> Best:
         complete=status_ is StudyStatus.COMPLETE,
         cell=cell,
         best=None
-        if top is None
+        if top is None or top.value is None
         else BestTrial(
             number=top.number,
             params=top.params,
