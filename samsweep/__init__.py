@@ -14,7 +14,7 @@ contracts, tests/test_layering.py):
   starts the API (`service.app`) and the worker (`worker.app`).
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["Client", "__version__"]
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from samsweep.client import Client
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "Client":
         from samsweep.client import Client
 

@@ -125,14 +125,14 @@ class Report(BaseModel):
     groups: list[Group]
     large_batch: list[LargeBatch]
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> Any:
         """The rows as a pandas DataFrame, one per (group, rho), in CSV_COLUMNS order (the
         CSV export's columns). Needs pandas (`pip install 'samsweep[pandas]'`)."""
         pd = require_pandas("Report.to_dataframe()")
         return pd.DataFrame.from_records(to_rows(self), columns=list(CSV_COLUMNS))
 
 
-def require_pandas(what: str):
+def require_pandas(what: str) -> Any:
     """pandas, imported only when a DataFrame is asked for; a clear error without it."""
     try:
         import pandas
@@ -189,16 +189,18 @@ def build_report(spec: StudySpec, trials: Iterable[TrialRecord]) -> Report:
         ts.sort(key=lambda t: t.params.seed)
         counts = Counter(str(t.state) for t in ts)
         all_counts.update(counts)
-        done = [t for t in ts if t.state == TrialState.COMPLETE and t.metrics]
+        done = [
+            (t.params.seed, t.metrics) for t in ts if t.state == TrialState.COMPLETE and t.metrics
+        ]
         values = {
-            name: {t.params.seed: float(v) for t in done if (v := t.metrics.get(name)) is not None}
+            name: {seed: float(v) for seed, m in done if (v := m.get(name)) is not None}
             for name in METRICS
         }
         per_seed[key] = values
         rows[key] = Row(
             rho=ts[0].params.rho,
             baseline=ts[0].params.rho == 0,
-            seeds=[t.params.seed for t in done],
+            seeds=[seed for seed, _ in done],
             counts=dict(sorted(counts.items())),
             errors=[t.error for t in ts if t.error and t.state != TrialState.CANCELLED],
             metrics={name: stat(list(v.values())) for name, v in values.items()},

@@ -14,9 +14,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from samsweep.cli.processes import UP_STOP_GRACE, terminate_with_parent
+
+if TYPE_CHECKING:
+    from samsweep.client import Client
 
 # httpx and the client are imported where used: `samsweep worker` and `api` never need them.
 
@@ -90,7 +93,7 @@ def say(message: str) -> None:
     print(f"samsweep: {message}", file=sys.stderr, flush=True)
 
 
-def follow_study(api, study_id: str, poll: float = 1.0) -> None:
+def follow_study(api: Client, study_id: str, poll: float = 1.0) -> None:
     """Show the study's progress until it is complete or cancelled."""
     from samsweep.client.tables import ProgressView
 
@@ -98,7 +101,7 @@ def follow_study(api, study_id: str, poll: float = 1.0) -> None:
         api.wait(study_id, poll=poll, on_progress=view.update)
 
 
-def results(api, study_id: str, seconds: float) -> int:
+def results(api: Client, study_id: str, seconds: float) -> int:
     """Print the trials, the report, the best cell and the study's page; 1 when nothing
     completed."""
     from samsweep.client.tables import (

@@ -11,9 +11,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from samsweep.cli.run import say
 from samsweep.settings import get_settings, reveal
+
+if TYPE_CHECKING:
+    from samsweep.client import Client
 
 # The client (httpx, pydantic models) and rich are imported where used: `samsweep
 # worker` and `api` never need them.
@@ -60,7 +64,7 @@ def _calling(command: Callable[..., int]) -> Callable[..., int]:
     return run
 
 
-def _print(*renderables) -> None:
+def _print(*renderables: Any) -> None:
     from samsweep.client.tables import console
 
     out = console()
@@ -69,7 +73,7 @@ def _print(*renderables) -> None:
 
 
 @_calling
-def cmd_studies(args: argparse.Namespace, client) -> int:
+def cmd_studies(args: argparse.Namespace, client: Client) -> int:
     """The studies, newest first."""
     from samsweep.client.tables import studies_table
 
@@ -82,7 +86,7 @@ def cmd_studies(args: argparse.Namespace, client) -> int:
 
 
 @_calling
-def cmd_status(args: argparse.Namespace, client) -> int:
+def cmd_status(args: argparse.Namespace, client: Client) -> int:
     """A study's status and counts; with --watch a live progress bar until it finishes."""
     from samsweep.client.tables import ProgressView, study_lines
 
@@ -96,7 +100,7 @@ def cmd_status(args: argparse.Namespace, client) -> int:
 
 
 @_calling
-def cmd_report(args: argparse.Namespace, client) -> int:
+def cmd_report(args: argparse.Namespace, client: Client) -> int:
     """The generalization-gap report as tables."""
     from samsweep.client.tables import report_renderables
 
@@ -106,7 +110,7 @@ def cmd_report(args: argparse.Namespace, client) -> int:
 
 
 @_calling
-def cmd_best(args: argparse.Namespace, client) -> int:
+def cmd_best(args: argparse.Namespace, client: Client) -> int:
     """The best cell by its mean over seeds, and the single best trial."""
     from samsweep.client.tables import best_lines
 
@@ -116,7 +120,7 @@ def cmd_best(args: argparse.Namespace, client) -> int:
 
 
 @_calling
-def cmd_trials(args: argparse.Namespace, client) -> int:
+def cmd_trials(args: argparse.Namespace, client: Client) -> int:
     """Every trial of a study."""
     from samsweep.client.tables import trials_table
 
@@ -125,7 +129,7 @@ def cmd_trials(args: argparse.Namespace, client) -> int:
 
 
 @_calling
-def cmd_export(args: argparse.Namespace, client) -> int:
+def cmd_export(args: argparse.Namespace, client: Client) -> int:
     """The report as CSV or JSON, to stdout or -o FILE."""
     import json
 
@@ -142,7 +146,7 @@ def cmd_export(args: argparse.Namespace, client) -> int:
 
 
 @_calling
-def cmd_cancel(args: argparse.Namespace, client) -> int:
+def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
     """Cancel: queued trials now, running ones at their next epoch boundary."""
     detail = client.cancel(args.study_id)
     running = detail.counts.get("RUNNING", 0)
@@ -164,7 +168,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 @_calling
-def _submit(args: argparse.Namespace, client, spec: dict) -> int:
+def _submit(args: argparse.Namespace, client: Client, spec: dict[str, Any]) -> int:
     created = client.submit(spec, idempotency_key=args.idempotency_key)
     again = " (already submitted with this key)" if created.replayed else ""
     page = client.page_url(created.id)
@@ -174,7 +178,9 @@ def _submit(args: argparse.Namespace, client, spec: dict) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    def command(name: str, func, help: str, study: bool = True) -> argparse.ArgumentParser:
+    def command(
+        name: str, func: Callable[..., int], help: str, study: bool = True
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         if study:
             p.add_argument("study_id", metavar="ID", help="the study's id")

@@ -87,7 +87,7 @@ class Trial(_Answer):
 class Trials(list[Trial]):
     """Every trial of a study, in grid order (a list), with `to_dataframe()`."""
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> Any:
         """One row per trial: number, state, attempts, epoch, error, then each param and
         each metric as a column (curves are left out). Needs pandas (`samsweep[pandas]`)."""
         pd = require_pandas("Trials.to_dataframe()")

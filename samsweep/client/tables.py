@@ -331,11 +331,11 @@ def best_lines(best: Best) -> list[str]:
         )
     b = best.best
     if b is not None:
-        p, m = b.params, b.metrics
+        p, tm = b.params, b.metrics
         out.append(
             f"best by {best.objective}: {p['base_optimizer']} batch {p['batch_size']} "
-            f"{method(p)} seed {p['seed']}: test {100 * m['test_accuracy']:.2f}%  "
-            f"train {100 * m['train_accuracy']:.2f}%  gap {100 * m['gap']:.2f}"
+            f"{method(p)} seed {p['seed']}: test {100 * tm['test_accuracy']:.2f}%  "
+            f"train {100 * tm['train_accuracy']:.2f}%  gap {100 * tm['gap']:.2f}"
             "  (the single best trial)"
         )
     if best.selected_on_test:
