@@ -38,7 +38,7 @@ matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from samsweep.report import Group, Report  # noqa: E402
+from samsweep.report import Group, Report, Row, best_cell  # noqa: E402
 
 KINDS = ("rho", "gap", "heatmap", "sharpness", "curves")
 FORMATS = {"svg": "image/svg+xml", "png": "image/png"}
@@ -150,6 +150,9 @@ def _rho(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
         lo, hi = sam_rhos[0], sam_rhos[-1]
         pad = 1.6 if lo == hi else 1.25
         ax.set_xlim(lo / pad, hi * pad)
+    else:  # baselines only: a log axis needs some positive range to draw on
+        ax.set_xlim(0.01, 1.0)
+        ax.text(0.5, 0.95, "no SAM ρ > 0 in this study", transform=ax.transAxes, ha="center")
     ax.set_xlabel("ρ (log scale); dashed: baseline ρ = 0, shaded ± std")
     ax.set_ylabel("test accuracy")
     ax.set_title("Test accuracy vs ρ (mean ± std over seeds; ★ selected ρ)")
@@ -258,8 +261,6 @@ def _curves(
     objective: str,
     number: int | None,
 ) -> None:
-    from samsweep.report import best_cell
-
     if number is not None:
         chosen = [t for t in trials if t["number"] == number]
         if not chosen:
@@ -267,21 +268,11 @@ def _curves(
         p = chosen[0]["params"]
         title = f"Trial {number} ({chosen[0]['state']}): " + _params_text(p)
     else:
-        found = best_cell(report, objective)
+        found = best_cell_trials(report, trials, objective)
         if found is None:
             _message(fig, NO_TRIALS)
             return
-        group, row = found
-        chosen = [
-            t
-            for t in trials
-            if t.get("state") == "COMPLETE"
-            and t["params"]["rho"] == row.rho
-            and t["params"]["batch_size"] == group.batch_size
-            and t["params"]["base_optimizer"] == group.base_optimizer
-            and (row.baseline or (t["params"].get("sam_variant"), t["params"].get("m"))
-                 == (group.sam_variant, group.m))
-        ]  # fmt: skip
+        row, group, chosen = found
         cell = {k: v for k, v in chosen[0]["params"].items() if k != "seed"} if chosen else {}
         title = f"Best cell by {objective} ({len(chosen)} seeds): " + _params_text(
             cell or {"rho": row.rho, "batch_size": group.batch_size}
@@ -309,6 +300,28 @@ def _curves(
     ax.set_title(title, fontsize=8)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(loc="lower right", fontsize=8)
+
+
+def best_cell_trials(
+    report: Report, trials: Sequence[dict[str, Any]], objective: str
+) -> tuple[Row, Group, list[dict[str, Any]]] | None:
+    """The best cell by the mean `objective` (as /best selects it) and its complete
+    trials; None without a complete trial."""
+    found = best_cell(report, objective)
+    if found is None:
+        return None
+    group, row = found
+    kind = None if row.baseline else (group.sam_variant, group.m)
+    chosen = [
+        t
+        for t in trials
+        if t.get("state") == "COMPLETE"
+        and t["params"]["rho"] == row.rho
+        and t["params"]["batch_size"] == group.batch_size
+        and t["params"]["base_optimizer"] == group.base_optimizer
+        and (kind is None or (t["params"].get("sam_variant"), t["params"].get("m")) == kind)
+    ]
+    return row, group, chosen
 
 
 def _params_text(p: dict[str, Any]) -> str:

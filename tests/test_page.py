@@ -38,13 +38,13 @@ def _client(tmp: Path, **settings) -> TestClient:
     return TestClient(create_app(s))
 
 
-def _finish_all(client: TestClient, study_id: str, sharpness: bool = True) -> None:
-    """Mark every trial COMPLETE with plausible numbers (the plots' unit tests; the
-    browser test below trains for real)."""
+def _finish_all(client: TestClient, study_id: str, sharpness: bool = True, every: int = 1) -> None:
+    """Mark every trial (every `every`-th) COMPLETE with plausible numbers (the plots'
+    unit tests; the browser test below trains for real)."""
     sessions = session_factory(client.app.state.settings.resolved_database_url)
     with sessions() as session:
         trials = session.scalars(select(Trial).where(Trial.study_id == study_id)).all()
-        for t in trials:
+        for t in trials[::every]:
             rho, bs, seed = t.params["rho"], t.params["batch_size"], t.params["seed"]
             test = 0.9 - 0.0005 * bs + 0.2 * rho + 0.003 * seed
             t.state = "COMPLETE"
@@ -105,6 +105,17 @@ def test_no_complete_trials_yet_is_a_figure(client):
                 assert b"no complete trials yet" in r.content, kind
     r = client.get(f"/studies/{sid}/plots/curves", params={"trial": 0})  # queued: no epochs
     assert r.status_code == 200 and b"no epochs recorded yet" in r.content
+
+
+# README "Plots": grids with the baseline only, SAM only, or half finished still draw
+def test_plots_of_odd_and_partial_grids(client):
+    for rho, every in (((0.0,), 1), ((0.05, 0.1), 1), ((0.0, 0.05, 0.1), 3)):
+        spec = digits_spec(rho=rho, batch_size=(16, 64, 256))
+        sid = client.post("/studies", json=spec).json()["id"]
+        _finish_all(client, sid, every=every)
+        for kind in KINDS:
+            r = client.get(f"/studies/{sid}/plots/{kind}")
+            assert r.status_code == 200 and r.content.startswith(b"<?xml"), (rho, kind)
 
 
 # README "Plots": an unknown kind is a 422 naming the kinds; an unknown trial or study a 404

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
@@ -59,23 +59,34 @@ def plot(
     with db() as session:
         study = studies.get_study(session, study_id, owner)
         spec = studies.stored_spec(study)
-        columns = [Trial.number, Trial.params, Trial.state, Trial.metrics, Trial.error]
-        if kind == "curves":
-            columns.append(Trial.curves)
+        columns = (Trial.number, Trial.params, Trial.state, Trial.metrics, Trial.error)
         query = select(*columns).where(Trial.study_id == study.id).order_by(Trial.number)
         rows = session.execute(query).all()
-    trials: list[dict[str, Any]] = []
-    records = []
-    for r in rows:
-        trials.append(
+        trials = [
             {"number": r.number, "params": r.params, "state": r.state, "metrics": r.metrics,
-             "curves": r.curves if kind == "curves" else None}
+             "curves": None}
+            for r in rows
+        ]  # fmt: skip
+        report = build_report(
+            spec,
+            [TrialRecord(TrialParams.model_validate(r.params), TrialState(r.state), r.metrics,
+                         r.error) for r in rows],
         )  # fmt: skip
-        records.append(
-            TrialRecord(TrialParams.model_validate(r.params), TrialState(r.state), r.metrics,
-                        r.error)
-        )  # fmt: skip
-    report = build_report(spec, records)
+        if kind == "curves":  # only the curves drawn: a study may hold thousands
+            if trial is not None:
+                wanted = [trial]
+            else:
+                found = plots.best_cell_trials(report, trials, report.objective)
+                wanted = [t["number"] for t in found[2]] if found else []
+            curves = dict(
+                session.execute(
+                    select(Trial.number, Trial.curves).where(
+                        Trial.study_id == study.id, Trial.number.in_(wanted)
+                    )
+                ).all()
+            )
+            for t in trials:
+                t["curves"] = curves.get(t["number"])
     try:
         body = plots.render(kind, format, report, trials, report.objective, trial)
     except plots.UnknownTrial as e:
