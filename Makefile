@@ -25,11 +25,13 @@ demo: setup
 	$(VENV)/bin/samsweep run examples/digits-label-noise.yaml
 
 # The tests talk to real PostgreSQL and Redis; scripts/services.sh starts them if down.
+# The study page's tests drive Debian's chromium; scripts/browser.sh installs it if missing.
 test: setup
 	$(VENV)/bin/ruff check samsweep service worker trainer tests benchmarks migrations
 	$(VENV)/bin/ruff format --check samsweep service worker trainer tests benchmarks migrations
 	$(VENV)/bin/mypy samsweep service worker trainer
 	bash scripts/services.sh
+	bash scripts/browser.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup

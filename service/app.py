@@ -16,7 +16,8 @@ from samsweep import __version__
 from samsweep.queue import make_celery
 from samsweep.settings import Settings, get_settings
 from service import errors
-from service.api.routes import health
+from service.api.routes import health, pages
+from service.api.routes import plots as plots_routes
 from service.api.routes import studies as studies_routes
 from service.limits import BodySizeLimit
 from service.sweeper import sweep_forever
@@ -50,7 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(studies_routes.router)
+    app.include_router(plots_routes.router)
+    app.include_router(pages.router)
     app.include_router(health.router)
+    # The pages' script and style, from the package (service/static): nothing from a CDN.
+    app.mount("/static", StaticFiles(packages=[("service", "static")]), name="static")
     _offline_docs(app)
     return app
 

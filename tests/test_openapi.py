@@ -33,6 +33,9 @@ EXPECTED = {
     ("get", "/studies/{study_id}/trials"): {401, 404, 422, 503},
     ("get", "/studies/{study_id}/best"): {401, 404, 409, 422, 503},
     ("get", "/studies/{study_id}/report"): {401, 404, 409, 422, 503},
+    ("get", "/studies/{study_id}/plots/{kind}"): {401, 404, 409, 422, 503},
+    ("get", "/studies/{study_id}/page"): {404, 422, 503},
+    ("get", "/overview"): {401, 422, 503},
 }
 
 

@@ -1,0 +1,335 @@
+"""The study's plots, drawn on the server with matplotlib (Agg, no display), as SVG or PNG.
+
+Each plot takes the report (samsweep.report.Report) and/or the trials as the API serves
+them (dicts with number, params, state, metrics, curves) and returns the file's bytes:
+
+- ``rho``: test accuracy against ρ, one line per batch size (and base optimizer, SAM
+  variant, m when there are several), error bars = sample std over seeds. The x axis is
+  logarithmic over the SAM ρ values; the baseline (ρ = 0) cannot sit on a log axis, so
+  it is drawn as a dashed horizontal line in its batch size's colour, with its ± std
+  band shaded.
+- ``gap``: train and test accuracy per batch size, the baseline next to SAM at the
+  selected ρ, as grouped bars with error bars (the gap is the distance between a pair).
+- ``heatmap``: mean test accuracy over ρ × batch size, each cell annotated with its
+  mean (and std); one panel per (base optimizer, SAM variant, m).
+- ``sharpness``: sharpness against test accuracy, one point per complete trial, the
+  colour says ρ and the marker the batch size.
+- ``curves``: per-epoch train, validation and test accuracy of trials on one figure;
+  the trials of the best cell (by the study's objective) unless one trial is asked for.
+
+Nothing here reads user text into a figure (a study's name could hold matplotlib
+mathtext): titles and labels are built from numbers and the spec's enumerations.
+Figures are `matplotlib.figure.Figure` objects, never pyplot's global state, and
+rendering is serialized by a lock (matplotlib is not thread-safe; the API renders in
+its threadpool).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib.figure import Figure  # noqa: E402
+
+from samsweep.report import Group, Report, Row, best_cell  # noqa: E402
+
+KINDS = ("rho", "gap", "heatmap", "sharpness", "curves")
+FORMATS = {"svg": "image/svg+xml", "png": "image/png"}
+PNG_DPI = 200  # for papers
+NO_TRIALS = "no complete trials yet"
+
+_lock = threading.Lock()
+_STYLE = {
+    "font.size": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "svg.hashsalt": "samsweep",  # the same plot gives the same SVG
+    "svg.fonttype": "path",  # no fonts needed where the SVG is viewed
+}
+COLORS = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+]  # fmt: skip
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+class UnknownTrial(LookupError):
+    pass
+
+
+def render(
+    kind: str,
+    fmt: str,
+    report: Report,
+    trials: Sequence[dict[str, Any]],
+    objective: str = "test_accuracy",
+    trial: int | None = None,
+) -> bytes:
+    """The plot `kind` as `fmt` (svg or png) bytes. `trial` (a trial number) is for
+    ``curves`` only; UnknownTrial when the study has no such trial."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown plot kind {kind!r}; kinds: {', '.join(KINDS)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    with _lock, matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+        if kind == "curves":
+            _curves(fig, report, trials, objective, trial)
+        elif not any(t.get("state") == "COMPLETE" for t in trials):
+            _message(fig, NO_TRIALS)
+        else:
+            {"rho": _rho, "gap": _gap, "heatmap": _heatmap, "sharpness": _sharpness}[kind](
+                fig, report, trials
+            )
+        out = io.BytesIO()
+        metadata = {"Date": None} if fmt == "svg" else {}
+        fig.savefig(out, format=fmt, dpi=PNG_DPI if fmt == "png" else None, metadata=metadata)
+    return out.getvalue()
+
+
+def _message(fig: Figure, text: str) -> None:
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, color="#555555")
+
+
+def _mean_std(group: Group, rho: float, metric: str) -> tuple[float | None, float]:
+    row = next((r for r in group.rows if r.rho == rho), None)
+    if row is None:
+        return None, 0.0
+    s = row.metrics[metric]
+    return s.mean, s.std or 0.0
+
+
+def _label(report: Report, g: Group) -> str:
+    """`bs=128`, with the optimizer, variant and m only where the study has several."""
+    opts = {x.base_optimizer for x in report.groups}
+    kinds = {(x.sam_variant, x.m) for x in report.groups}
+    parts = [f"bs={g.batch_size}"]
+    if len(opts) > 1:
+        parts.insert(0, g.base_optimizer)
+    if len(kinds) > 1:
+        parts.append(f"{g.sam_variant}" + ("" if g.m is None else f" m={g.m}"))
+    return ", ".join(parts)
+
+
+def _rho(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
+    ax = fig.add_subplot()
+    sam_rhos = sorted({r.rho for g in report.groups for r in g.rows if r.rho > 0})
+    for i, g in enumerate(report.groups):
+        color = COLORS[i % len(COLORS)]
+        label = _label(report, g)
+        base, base_std = _mean_std(g, 0.0, "test_accuracy")
+        if base is not None:
+            ax.axhline(base, color=color, linestyle="--", linewidth=1.2)
+            if base_std:
+                ax.axhspan(base - base_std, base + base_std, color=color, alpha=0.08, lw=0)
+        points = [
+            (r.rho, r.metrics["test_accuracy"].mean, r.metrics["test_accuracy"].std or 0.0)
+            for r in g.rows
+            if r.rho > 0 and r.metrics["test_accuracy"].mean is not None
+        ]
+        if points:
+            xs, ys, es = zip(*points, strict=True)
+            ax.errorbar(xs, ys, yerr=es, color=color, marker="o", capsize=3, label=label)
+            if g.selected_rho is not None:
+                y, _ = _mean_std(g, g.selected_rho, "test_accuracy")
+                if y is not None:
+                    ax.plot([g.selected_rho], [y], marker="*", ms=13, color=color, mec="black")
+        elif base is not None:
+            ax.plot([], [], color=color, linestyle="--", label=label)
+    ax.set_xscale("log")
+    if sam_rhos:
+        lo, hi = sam_rhos[0], sam_rhos[-1]
+        pad = 1.6 if lo == hi else 1.25
+        ax.set_xlim(lo / pad, hi * pad)
+    else:  # baselines only: a log axis needs some positive range to draw on
+        ax.set_xlim(0.01, 1.0)
+        ax.text(0.5, 0.95, "no SAM ρ > 0 in this study", transform=ax.transAxes, ha="center")
+    ax.set_xlabel("ρ (log scale); dashed: baseline ρ = 0, shaded ± std")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Test accuracy vs ρ (mean ± std over seeds; ★ selected ρ)")
+    ax.legend(loc="best", fontsize=8)
+
+
+def _gap(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
+    ax = fig.add_subplot()
+    bars = [
+        ("baseline train", 0.0, "train_accuracy", "#9ecae1"),
+        ("baseline test", 0.0, "test_accuracy", "#1f77b4"),
+        ("SAM train", "selected", "train_accuracy", "#fdd0a2"),
+        ("SAM test", "selected", "test_accuracy", "#e6550d"),
+    ]
+    width = 0.2
+    labels = []
+    for x, g in enumerate(report.groups):
+        labels.append(
+            _label(report, g) + ("" if g.selected_rho is None else f"\nρ={g.selected_rho:g}")
+        )
+        for j, (name, which, metric, color) in enumerate(bars):
+            rho = g.selected_rho if which == "selected" else which
+            mean, std = (None, 0.0) if rho is None else _mean_std(g, rho, metric)
+            if mean is None:
+                continue
+            ax.bar(
+                x + (j - 1.5) * width, mean, width, yerr=std, capsize=2, color=color,
+                label=None if name in ax.get_legend_handles_labels()[1] else name,
+            )  # fmt: skip
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.18)  # room for the legend above the bars
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_title("Generalization gap: train vs test, baseline vs SAM at the selected ρ")
+    ax.legend(loc="upper center", fontsize=8, ncol=4)
+
+
+def _heatmap(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
+    panels: dict[tuple, list[Group]] = {}
+    for g in report.groups:
+        panels.setdefault((g.base_optimizer, g.sam_variant, g.m), []).append(g)
+    rhos = sorted({r.rho for g in report.groups for r in g.rows})
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    image = None
+    for ax, ((opt, variant, m), gs) in zip(axes, panels.items(), strict=True):
+        gs = sorted(gs, key=lambda g: g.batch_size)
+        grid = [[_mean_std(g, rho, "test_accuracy") for g in gs] for rho in rhos]
+        values = [[math.nan if mean is None else mean for mean, _ in row] for row in grid]
+        image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower")
+        finite = [v for row in values for v in row if not math.isnan(v)]
+        middle = (min(finite) + max(finite)) / 2 if finite else 0
+        for i, row in enumerate(grid):
+            for j, (mean, std) in enumerate(row):
+                text = "—" if mean is None else f"{mean:.3f}" + (f"\n±{std:.3f}" if std else "")
+                color = "black" if mean is not None and mean > middle else "white"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+        ax.set_xticks(range(len(gs)), [str(g.batch_size) for g in gs])
+        ax.set_yticks(range(len(rhos)), [f"{r:g}" for r in rhos])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("ρ (0 = baseline)")
+        ax.grid(False)
+        if len(panels) > 1:
+            ax.set_title(f"{opt}, {variant}" + ("" if m is None else f", m={m}"), fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="mean test accuracy")
+    fig.suptitle("Mean test accuracy over ρ × batch size")
+
+
+def _sharpness(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
+    points = [
+        (t["params"]["rho"], t["params"]["batch_size"], m["sharpness"], m["test_accuracy"])
+        for t in trials
+        if t.get("state") == "COMPLETE"
+        and (m := t.get("metrics") or {}).get("sharpness") is not None
+        and m.get("test_accuracy") is not None
+    ]
+    if not points:
+        _message(fig, "no sharpness measured\n(the spec's sharpness.samples is 0)")
+        return
+    ax = fig.add_subplot()
+    rhos = sorted({p[0] for p in points})
+    sizes = sorted({p[1] for p in points})
+    for i, rho in enumerate(rhos):
+        for j, bs in enumerate(sizes):
+            sel = [(s, a) for r, b, s, a in points if r == rho and b == bs]
+            if sel:
+                xs, ys = zip(*sel, strict=True)
+                ax.scatter(
+                    xs, ys, color=COLORS[i % len(COLORS)], marker=MARKERS[j % len(MARKERS)],
+                    s=28, alpha=0.85, edgecolors="black", linewidths=0.4,
+                )  # fmt: skip
+    for i, rho in enumerate(rhos):  # legend: colour = rho, marker = batch size
+        ax.scatter([], [], color=COLORS[i % len(COLORS)], marker="o", label=f"ρ={rho:g}")
+    for j, bs in enumerate(sizes):
+        ax.scatter([], [], color="#999999", marker=MARKERS[j % len(MARKERS)], label=f"bs={bs}")
+    ax.set_xlabel("sharpness (loss increase in the ρ-ball)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Sharpness vs test accuracy (one point per complete trial)")
+    ax.legend(loc="best", fontsize=7, ncol=2)
+
+
+def _curves(
+    fig: Figure,
+    report: Report,
+    trials: Sequence[dict[str, Any]],
+    objective: str,
+    number: int | None,
+) -> None:
+    if number is not None:
+        chosen = [t for t in trials if t["number"] == number]
+        if not chosen:
+            raise UnknownTrial(f"no trial {number} in this study")
+        p = chosen[0]["params"]
+        title = f"Trial {number} ({chosen[0]['state']}): " + _params_text(p)
+    else:
+        found = best_cell_trials(report, trials, objective)
+        if found is None:
+            _message(fig, NO_TRIALS)
+            return
+        row, group, chosen = found
+        cell = {k: v for k, v in chosen[0]["params"].items() if k != "seed"} if chosen else {}
+        title = f"Best cell by {objective} ({len(chosen)} seeds): " + _params_text(
+            cell or {"rho": row.rho, "batch_size": group.batch_size}
+        )
+    if not any(t.get("curves") for t in chosen):
+        _message(fig, "no epochs recorded yet")
+        return
+    ax = fig.add_subplot()
+    series = [("train_accuracy", "train", "#1f77b4"), ("val_accuracy", "validation", "#2ca02c"),
+              ("test_accuracy", "test", "#e6550d")]  # fmt: skip
+    for key, name, color in series:
+        labelled = False
+        for t in chosen:
+            epochs = [(e["epoch"], e[key]) for e in t.get("curves") or [] if e.get(key) is not None]
+            if not epochs:
+                continue
+            xs, ys = zip(*epochs, strict=True)
+            ax.plot(
+                xs, ys, color=color, marker="o", ms=3, alpha=0.85 if len(chosen) == 1 else 0.6,
+                label=None if labelled else name,
+            )  # fmt: skip
+            labelled = True
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def best_cell_trials(
+    report: Report, trials: Sequence[dict[str, Any]], objective: str
+) -> tuple[Row, Group, list[dict[str, Any]]] | None:
+    """The best cell by the mean `objective` (as /best selects it) and its complete
+    trials; None without a complete trial."""
+    found = best_cell(report, objective)
+    if found is None:
+        return None
+    group, row = found
+    kind = None if row.baseline else (group.sam_variant, group.m)
+    chosen = [
+        t
+        for t in trials
+        if t.get("state") == "COMPLETE"
+        and t["params"]["rho"] == row.rho
+        and t["params"]["batch_size"] == group.batch_size
+        and t["params"]["base_optimizer"] == group.base_optimizer
+        and (kind is None or (t["params"].get("sam_variant"), t["params"].get("m")) == kind)
+    ]
+    return row, group, chosen
+
+
+def _params_text(p: dict[str, Any]) -> str:
+    parts = [f"ρ={p['rho']:g}", f"bs={p['batch_size']}"]
+    if p.get("base_optimizer"):
+        parts.append(str(p["base_optimizer"]))
+    if p.get("rho") and p.get("sam_variant"):
+        parts.append(str(p["sam_variant"]) + ("" if p.get("m") is None else f" m={p['m']}"))
+    if "seed" in p:
+        parts.append(f"seed {p['seed']}")
+    return ", ".join(parts)
