@@ -37,6 +37,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.typing import RcKeyType  # noqa: E402
 
 from samsweep.report import Group, Report, Row, best_cell  # noqa: E402
 
@@ -46,7 +48,7 @@ PNG_DPI = 200  # for papers
 NO_TRIALS = "no complete trials yet"
 
 _lock = threading.Lock()
-_STYLE = {
+_STYLE: dict[RcKeyType, Any] = {
     "font.size": 9,
     "axes.grid": True,
     "grid.alpha": 0.3,
@@ -161,7 +163,7 @@ def _rho(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
 
 def _gap(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
     ax = fig.add_subplot()
-    bars = [
+    bars: list[tuple[str, float | str, str, str]] = [
         ("baseline train", 0.0, "train_accuracy", "#9ecae1"),
         ("baseline test", 0.0, "test_accuracy", "#1f77b4"),
         ("SAM train", "selected", "train_accuracy", "#fdd0a2"),
@@ -174,7 +176,7 @@ def _gap(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
             _label(report, g) + ("" if g.selected_rho is None else f"\nρ={g.selected_rho:g}")
         )
         for j, (name, which, metric, color) in enumerate(bars):
-            rho = g.selected_rho if which == "selected" else which
+            rho = g.selected_rho if which == "selected" else float(which)
             mean, std = (None, 0.0) if rho is None else _mean_std(g, rho, metric)
             if mean is None:
                 continue
@@ -298,7 +300,7 @@ def _curves(
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=8)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="lower right", fontsize=8)
 
 

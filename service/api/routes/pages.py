@@ -18,7 +18,7 @@ sees exactly what the API shows that token's owner.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
@@ -54,7 +54,7 @@ HTML_HEADERS = {
 }
 
 
-def _html(request: Request, template: str, **context) -> HTMLResponse:
+def _html(request: Request, template: str, **context: Any) -> HTMLResponse:
     settings = request.app.state.settings
     body = templates.get_template(template).render(private=settings.private_studies, **context)
     return HTMLResponse(body, headers=HTML_HEADERS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
@@ -78,7 +78,7 @@ def plot(
             else:
                 found = plots.best_cell_trials(report, trials, report.objective)
                 wanted = [t["number"] for t in found[2]] if found else []
-            curves = dict(
+            curves: dict[int, list[Any]] = dict(
                 session.execute(
                     select(Trial.number, Trial.curves).where(
                         Trial.study_id == study.id, Trial.number.in_(wanted)
