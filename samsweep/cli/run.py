@@ -101,9 +101,9 @@ def follow_study(api: Client, study_id: str, poll: float = 1.0) -> None:
         api.wait(study_id, poll=poll, on_progress=view.update)
 
 
-def results(api: Client, study_id: str, seconds: float) -> int:
+def results(api: Client, study_id: str, seconds: float, embedded: bool = False) -> int:
     """Print the trials, the report, the best cell and the study's page; 1 when nothing
-    completed."""
+    completed. `embedded`: the server stops with this command, so say how to reopen it."""
     from samsweep.client.tables import (
         best_lines,
         console,
@@ -118,7 +118,10 @@ def results(api: Client, study_id: str, seconds: float) -> int:
         out.print(r)
     complete = best.counts.get("COMPLETE", 0)
     out.print(f"{len(trials)} trials, {complete} complete, in {seconds:.0f}s")
-    out.print(f"page: {api.page_url(study_id)}")
+    page = api.page_url(study_id)
+    if embedded:  # the embedded server stops with `run`: its files stay in the state dir
+        page += "  (served while `samsweep up` runs: start it to open the page)"
+    out.print(f"page: {page}")
     return 0 if best.best is not None else 1
 
 
@@ -160,7 +163,8 @@ class Run:
                 started = time.monotonic()
                 follow_study(api, self.study_id)
                 self.finished = True
-                return results(api, self.study_id, time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                return results(api, self.study_id, elapsed, embedded=self.server is not None)
         except client.ApiError as e:
             say(f"the API at {self.url} answered {e}")
             return 1
