@@ -162,7 +162,9 @@ def paired_gain(sam: dict[int, float], base: dict[int, float]) -> Gain | None:
     d = stat(diffs)
     assert d.mean is not None
     low = high = excludes = None
-    if d.std is not None:
+    # n = 1 has no spread to estimate; identical differences (std 0, common when accuracy
+    # moves in steps of 1/N) give a zero-width "interval" that two seeds cannot support
+    if d.std is not None and d.std > 0:
         half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(diffs) - 1) * d.std / math.sqrt(len(diffs))
         low, high = d.mean - half, d.mean + half
         excludes = low > 0 or high < 0
@@ -207,11 +209,12 @@ def build_report(spec: StudySpec, trials: Iterable[TrialRecord]) -> Report:
         )
 
     s = spec.search
-    sam_rhos = [r for r in s.rho if r > 0]
+    sam_rhos = sorted(r for r in s.rho if r > 0)  # rows and plots in rho order
     # Without a SAM rho there is one group per (optimizer, batch size): its baseline.
     kinds = [(v, m) for v in s.sam_variant for m in s.m] if sam_rhos else [(None, None)]
     groups: list[Group] = []
-    for opt, batch, (variant, m) in itertools.product(s.base_optimizer, s.batch_size, kinds):
+    batches = sorted(s.batch_size)
+    for opt, batch, (variant, m) in itertools.product(s.base_optimizer, batches, kinds):
         base_key = _key(0.0, batch, opt, None, None)
         sam_keys = [_key(r, batch, opt, variant, m) for r in sam_rhos]
         keys = [k for k in [base_key, *sam_keys] if k in rows]

@@ -44,7 +44,11 @@ Printable = Annotated[str, AfterValidator(_printable)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
 # SAM's useful rho is 0.01-0.5; ASAM's is 10-40x larger (0.5-2.0): 10 bounds both.
-Rho = Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False)]
+Rho = Annotated[
+    float,
+    Field(ge=0.0, le=10.0, allow_inf_nan=False),
+    AfterValidator(lambda rho: rho + 0.0),  # -0.0 (>= 0) is the baseline's 0.0
+]
 BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 FILE_DATASETS = ("cifar10", "cifar100")
@@ -305,6 +309,7 @@ class TrialParams(_Strict):
     def cell_key(self) -> str:
         """Identifies the grid cell (without the seed); unique with the seed per study."""
         return (
-            f"rho={self.rho!r}|batch_size={self.batch_size}|base_optimizer={self.base_optimizer}"
+            f"rho={self.rho + 0.0!r}|batch_size={self.batch_size}"
+            f"|base_optimizer={self.base_optimizer}"
             f"|sam_variant={self.sam_variant}|m={self.m}"
         )

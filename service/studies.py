@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import threading
 from collections import Counter
 from datetime import datetime
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session
 from samsweep import optuna_store
 from samsweep.catalog import SpecError, check_spec
 from samsweep.db import IdempotencyKey, Study, Trial, new_id, utcnow
+from samsweep.ids import STUDY_ID
 from samsweep.queue import enqueue_trial
 from samsweep.report import Report, TrialRecord, build_report
 from samsweep.settings import Settings
@@ -176,9 +176,6 @@ def enqueue_pending(
                 return sent
 
 
-STUDY_ID = re.compile(r"[0-9a-f]{32}")
-
-
 def get_study(session: Session, study_id: str, owner: str | None = None) -> Study:
     """The study, or 404; an id that cannot be one (NUL, 5 kB, ...) never reaches the DB."""
     study = session.get(Study, study_id) if STUDY_ID.fullmatch(study_id) else None
@@ -304,7 +301,16 @@ def study_report(session: Session, study: Study) -> Report:
         .where(Trial.study_id == study.id)
         .order_by(Trial.number)
     )
-    records = [
-        TrialRecord(TrialParams.model_validate(p), TrialState(s), m, e) for p, s, m, e in rows
-    ]
-    return build_report(stored_spec(study), records)
+    return build_report(stored_spec(study), [trial_record(*row) for row in rows])
+
+
+def trial_record(
+    params: dict[str, Any], state: str, metrics: dict[str, Any] | None, error: str | None
+) -> TrialRecord:
+    """A stored trial as the report reads it; params stored before a stricter rule are a
+    409 naming the rule, as a stale spec is (stored_spec), never a 500."""
+    try:
+        parsed = TrialParams.model_validate(params)
+    except ValidationError as e:
+        raise Conflict(f"a stored trial no longer validates: {e}".splitlines()[0]) from e
+    return TrialRecord(parsed, TrialState(state), metrics, error)

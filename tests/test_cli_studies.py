@@ -116,13 +116,18 @@ def test_export_csv_and_json_match_the_report(finished_study, tmp_path):
 @pytest.mark.parametrize("command", ["status", "report", "best", "trials", "export", "cancel"])
 def test_an_unknown_study_is_one_line_and_exit_1(finished_study, command):
     f = finished_study
-    result = _run(f, command, "no-such-study")
-    message = httpx.get(f"{f.api}/studies/no-such-study").json()["error"]["message"]
+    unknown = "0" * 32
+    result = _run(f, command, unknown)
+    message = httpx.get(f"{f.api}/studies/{unknown}").json()["error"]["message"]
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.strip() == (
         f"samsweep: the API at {f.api} answered 404 not_found: {message}"
     ), result.stderr
     assert result.stdout == ""
+    # not an id at all (it would reach another path): refused before any request
+    result = _run(f, command, "../../x")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == "samsweep: not a study id (32 hex digits): '../../x'"
 
 
 def test_no_server_is_one_line_and_exit_1(finished_study):
@@ -199,3 +204,18 @@ def test_token_flag_and_env(finished_study, tmp_path):
         assert result.returncode == 0, result.stderr
     finally:
         d.stop()
+
+
+# README "The CLI": user text (a study's name) is printed as text, never as rich markup;
+# a name like "[/b]" once raised MarkupError (a traceback) in `samsweep studies`
+def test_a_study_name_that_looks_like_markup_is_printed_verbatim(finished_study, tmp_path):
+    f = finished_study
+    name = "x [/b] y [red]z"
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({**digits_spec(batch_size=(16,), seeds=(9,)), "name": name}))
+    study_id = _ok(f, "submit", str(path)).strip()
+    try:
+        assert name in _ok(f, "studies")
+        assert f"study {study_id} ({name}):" in _ok(f, "status", study_id)
+    finally:
+        _ok(f, "cancel", study_id)

@@ -15,6 +15,7 @@ from samsweep import Client
 from samsweep.client import (
     ApiError,
     InvalidRequest,
+    NotAStudyId,
     NotFound,
     ServerError,
     Unauthorized,
@@ -22,6 +23,9 @@ from samsweep.client import (
 )
 from samsweep.report import CSV_COLUMNS, Report
 from tests.conftest import digits_spec
+
+S1 = "5" * 32  # a well-formed id (the offline tests' fake server knows it)
+UNKNOWN = "0" * 32  # well-formed, and no study has it
 
 # --- against a running API ---------------------------------------------------------------
 
@@ -83,17 +87,19 @@ def test_api_errors_are_typed(finished_study, tmp_path):
     f = finished_study
     with Client(f.api) as client:
         with pytest.raises(NotFound) as missing:
-            client.report("no-such-study")
+            client.report(UNKNOWN)
+        with pytest.raises(NotAStudyId):  # refused before a URL is built with it
+            client.report("../../x")
         spec = digits_spec(rho=[0.001 * i for i in range(50)], seeds=range(30))  # over the limit
         with pytest.raises(InvalidRequest) as refused:
             client.submit(spec)
         with pytest.raises(InvalidRequest) as invalid:
             client.submit({**digits_spec(), "tyop": 1})
-    raw = httpx.get(f"{f.api}/studies/no-such-study/report").json()["error"]
+    raw = httpx.get(f"{f.api}/studies/{UNKNOWN}/report").json()["error"]
     e = missing.value
     assert isinstance(e, ApiError) and e.status == 404 and e.code == "not_found"
     assert e.message == raw["message"] and str(e) == f"404 not_found: {raw['message']}"
-    assert e.path == "/studies/no-such-study/report"
+    assert e.path == f"/studies/{UNKNOWN}/report"
     assert refused.value.status == 422 and refused.value.code == "invalid_spec"
     assert invalid.value.code == "invalid_spec" and invalid.value.field == "tyop"
     assert invalid.value.details and invalid.value.details[0]["field"] == "tyop"
@@ -144,7 +150,7 @@ def test_reads_are_retried_on_503_honouring_retry_after(monkeypatch):
             return _error(503, "database_unavailable", "try later", **{"Retry-After": "2"})
         return httpx.Response(200, text="a,b\n")
 
-    assert _client(handler).report_csv("s1") == "a,b\n"
+    assert _client(handler).report_csv(S1) == "a,b\n"
     assert len(seen) == 3 and pauses == [2.0, 2.0]
     assert seen[0].headers["Authorization"] == "Bearer secret-token"
 
@@ -158,7 +164,7 @@ def test_a_read_gives_up_after_its_retries_with_the_api_error(monkeypatch):
         return _error(503, "database_unavailable", "the database is down")
 
     with pytest.raises(ServerError) as e:
-        _client(handler, retries=2).study("s1")
+        _client(handler, retries=2).study(S1)
     assert len(calls) == 3 and e.value.code == "database_unavailable"
 
 
@@ -171,7 +177,7 @@ def test_client_errors_are_never_retried(monkeypatch):
         return _error(401, "unauthorized", "a valid bearer token is required")
 
     with pytest.raises(Unauthorized, match="401 unauthorized: a valid bearer token"):
-        _client(handler).cancel("s1")
+        _client(handler).cancel(S1)
     assert len(calls) == 1
 
 
@@ -212,7 +218,7 @@ def test_a_non_json_error_page_still_raises_a_typed_error(monkeypatch):
         return httpx.Response(404, text="<html>nginx</html>")
 
     with pytest.raises(NotFound) as e:
-        _client(handler).best("s1")
+        _client(handler).best(S1)
     assert e.value.code == "http_404" and "nginx" in e.value.message
 
 

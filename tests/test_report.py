@@ -123,3 +123,43 @@ def test_unfinished_and_failed_cells_are_counted_never_dropped(trained):
 def test_selecting_on_test_is_said_plainly():
     spec = StudySpec.model_validate(digits_spec())
     assert build_report(spec, []).selected_on_test
+
+
+def _record(rho: float, batch: int, seed: int, test: float) -> TrialRecord:
+    from samsweep.spec import TrialParams
+
+    params = TrialParams(
+        rho=rho, batch_size=batch, base_optimizer="sgd",
+        sam_variant="sam" if rho else None, seed=seed,
+    )  # fmt: skip
+    metrics = {"test_accuracy": test, "train_accuracy": test, "gap": 0.0}
+    return TrialRecord(params, TrialState.COMPLETE, metrics)
+
+
+def test_identical_paired_differences_give_no_interval_not_a_zero_width_one():
+    """Accuracy moves in steps of 1/N: two seeds can differ by exactly the same amount.
+    A zero-width "interval" would claim significance from two samples."""
+    spec = StudySpec.model_validate(digits_spec(rho=(0.0, 0.05), batch_size=(16,), seeds=(0, 1)))
+    records = [_record(0.0, 16, s, 0.90 + s / 100) for s in (0, 1)]
+    records += [_record(0.05, 16, s, 0.92 + s / 100) for s in (0, 1)]
+    gain = build_report(spec, records).groups[0].gain
+    assert gain.mean == pytest.approx(0.02) and gain.std == 0.0
+    assert (gain.ci_low, gain.ci_high, gain.excludes_zero) == (None, None, None)
+
+
+def test_rows_and_groups_are_in_rho_and_batch_order_whatever_the_spec_order():
+    spec = StudySpec.model_validate(
+        digits_spec(rho=(0.0, 0.2, 0.05, 0.1), batch_size=(64, 16), seeds=(0,))
+    )
+    records = [_record(p.rho, p.batch_size, 0, 0.9) for p in spec.trials()]
+    report = build_report(spec, records)
+    assert [g.batch_size for g in report.groups] == [16, 64]
+    assert all([r.rho for r in g.rows] == [0.0, 0.05, 0.1, 0.2] for g in report.groups)
+
+
+def test_a_negative_zero_rho_is_the_baseline():
+    spec = StudySpec.model_validate(digits_spec(rho=(-0.0, 0.05), batch_size=(16,)))
+    assert spec.search.rho[0] == 0.0 and str(spec.search.rho[0]) == "0.0"
+    records = [_record(p.rho, p.batch_size, p.seed, 0.9) for p in spec.trials()]
+    (group,) = build_report(spec, records).groups
+    assert [(r.rho, r.baseline) for r in group.rows] == [(0.0, True), (0.05, False)]

@@ -7,10 +7,13 @@ study with `optuna_dashboard.save_plotly_graph_object` (its public API; the stud
 page draws each one, interactive). One figure per Optuna trial, id `trial-<number>`,
 written once when the trial ends, so a running study costs nothing more per epoch.
 
-Bounded: at most MAX_POINTS epochs per line (evenly spaced, the first and last always
-in), no plotly template (it would add ~6 KB of styling to every figure), so a
-10,000-epoch trial's figure stays some tens of KB, and the study page, which loads every
-figure at each refresh, stays light.
+Bounded, because optuna-dashboard keeps every figure in the study's system attributes:
+each save reads all of them back, and the study page loads them all at each refresh.
+So at most MAX_POINTS epochs per line (evenly spaced, the first and last always in), no
+plotly template (it would add ~6 KB of styling to every figure), and figures only for
+the study's first MAX_FIGURES Optuna trials; every trial's full curves stay in
+samsweep (`GET /studies/{id}/trials`, the page's `curves` plot). A figure is a nicety:
+failing to save one never fails the trial (worker/recorder.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from optuna_dashboard import save_plotly_graph_object
 from samsweep import optuna_store
 from samsweep.spec import TrialParams
 
-MAX_POINTS = 500
+MAX_POINTS = 200
+MAX_FIGURES = 200  # Optuna trial numbers below this get a figure
 SERIES = (
     ("train_accuracy", "train"),
     ("val_accuracy", "validation"),
@@ -92,6 +96,8 @@ def save_learning_curves(
         number = storage.get_trial_number_from_id(trial_id)
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
+        return
+    if number >= MAX_FIGURES:
         return
     figure = learning_curves(number, params, objective, curves)
     save_plotly_graph_object(study, figure, graph_object_id=figure_id(number))

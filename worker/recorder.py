@@ -4,6 +4,7 @@ The trainer calls `on_epoch`; the runner calls `finish`."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -20,6 +21,9 @@ from worker.outcome import Outcome
 from worker.retry import with_db_retry
 
 T = TypeVar("T")
+
+
+log = logging.getLogger(__name__)
 
 
 class Stop(Exception):
@@ -118,14 +122,19 @@ class TrialRecorder:
                 self._reported.add(e["epoch"])
 
     def _save_figure(self) -> None:
+        """The optuna-dashboard figure: a nicety, so any failure to save it (the database
+        past its retry budget included) is logged and the trial is recorded all the same."""
         c = self.claim
-        self._retry(
-            lambda: save_learning_curves(
-                self.optuna_url, c.optuna_study_name, self.optuna_trial_id, c.params,
-                c.spec.objective, self.curves,
-            ),
-            "save the learning curves figure",
-        )  # fmt: skip
+        try:
+            self._retry(
+                lambda: save_learning_curves(
+                    self.optuna_url, c.optuna_study_name, self.optuna_trial_id, c.params,
+                    c.spec.objective, self.curves,
+                ),
+                "save the learning curves figure",
+            )  # fmt: skip
+        except Exception:
+            log.warning("trial %s: the dashboard figure was not saved", c.trial_id, exc_info=True)
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
         return with_db_retry(fn, f"trial {self.claim.trial_id}: {what}", self.retry)

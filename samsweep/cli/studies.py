@@ -47,7 +47,7 @@ def _calling(command: Callable[..., int]) -> Callable[..., int]:
     """Run `command(args, client)`; the API's errors are one line and exit 1."""
 
     def run(args: argparse.Namespace, *extra: object) -> int:
-        from samsweep.client import ApiError, Client, Unreachable
+        from samsweep.client import ApiError, Client, ClientError
 
         url, token = server_and_token(args)
         try:
@@ -56,7 +56,7 @@ def _calling(command: Callable[..., int]) -> Callable[..., int]:
         except ApiError as e:
             say(f"the API at {url} answered {e}")
             return 1
-        except Unreachable as e:
+        except ClientError as e:  # no answer, or an id refused before asking
             say(str(e))
             return 1
 

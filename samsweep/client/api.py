@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from samsweep.client.models import Best, StudyCreated, StudyDetail, StudySummary, Trial, Trials
+from samsweep.ids import is_study_id
 from samsweep.report import Report
 
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -97,6 +98,18 @@ class Unreachable(ClientError):
         self.url, self.error = url, error
 
 
+class NotAStudyId(ClientError, ValueError):
+    """Refused before any request: not 32 hex digits, so no study has it."""
+
+
+def _checked(study_id: str) -> str:
+    """`study_id` if it is one, checked before any URL is built with it: an id like
+    `../x` or `a?b` would reach another path or query of the server."""
+    if not is_study_id(study_id):
+        raise NotAStudyId(f"not a study id (32 hex digits): {study_id[:64]!r}")
+    return study_id
+
+
 def error_from(response: httpx.Response) -> ApiError:
     """The typed exception for an error answer (a proxy's non-JSON page included)."""
     status = response.status_code
@@ -165,7 +178,7 @@ class Client:
 
     def study(self, study_id: str) -> StudyDetail:
         """Status, counts per trial state, progress, timings and the spec."""
-        return StudyDetail.model_validate(self._get(f"/studies/{study_id}").json())
+        return StudyDetail.model_validate(self._get(f"/studies/{_checked(study_id)}").json())
 
     def trials(self, study_id: str, curves: bool = True) -> Trials:
         """Every trial in grid order, page by page; `curves=False` leaves out the per-epoch
@@ -173,7 +186,7 @@ class Client:
         out = Trials()
         while True:
             page = self._get(
-                f"/studies/{study_id}/trials",
+                f"/studies/{_checked(study_id)}/trials",
                 params={"limit": PAGE, "offset": len(out), "curves": curves},
             ).json()
             out += [Trial.model_validate(t) for t in page["trials"]]
@@ -183,19 +196,19 @@ class Client:
     def best(self, study_id: str) -> Best:
         """The best grid cell by its mean objective over seeds (`cell`), the single best
         trial (`best`), and which metric selected (`objective`, `selected_on_test`)."""
-        return Best.model_validate(self._get(f"/studies/{study_id}/best").json())
+        return Best.model_validate(self._get(f"/studies/{_checked(study_id)}/best").json())
 
     def report(self, study_id: str) -> Report:
         """The generalization-gap report (samsweep.report.Report; `.to_dataframe()`)."""
-        return Report.model_validate(self._get(f"/studies/{study_id}/report").json())
+        return Report.model_validate(self._get(f"/studies/{_checked(study_id)}/report").json())
 
     def report_csv(self, study_id: str) -> str:
         """The report as CSV text (one line per row, samsweep.report.CSV_COLUMNS)."""
-        return self._get(f"/studies/{study_id}/report", params={"format": "csv"}).text
+        return self._get(f"/studies/{_checked(study_id)}/report", params={"format": "csv"}).text
 
     def report_json(self, study_id: str) -> dict[str, Any]:
         """The report's JSON as the API sends it (for export)."""
-        return self._get(f"/studies/{study_id}/report").json()
+        return self._get(f"/studies/{_checked(study_id)}/report").json()
 
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> StudyCreated:
         """POST /studies. The same key (per owner) with the same spec returns the study it
@@ -209,14 +222,14 @@ class Client:
 
     def cancel(self, study_id: str) -> StudyDetail:
         """Cancel: queued trials now, running ones at their next epoch; results stay."""
-        r = self._request("POST", f"/studies/{study_id}/cancel", retry=True)
+        r = self._request("POST", f"/studies/{_checked(study_id)}/cancel", retry=True)
         return StudyDetail.model_validate(r.json())
 
     # --- helpers ------------------------------------------------------------------------
 
     def page_url(self, study_id: str) -> str:
         """The study's page in a browser."""
-        return f"{self.url}/studies/{study_id}/page"
+        return f"{self.url}/studies/{_checked(study_id)}/page"
 
     def watch(self, study_id: str, poll: float = 1.0) -> Iterator[StudyDetail]:
         """The study's detail every `poll` seconds, the last one finished (complete or
@@ -332,4 +345,4 @@ def wait_until_up(
 def cancel_command(url: str, study_id: str, token: bool) -> str:
     """The shell line that cancels a study (the token is referred to, never printed)."""
     auth = ' -H "Authorization: Bearer $SAMSWEEP_API_TOKEN"' if token else ""
-    return f"curl -X POST{auth} {url}/studies/{study_id}/cancel"
+    return f"curl -X POST{auth} {url}/studies/{_checked(study_id)}/cancel"

@@ -32,7 +32,8 @@ def console(file: IO[str] | None = None) -> Console:
     width = None
     if not out.isatty() and "COLUMNS" not in os.environ:
         width = LOG_WIDTH
-    return Console(file=out, width=width, highlight=False, soft_wrap=False)
+    # markup=False: study names and errors are user text, never rich markup
+    return Console(file=out, width=width, highlight=False, soft_wrap=False, markup=False)
 
 
 # --- progress --------------------------------------------------------------------------
@@ -206,6 +207,7 @@ def _columns(report: Report) -> list[tuple[str, str]]:
         ("sharpness", "sharpness"),
         ("hessian_max_eig", "top eig."),
         ("wall_seconds", "secs"),
+        ("passes", "passes"),  # compute: forward+backward passes (SAM two per step)
     ]
 
 

@@ -45,3 +45,26 @@ def test_a_long_trial_is_sampled_to_a_bounded_figure():
     assert f"({MAX_POINTS} of 10000 epochs)" in fig.layout.title.text
     assert len(fig.to_json()) < 80_000  # written once, when the trial ends
     assert sampled(curves(5)) == curves(5)
+
+
+# README "optuna-dashboard": figures for the study's first MAX_FIGURES Optuna trials only
+# (every save reads all of the study's figures back)
+def test_only_the_first_trials_get_a_figure(monkeypatch):
+    import worker.dashboard as dashboard
+
+    saved: list[str] = []
+
+    class Storage:
+        def get_trial_number_from_id(self, trial_id: int) -> int:
+            return trial_id  # the test's ids are the trial numbers
+
+    monkeypatch.setattr(dashboard.optuna_store, "get_storage", lambda url: Storage())
+    monkeypatch.setattr(dashboard.optuna, "load_study", lambda **kw: object())
+    monkeypatch.setattr(
+        dashboard,
+        "save_plotly_graph_object",
+        lambda study, fig, graph_object_id: saved.append(graph_object_id),
+    )
+    for number in (0, dashboard.MAX_FIGURES - 1, dashboard.MAX_FIGURES, 10 * dashboard.MAX_FIGURES):
+        dashboard.save_learning_curves("url", "study", number, PARAMS, "val_accuracy", curves(2))
+    assert saved == ["trial-0", f"trial-{dashboard.MAX_FIGURES - 1}"]

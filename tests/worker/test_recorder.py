@@ -170,3 +170,21 @@ def test_the_learning_curves_become_a_dashboard_figure_when_the_trial_ends(claim
     lines = {t["name"]: (t["x"], t["y"]) for t in fig["data"]}
     assert lines == {"train": ([1, 2], [0.6, 0.6]), "test": ([1, 2], [0.4, 0.6])}
     assert fig["layout"]["title"]["text"].startswith("Trial 0: ρ=0")
+
+
+# worker/dashboard.py: the figure is a nicety; failing to save it never fails the trial
+def test_a_figure_that_cannot_be_saved_leaves_the_trial_complete(claimed, monkeypatch):
+    import worker.recorder
+
+    def broken(*args, **kwargs):
+        raise ValueError("optuna-dashboard refused the figure")
+
+    monkeypatch.setattr(worker.recorder, "save_learning_curves", broken)
+    recorder, sessions, settings = claimed
+    result = TrialResult(
+        train_accuracy=0.7, test_accuracy=0.65, train_loss=0.9, test_loss=1.0, gap=0.05,
+        epochs=1, wall_seconds=1.0, samples_per_second=10.0, history=[epoch(1, 0.65)],
+    )  # fmt: skip
+    assert recorder.finish(Outcome.COMPLETE, result=result) is Outcome.COMPLETE
+    assert row(sessions).state == TrialState.COMPLETE
+    assert optuna_trial(settings).state == optuna.trial.TrialState.COMPLETE

@@ -8,9 +8,7 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 
 from samsweep.db import Trial
-from samsweep.report import TrialRecord, build_report
-from samsweep.spec import TrialParams
-from samsweep.states import TrialState
+from samsweep.report import build_report
 from service import plots, studies
 from service.api.deps import DbDep, ReadOwner
 from service.errors import NotFound, responses
@@ -69,8 +67,7 @@ def plot(
         ]  # fmt: skip
         report = build_report(
             spec,
-            [TrialRecord(TrialParams.model_validate(r.params), TrialState(r.state), r.metrics,
-                         r.error) for r in rows],
+            [studies.trial_record(r.params, r.state, r.metrics, r.error) for r in rows],
         )  # fmt: skip
         if kind == "curves":  # only the curves drawn: a study may hold thousands
             if trial is not None:
