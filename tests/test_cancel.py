@@ -4,8 +4,11 @@ running one stops at its next epoch boundary, finished results stay."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.conftest import digits_spec, wait_for, wait_study
+
+pytestmark = pytest.mark.e2e  # a real API and worker train a study
 
 
 # README "The HTTP API": cancel: queued trials CANCELLED at once, running ones stop at their
