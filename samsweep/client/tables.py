@@ -52,7 +52,6 @@ class ProgressView:
         self._last: tuple | None = None
         self._progress: Progress | None = None
         self._task: Any = None
-        self._elapsed = 0.0
 
     def __enter__(self) -> ProgressView:
         if self.live:
