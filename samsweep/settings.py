@@ -48,6 +48,36 @@ class Settings(BaseSettings):
     api_tokens: SecretStr | None = Field(None, description="comma-separated owner:token pairs")
     private_studies: bool = Field(False, description="studies visible to their owner only")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body")
+    # The door's bounds (README "The door"): what one request, one client or one owner
+    # may cost the API.
+    max_studies_per_owner: int = Field(
+        50, ge=1, description="unfinished studies one owner may have (429 beyond)"
+    )
+    max_pending_trials_per_owner: int = Field(
+        10_000, ge=1, description="queued or running trials one owner may have (429 beyond)"
+    )
+    cache_bytes: int = Field(
+        64 * 2**20, ge=0, description="API: reports, /best and plots kept per process"
+    )
+    plot_workers: int = Field(2, ge=1, description="API: processes drawing plots")
+    plot_queue: int = Field(
+        8, ge=0, description="API: plots waiting for a drawing process (503 beyond)"
+    )
+    plot_timeout_seconds: float = Field(
+        20.0, gt=0, description="API: a plot not drawn in this time is refused (422)"
+    )
+    max_page_bytes: int = Field(
+        4_000_000, ge=10_000, description="API: a page of trials ends before this size"
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="API: a request's headers must arrive within this"
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="API: a request's body must arrive within this"
+    )
+    max_connections: int = Field(
+        900, ge=1, description="API: open connections per process (503 beyond)"
+    )
     broker_visibility_timeout: float = Field(
         24 * 3600, gt=0, description="Redis re-delivers an unacked task after this"
     )

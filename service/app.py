@@ -19,7 +19,9 @@ from service import errors
 from service.api.routes import health, pages
 from service.api.routes import plots as plots_routes
 from service.api.routes import studies as studies_routes
+from service.cache import VersionedCache
 from service.limits import BodySizeLimit
+from service.render import Renderer
 from service.sweeper import sweep_forever
 
 
@@ -37,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper.start()
         yield
         stop.set()
+        app.state.renderer.close()
 
     app = FastAPI(
         title="samsweep",
@@ -48,6 +51,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.celery = make_celery(settings)
+    app.state.cache = VersionedCache(settings.cache_bytes)
+    app.state.renderer = Renderer(
+        settings.plot_workers, settings.plot_queue, settings.plot_timeout_seconds
+    )
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(studies_routes.router)

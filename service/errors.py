@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     status = 500
     code = "internal"
+    headers: dict[str, str] = {}  # noqa: RUF012  (read only)
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -61,7 +62,9 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=exc.status)
+    return JSONResponse(
+        error_body(exc.code, exc.message, exc.field), status_code=exc.status, headers=exc.headers
+    )
 
 
 def _detail(e: dict[str, Any]) -> dict[str, str]:

@@ -17,11 +17,17 @@ them (dicts with number, params, state, metrics, curves) and returns the file's 
 - ``curves``: per-epoch train, validation and test accuracy of trials on one figure;
   the trials of the best cell (by the study's objective) unless one trial is asked for.
 
+Every figure is bounded in what it draws, whatever the grid: more groups than
+`MAX_GROUPS` (ρ and gap plots), panels or cells than the heatmap can show, or too many
+ρ values and batch sizes for the sharpness plot's legend, and the figure says so and
+where to read the numbers instead (the report) rather than drawing an unreadable,
+minutes-long figure; curves are thinned to `MAX_POINTS` points per line.
+
 Nothing here reads user text into a figure (a study's name could hold matplotlib
 mathtext): titles and labels are built from numbers and the spec's enumerations.
 Figures are `matplotlib.figure.Figure` objects, never pyplot's global state, and
-rendering is serialized by a lock (matplotlib is not thread-safe; the API renders in
-its threadpool).
+rendering is serialized by a lock (matplotlib is not thread-safe). The API draws in
+separate processes (service/render.py).
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ KINDS = ("rho", "gap", "heatmap", "sharpness", "curves")
 FORMATS = {"svg": "image/svg+xml", "png": "image/png"}
 PNG_DPI = 200  # for papers
 NO_TRIALS = "no complete trials yet"
+MAX_GROUPS = 24  # lines of the rho plot, bar groups of the gap plot
+MAX_PANELS, MAX_CELLS, MAX_LABELLED_CELLS = 6, 1600, 150  # heatmap
+MAX_LEGEND = 24  # sharpness: rho values + batch sizes in its legend
+MAX_POINTS = 500  # per curve
 
 _lock = threading.Lock()
 _STYLE: dict[RcKeyType, Any] = {
@@ -86,6 +96,8 @@ def render(
             _curves(fig, report, trials, objective, trial)
         elif not any(t.get("state") == "COMPLETE" for t in trials):
             _message(fig, NO_TRIALS)
+        elif (reason := too_large(kind, report, trials)) is not None:
+            _message(fig, reason)
         else:
             {"rho": _rho, "gap": _gap, "heatmap": _heatmap, "sharpness": _sharpness}[kind](
                 fig, report, trials
@@ -99,7 +111,49 @@ def render(
 def _message(fig: Figure, text: str) -> None:
     ax = fig.add_subplot()
     ax.set_axis_off()
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, color="#555555")
+    size = 14 if "\n" not in text else 11
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=size, color="#555555")
+
+
+READ_INSTEAD = "every number is in the report:\nGET /studies/{id}/report?format=csv"
+
+
+def too_large(kind: str, report: Report, trials: Sequence[dict[str, Any]]) -> str | None:
+    """Why this plot of this study would be unreadable (and slow) to draw, or None."""
+    groups = len(report.groups)
+    if kind in ("rho", "gap") and groups > MAX_GROUPS:
+        return (
+            f"{groups} groups (optimizer × batch size × SAM setting):\n"
+            f"more than the {MAX_GROUPS} this plot draws readably;\n{READ_INSTEAD}"
+        )
+    if kind == "heatmap":
+        panels = {(g.base_optimizer, g.sam_variant, g.m) for g in report.groups}
+        rhos = {r.rho for g in report.groups for r in g.rows}
+        sizes = {g.batch_size for g in report.groups}
+        if len(panels) > MAX_PANELS or len(rhos) * len(sizes) > MAX_CELLS:
+            return (
+                f"{len(panels)} panels of {len(rhos)} ρ × {len(sizes)} batch sizes:\n"
+                f"more than this heatmap draws readably ({MAX_PANELS} panels, "
+                f"{MAX_CELLS} cells);\n{READ_INSTEAD}"
+            )
+    if kind == "sharpness":
+        rhos = {t["params"]["rho"] for t in trials if t.get("state") == "COMPLETE"}
+        sizes = {t["params"]["batch_size"] for t in trials if t.get("state") == "COMPLETE"}
+        if len(rhos) + len(sizes) > MAX_LEGEND:
+            return (
+                f"{len(rhos)} ρ values and {len(sizes)} batch sizes:\n"
+                f"more than this plot tells apart ({MAX_LEGEND} in all);\n{READ_INSTEAD}"
+            )
+    return None
+
+
+def _thin(points: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """At most MAX_POINTS points, evenly spaced, the last one kept."""
+    if len(points) <= MAX_POINTS:
+        return points
+    step = math.ceil(len(points) / MAX_POINTS)
+    kept = points[::step]
+    return kept if kept[-1] == points[-1] else [*kept, points[-1]]
 
 
 def _mean_std(group: Group, rho: float, metric: str) -> tuple[float | None, float]:
@@ -206,7 +260,8 @@ def _heatmap(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> N
         image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower")
         finite = [v for row in values for v in row if not math.isnan(v)]
         middle = (min(finite) + max(finite)) / 2 if finite else 0
-        for i, row in enumerate(grid):
+        labelled = len(rhos) * len(gs) <= MAX_LABELLED_CELLS
+        for i, row in enumerate(grid if labelled else []):
             for j, (mean, std) in enumerate(row):
                 text = "—" if mean is None else f"{mean:.3f}" + (f"\n±{std:.3f}" if std else "")
                 color = "black" if mean is not None and mean > middle else "white"
@@ -237,15 +292,16 @@ def _sharpness(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) ->
     ax = fig.add_subplot()
     rhos = sorted({p[0] for p in points})
     sizes = sorted({p[1] for p in points})
-    for i, rho in enumerate(rhos):
-        for j, bs in enumerate(sizes):
-            sel = [(s, a) for r, b, s, a in points if r == rho and b == bs]
-            if sel:
-                xs, ys = zip(*sel, strict=True)
-                ax.scatter(
-                    xs, ys, color=COLORS[i % len(COLORS)], marker=MARKERS[j % len(MARKERS)],
-                    s=28, alpha=0.85, edgecolors="black", linewidths=0.4,
-                )  # fmt: skip
+    cells: dict[tuple[Any, Any], list[tuple[float, float]]] = {}
+    for r, b, s, a in points:  # one pass: a grid of 100 x 100 values is not 10^4 scans
+        cells.setdefault((r, b), []).append((s, a))
+    for (rho, bs), sel in cells.items():
+        i, j = rhos.index(rho), sizes.index(bs)
+        xs, ys = zip(*sel, strict=True)
+        ax.scatter(
+            xs, ys, color=COLORS[i % len(COLORS)], marker=MARKERS[j % len(MARKERS)],
+            s=28, alpha=0.85, edgecolors="black", linewidths=0.4,
+        )  # fmt: skip
     for i, rho in enumerate(rhos):  # legend: colour = rho, marker = batch size
         ax.scatter([], [], color=COLORS[i % len(COLORS)], marker="o", label=f"ρ={rho:g}")
     for j, bs in enumerate(sizes):
@@ -291,10 +347,10 @@ def _curves(
             epochs = [(e["epoch"], e[key]) for e in t.get("curves") or [] if e.get(key) is not None]
             if not epochs:
                 continue
-            xs, ys = zip(*epochs, strict=True)
+            xs, ys = zip(*_thin(epochs), strict=True)
             ax.plot(
-                xs, ys, color=color, marker="o", ms=3, alpha=0.85 if len(chosen) == 1 else 0.6,
-                label=None if labelled else name,
+                xs, ys, color=color, marker="o" if len(xs) <= 60 else None, ms=3,
+                alpha=0.85 if len(chosen) == 1 else 0.6, label=None if labelled else name,
             )  # fmt: skip
             labelled = True
     ax.set_xlabel("epoch")

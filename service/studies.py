@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from samsweep.report import Report, TrialRecord, build_report
 from samsweep.settings import Settings
 from samsweep.spec import StudySpec, TrialParams
 from samsweep.states import FINISHED_STATES, StudyStatus, TrialState
+from service.cache import VersionedCache
 from service.errors import Conflict, IdempotencyMismatch, InvalidSpec, NotFound
 
 log = logging.getLogger(__name__)
@@ -234,21 +236,43 @@ def study_status(study: Study, counts: dict[str, int]) -> StudyStatus:
     return StudyStatus.QUEUED
 
 
-def counts_and_timings(session: Session, study: Study) -> tuple[dict[str, int], dict[str, Any]]:
-    """Trials per state (every state present) and the first start / last finish: one
-    grouped query, not one for the counts and another for the times."""
+@dataclass(frozen=True)
+class Snapshot:
+    """A study's trials at one moment: counts per state (every state present), the first
+    start and last finish, and `version`, a digest that changes whenever anything a read
+    derives from the trials can change (a trial starts, trains an epoch, finishes, is
+    re-queued; the study is cancelled). Reports, plots and ETags are keyed on it."""
+
+    counts: dict[str, int]
+    timings: dict[str, Any]
+    version: str
+
+
+def snapshot(session: Session, study: Study) -> Snapshot:
+    """One grouped query over the study's trials (their (study_id, number) index)."""
     counts = {s.value: 0 for s in TrialState}
     started = last = None
+    digest = hashlib.sha256(f"{study.id}|{study.cancelled_at}".encode())
     rows = session.execute(
-        select(Trial.state, func.count(), func.min(Trial.started_at), func.max(Trial.finished_at))
+        select(
+            Trial.state,
+            func.count(),
+            func.min(Trial.started_at),
+            func.max(Trial.finished_at),
+            func.coalesce(func.sum(Trial.epoch), 0),
+            func.coalesce(func.sum(Trial.attempts), 0),
+        )
         .where(Trial.study_id == study.id)
         .group_by(Trial.state)
+        .order_by(Trial.state)
     )
-    for state, n, first, final in rows:
+    for state, n, first, final, epochs, attempts in rows:
         counts[state] = n
         started = first if started is None or (first and first < started) else started
         last = final if last is None or (final and final > last) else last
-    return counts, {"created_at": study.created_at, "started_at": started, "last_finished_at": last}
+        digest.update(f"|{state}:{n}:{final}:{epochs}:{attempts}".encode())
+    timings = {"created_at": study.created_at, "started_at": started, "last_finished_at": last}
+    return Snapshot(counts, timings, digest.hexdigest()[:32])
 
 
 def best_trial(session: Session, study_id: str) -> Trial | None:
@@ -294,8 +318,19 @@ def stored_spec(study: Study) -> StudySpec:
         raise Conflict(f"the stored spec no longer validates: {e}".splitlines()[0]) from e
 
 
-def study_report(session: Session, study: Study) -> Report:
-    """The generalization-gap report (samsweep.report) over every trial of the study."""
+def study_report(
+    session: Session, study: Study, version: str | None = None, cache: VersionedCache | None = None
+) -> Report:
+    """The generalization-gap report (samsweep.report) over every trial of the study;
+    with a version and a cache, built once per study version."""
+    if version is None or cache is None:
+        return _build_report(session, study)
+    return cache.get_or_compute(
+        (study.id, version, "report"), lambda: _build_report(session, study)
+    )
+
+
+def _build_report(session: Session, study: Study) -> Report:
     rows = session.execute(
         select(Trial.params, Trial.state, Trial.metrics, Trial.error)
         .where(Trial.study_id == study.id)

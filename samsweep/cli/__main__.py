@@ -5,4 +5,7 @@ import sys
 
 from samsweep.cli.commands import main
 
-sys.exit(main())
+# The guard matters: the API's plot processes are started with `spawn`, which imports the
+# main module again (as __mp_main__) in each child.
+if __name__ == "__main__":
+    sys.exit(main())

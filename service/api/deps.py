@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from samsweep.db import session_factory
 from samsweep.settings import Settings, reveal
 from service.auth import owner_for
+from service.cache import VersionedCache
 
 # Declares the security scheme in OpenAPI; the token itself is checked by owner_for.
 bearer = HTTPBearer(
@@ -44,6 +45,10 @@ async def get_db(request: Request) -> sessionmaker[Session]:
 
 async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
+
+
+async def get_cache(request: Request) -> VersionedCache:
+    return request.app.state.cache
 
 
 def _token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
@@ -71,6 +76,7 @@ async def owner_for_read(request: Request, credentials: Credentials) -> str | No
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 DbDep = Annotated[sessionmaker[Session], Depends(get_db)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+CacheDep = Annotated[VersionedCache, Depends(get_cache)]
 # The owner a call acts for (None: no tokens configured, or public reads).
 WriteOwner = Annotated[str | None, Depends(owner_for_write)]
 ReadOwner = Annotated[str | None, Depends(owner_for_read)]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+
+import anyio
 from fastapi import APIRouter, Response
 from sqlalchemy import text
 
@@ -9,11 +13,27 @@ from service.api.deps import CeleryDep, DbDep
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
+# /health's checks run in threads of their own, never queued behind the threadpool that
+# serves the other routes: a saturated API still says whether it is alive.
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _limiter() -> anyio.CapacityLimiter:  # one per event loop (a limiter belongs to its loop)
+    loop = asyncio.get_running_loop()
+    if loop not in _limiters:
+        _limiters[loop] = anyio.CapacityLimiter(4)
+    return _limiters[loop]
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
-def health(db: DbDep, celery: CeleryDep, response: Response) -> Health:
+async def health(db: DbDep, celery: CeleryDep, response: Response) -> Health:
     """200 when the database and the broker answer, 503 naming the one that does not."""
+    return await anyio.to_thread.run_sync(_check, db, celery, response, limiter=_limiter())
+
+
+def _check(db: DbDep, celery: CeleryDep, response: Response) -> Health:
     database = broker = "ok"
     try:
         with db() as session:

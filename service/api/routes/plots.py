@@ -1,22 +1,67 @@
-"""/studies/{id}/plots/{kind}: the study's plots as SVG or PNG (drawn by service.plots)."""
+"""/studies/{id}/plots/{kind}: the study's plots as SVG or PNG (drawn by service.plots in
+service.render's processes, cached per study version, with an ETag)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+import anyio
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
-from samsweep.db import Trial
-from samsweep.report import build_report
+from samsweep.db import Study, Trial
 from service import plots, studies
-from service.api.deps import DbDep, ReadOwner
+from service.api.conditional import NotModified, etag, not_modified, validators
+from service.api.deps import CacheDep, DbDep, ReadOwner
+from service.cache import VersionedCache
 from service.errors import NotFound, responses
+from service.render import Renderer
 
 router = APIRouter(prefix="/studies", tags=["plots"])
 
 Kind = Literal["rho", "gap", "heatmap", "sharpness", "curves"]
 assert set(Kind.__args__) == set(plots.KINDS)  # type: ignore[attr-defined]
+
+
+def _inputs(
+    db: sessionmaker[Session],
+    study: Study,
+    version: str,
+    kind: str,
+    fmt: str,
+    trial: int | None,
+    cache: VersionedCache,
+) -> tuple[Any, ...]:
+    """What `plots.render` takes, read in one session: the report (cached per version),
+    the trials without their curves, and the curves of only the trials drawn."""
+    with db() as session:
+        report = studies.study_report(session, study, version, cache)
+        columns = (Trial.number, Trial.params, Trial.state, Trial.metrics)
+        query = select(*columns).where(Trial.study_id == study.id).order_by(Trial.number)
+        trials = [
+            {"number": r.number, "params": r.params, "state": r.state, "metrics": r.metrics,
+             "curves": None}
+            for r in session.execute(query)
+        ]  # fmt: skip
+        if kind == "curves":  # only the curves drawn: a study may hold thousands
+            if trial is not None:
+                if not any(t["number"] == trial for t in trials):
+                    raise NotFound(f"no trial {trial} in this study", field="trial")
+                wanted = [trial]
+            else:
+                found = plots.best_cell_trials(report, trials, report.objective)
+                wanted = [t["number"] for t in found[2]] if found else []
+            curves: dict[int, list[Any]] = dict(
+                session.execute(
+                    select(Trial.number, Trial.curves).where(
+                        Trial.study_id == study.id, Trial.number.in_(wanted)
+                    )
+                ).all()
+            )
+            for t in trials:
+                t["curves"] = curves.get(t["number"])
+    return kind, fmt, report, trials, report.objective, trial
 
 
 @router.get(
@@ -26,16 +71,20 @@ assert set(Kind.__args__) == set(plots.KINDS)  # type: ignore[attr-defined]
         200: {
             "content": {"image/svg+xml": {}, "image/png": {}},
             "description": "the plot; a study without a complete trial yet gets a figure "
-            "that says so",
+            "that says so, and a grid too large to draw readably a figure that says what "
+            "to read instead",
         },
+        304: {"description": "unchanged since the ETag sent"},
         **responses(401, 404, 409, 422, 503),
     },
 )
-def plot(
+async def plot(
     study_id: str,
     kind: Kind,
+    request: Request,
     db: DbDep,
     owner: ReadOwner,
+    cache: CacheDep,
     format: Annotated[
         Literal["svg", "png"], Query(description=f"png: {plots.PNG_DPI} dpi, for papers")
     ] = "svg",
@@ -53,46 +102,33 @@ def plot(
     baseline as a dashed line), `gap` (train vs test accuracy, baseline vs SAM at the
     selected ρ), `heatmap` (mean test accuracy over ρ × batch size), `sharpness`
     (sharpness vs test accuracy per trial, coloured by ρ) or `curves` (per-epoch train,
-    validation and test accuracy)."""
-    with db() as session:
-        study = studies.get_study(session, study_id, owner)
-        spec = studies.stored_spec(study)
-        columns = (Trial.number, Trial.params, Trial.state, Trial.metrics, Trial.error)
-        query = select(*columns).where(Trial.study_id == study.id).order_by(Trial.number)
-        rows = session.execute(query).all()
-        trials = [
-            {"number": r.number, "params": r.params, "state": r.state, "metrics": r.metrics,
-             "curves": None}
-            for r in rows
-        ]  # fmt: skip
-        report = build_report(
-            spec,
-            [studies.trial_record(r.params, r.state, r.metrics, r.error) for r in rows],
-        )  # fmt: skip
-        if kind == "curves":  # only the curves drawn: a study may hold thousands
-            if trial is not None:
-                wanted = [trial]
-            else:
-                found = plots.best_cell_trials(report, trials, report.objective)
-                wanted = [t["number"] for t in found[2]] if found else []
-            curves: dict[int, list[Any]] = dict(
-                session.execute(
-                    select(Trial.number, Trial.curves).where(
-                        Trial.study_id == study.id, Trial.number.in_(wanted)
-                    )
-                ).all()
-            )
-            for t in trials:
-                t["curves"] = curves.get(t["number"])
-    try:
-        body = plots.render(kind, format, report, trials, report.objective, trial)
-    except plots.UnknownTrial as e:
-        raise NotFound(str(e), field="trial") from e
+    validation and test accuracy).
+
+    Drawn once per study version, in separate processes: send the `ETag` back in
+    `If-None-Match` to get a 304 while the study has not changed. 503 with Retry-After
+    when too many plots are being drawn; 422 when a plot cannot be drawn within the
+    time budget (SAMSWEEP_PLOT_TIMEOUT_SECONDS)."""
+    trial = trial if kind == "curves" else None  # only curves take a trial
+
+    def find() -> tuple[Study, studies.Snapshot]:
+        with db() as session:
+            study = studies.get_study(session, study_id, owner)
+            return study, studies.snapshot(session, study)
+
+    study, snap = await anyio.to_thread.run_sync(find)
+    tag = etag(snap.version, "plot", kind, format, trial)
+    if not_modified(request, tag):
+        return NotModified(tag)
+    renderer: Renderer = request.app.state.renderer
+    key = (study.id, snap.version, "plot", kind, format, trial)
+    body = await renderer.render(
+        key, lambda: _inputs(db, study, snap.version, kind, format, trial, cache), cache
+    )
     return Response(
         body,
         media_type=plots.FORMATS[format],
         headers={
-            "Cache-Control": "no-store",  # the plot changes as trials finish
+            **validators(tag),
             "Content-Disposition": f'inline; filename="{study.id}-{kind}.{format}"',
         },
     )

@@ -11,8 +11,7 @@ import io
 from typing import Annotated, Any, Literal
 
 from celery import Celery
-from fastapi import APIRouter, BackgroundTasks, Header, Query, Response, status
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session, defer, sessionmaker
 
@@ -22,7 +21,9 @@ from samsweep.spec import StudySpec
 from samsweep.states import FINISHED_STATES, StudyStatus
 from service import studies
 from service.api.body import StrictJsonRoute
-from service.api.deps import CeleryDep, DbDep, ReadOwner, SettingsDep, WriteOwner
+from service.api.conditional import NotModified, cached_json, etag, not_modified, validators
+from service.api.deps import CacheDep, CeleryDep, DbDep, ReadOwner, SettingsDep, WriteOwner
+from service.cache import VersionedCache
 from service.errors import responses
 from service.schemas import (
     Best,
@@ -142,7 +143,8 @@ def cancel_study(study_id: str, db: DbDep, owner: WriteOwner) -> StudyDetail:
 
 
 def _detail(session: Session, study: Study) -> StudyDetail:
-    counts, t = studies.counts_and_timings(session, study)
+    snap = studies.snapshot(session, study)
+    counts, t = snap.counts, snap.timings
     finished = sum(counts[s] for s in FINISHED_STATES)
     end = t["last_finished_at"] if finished == study.n_trials else None
     return StudyDetail(
@@ -190,16 +192,34 @@ def list_trials(
         )
 
 
-@router.get("/{study_id}/best", response_model=Best, responses=responses(401, 404, 409, 422, 503))
-def best(study_id: str, db: DbDep, owner: ReadOwner) -> Best:
+@router.get(
+    "/{study_id}/best",
+    response_model=Best,
+    responses={304: {"description": "unchanged since the ETag sent"},
+               **responses(401, 404, 409, 422, 503)},
+)  # fmt: skip
+def best(
+    study_id: str, request: Request, db: DbDep, owner: ReadOwner, cache: CacheDep
+) -> Any:
     """The best grid cell by its mean objective over seeds (and the single best trial),
-    and how complete the study is."""
+    and how complete the study is. Computed once per study version (see `ETag`)."""
     with db() as session:
         study = studies.get_study(session, study_id, owner)
-        counts = studies.state_counts(session, study.id)
-        status_ = studies.study_status(study, counts)
-        report = studies.study_report(session, study)
-        top = studies.best_trial(session, study.id)
+        snap = studies.snapshot(session, study)
+        tag = etag(snap.version, "best")
+        if not_modified(request, tag):
+            return NotModified(tag)
+        answer = cache.get_or_compute(
+            (study.id, snap.version, "best"), lambda: _best(session, study, snap, cache)
+        )
+    return cached_json(answer, tag)
+
+
+def _best(session: Session, study: Study, snap: studies.Snapshot, cache: VersionedCache) -> bytes:
+    counts = snap.counts
+    status_ = studies.study_status(study, counts)
+    report = studies.study_report(session, study, snap.version, cache)
+    top = studies.best_trial(session, study.id)
     objective = report.objective
     found = reports.best_cell(report, objective)
     cell = None
@@ -216,7 +236,7 @@ def best(study_id: str, db: DbDep, owner: ReadOwner) -> Best:
             objective=row.metrics[objective],
             metrics=row.metrics,
         )
-    return Best(
+    answer = Best(
         study_id=study.id,
         objective=objective,
         selected_on_test=objective == "test_accuracy",
@@ -234,6 +254,7 @@ def best(study_id: str, db: DbDep, owner: ReadOwner) -> Best:
             optuna_trial_number=top.optuna_trial_number,
         ),
     )
+    return answer.model_dump_json().encode()
 
 
 @router.get(
@@ -246,26 +267,45 @@ def best(study_id: str, db: DbDep, owner: ReadOwner) -> Best:
 )
 def report(
     study_id: str,
+    request: Request,
     db: DbDep,
     owner: ReadOwner,
+    cache: CacheDep,
     format: Annotated[
         Literal["json", "csv"], Query(description="csv: one line per row, for spreadsheets")
     ] = "json",
 ) -> Any:
     """Per batch size and SAM setting: baseline and each rho as mean ± std over seeds, the
     rho selected on the selection metric, SAM's paired gain with a 95 % interval, and the
-    fraction of the large-batch drop SAM recovers. Unfinished cells are counted."""
+    fraction of the large-batch drop SAM recovers. Unfinished cells are counted. Computed
+    once per study version (see `ETag`)."""
     with db() as session:
         study = studies.get_study(session, study_id, owner)
-        result = studies.study_report(session, study)
+        snap = studies.snapshot(session, study)
+        tag = etag(snap.version, "report", format)
+        if not_modified(request, tag):
+            return NotModified(tag)
+        key = (study.id, snap.version, "report", format)
+        body = cache.get(key)
+        if body is None:
+            result = studies.study_report(session, study, snap.version, cache)
+            body = result.model_dump_json().encode() if format == "json" else _csv(result)
+            cache.put(key, body)
     if format == "json":
-        return result
+        return cached_json(body, tag)
+    return Response(
+        body,
+        media_type="text/csv",
+        headers={
+            **validators(tag),
+            "Content-Disposition": f'attachment; filename="{study.id}-report.csv"',
+        },
+    )
+
+
+def _csv(result: reports.Report) -> bytes:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=reports.CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(reports.to_rows(result))
-    return PlainTextResponse(
-        out.getvalue(),
-        media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{study.id}-report.csv"'},
-    )
+    return out.getvalue().encode()
