@@ -52,9 +52,9 @@ class VersionedCache:
             return value
 
     def put(self, key: Hashable, value: Any) -> None:
-        with self._lock:
-            with contextlib.suppress(ValueError):  # larger than the whole cache: not kept
-                self._entries[key] = value
+        # A value larger than the whole cache is served, not kept (LRUCache's ValueError).
+        with self._lock, contextlib.suppress(ValueError):
+            self._entries[key] = value
 
     def get_or_compute(self, key: Hashable, compute: Callable[[], T]) -> T:
         with self._lock:
