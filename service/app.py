@@ -5,16 +5,19 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic.json_schema import models_json_schema
 from swagger_ui_bundle import swagger_ui_path
 
 from samsweep import __version__
 from samsweep.queue import make_celery
 from samsweep.settings import Settings, get_settings
+from samsweep.spec import StudySpec
 from service import errors
 from service.api.routes import health, pages
 from service.api.routes import plots as plots_routes
@@ -64,7 +67,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The pages' script and style, from the package (service/static): nothing from a CDN.
     app.mount("/static", StaticFiles(packages=[("service", "static")]), name="static")
     _offline_docs(app)
+    _document_spec_body(app)
     return app
+
+
+def _document_spec_body(app: FastAPI) -> None:
+    """POST /studies parses its body itself (service/api/body.py: after authentication,
+    off the loop), so FastAPI does not see the model: its schema is added here, under
+    components.schemas, where the route's requestBody refers to it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            _, defs = models_json_schema(
+                [(StudySpec, "validation")], ref_template="#/components/schemas/{model}"
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _offline_docs(app: FastAPI) -> None:

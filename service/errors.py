@@ -48,17 +48,32 @@ class IdempotencyMismatch(ApiError):
     status, code = 422, "idempotency_key_reused"
 
 
+class LimitExceeded(ApiError):
+    """An owner's quota (SAMSWEEP_MAX_STUDIES_PER_OWNER, ..._PENDING_TRIALS_PER_OWNER)."""
+
+    status, code = 429, "limit_exceeded"
+
+
+# An error answer stays small whatever the request: a body with thousands of faults gets
+# the first MAX_DETAILS, each field name and message cut to these lengths.
+MAX_DETAILS, MAX_FIELD_CHARS, MAX_MESSAGE_CHARS = 20, 200, 500
+
+
 def error_body(
     code: str, message: str, field: str | None = None, details: list[Any] | None = None
 ) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "field": field, "details": details or []}}
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
-    return ".".join(parts) or "body"
+    return _cut(".".join(parts) or "body", MAX_FIELD_CHARS)
 
 
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -71,14 +86,18 @@ def _detail(e: dict[str, Any]) -> dict[str, str]:
     loc, message = tuple(e.get("loc", ())), e.get("msg", "invalid").removeprefix("Value error, ")
     if e.get("type") == "json_invalid":  # loc is (body, character offset): say what and where
         reason = (e.get("ctx") or {}).get("error", "")
-        return {"field": "body", "message": f"{message} at character {loc[-1]}: {reason}"}
-    return {"field": _field(loc), "message": message}
+        text = f"{message} at character {loc[-1]}: {reason}"
+        return {"field": "body", "message": _cut(text, MAX_MESSAGE_CHARS)}
+    return {"field": _field(loc), "message": _cut(message, MAX_MESSAGE_CHARS)}
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    details = [_detail(e) for e in exc.errors()]
+    errors = exc.errors()
+    details = [_detail(e) for e in errors[:MAX_DETAILS]]
     first = details[0] if details else {"field": "body", "message": "invalid request"}
     message = f"{first['field']}: {first['message']}"
+    if len(errors) > MAX_DETAILS:
+        message += f" (and {len(errors) - 1} more errors; the first {MAX_DETAILS} in details)"
     return JSONResponse(error_body("invalid_spec", message, first["field"], details), 422)
 
 
@@ -123,7 +142,9 @@ RESPONSES = {
     409: "a conflict: a concurrent create with this Idempotency-Key failed (retry), or the "
     "stored spec no longer validates",
     413: "request body over SAMSWEEP_MAX_BODY_BYTES",
-    422: "invalid input: `field` names the first field at fault, `details` every one",
+    422: "invalid input: `field` names the first field at fault, `details` up to 20",
+    429: "an owner's limit is reached (unfinished studies, or queued and running trials): "
+    "the message names the setting",
     503: "the database is unavailable or overloaded; retry after Retry-After seconds",
 }
 

@@ -7,6 +7,8 @@ import json
 import logging
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,7 +29,7 @@ from samsweep.settings import Settings
 from samsweep.spec import StudySpec, TrialParams
 from samsweep.states import FINISHED_STATES, StudyStatus, TrialState
 from service.cache import VersionedCache
-from service.errors import Conflict, IdempotencyMismatch, InvalidSpec, NotFound
+from service.errors import Conflict, IdempotencyMismatch, InvalidSpec, LimitExceeded, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,8 @@ def insert_study(
 ) -> tuple[Study, bool]:
     """Validate, then write the study, its key and one row per (cell, seed) and create
     the Optuna study, all or nothing. Returns (study, created); the trials are sent to
-    the broker afterwards (`enqueue_pending`), off the request. A refused spec creates
-    nothing.
+    the broker afterwards (`enqueue_pending`), off the request. A refused spec, or one
+    past the owner's quota (`check_quota`, 429), creates nothing.
 
     With an Idempotency-Key, one study exists per (owner, key) whatever the concurrency:
     the key row's primary key lets one request commit; the others wait for it (the
@@ -79,7 +81,20 @@ def insert_study(
         check_spec(spec, settings.data_dir, settings.max_grid_trials)
     except SpecError as e:
         raise InvalidSpec(str(e), field=e.field) from e
+    with _quota_lock(session, scope):  # held until this transaction commits or rolls back
+        check_quota(session, settings, owner, spec.n_trials)
+        return _insert(session, settings, spec, owner, idempotency_key, digest, scope)
 
+
+def _insert(
+    session: Session,
+    settings: Settings,
+    spec: StudySpec,
+    owner: str | None,
+    idempotency_key: str | None,
+    digest: str,
+    scope: str,
+) -> tuple[Study, bool]:
     study_id = new_id()
     study = Study(
         id=study_id,
@@ -127,6 +142,50 @@ def insert_study(
         optuna_store.delete_study(optuna_url, study.optuna_study_name)
         raise
     return study, True
+
+
+_sqlite_quota = threading.Lock()
+
+
+@contextmanager
+def _quota_lock(session: Session, scope: str) -> Iterator[None]:
+    """Serialize one owner's creates from the quota check to the commit, so concurrent
+    POSTs cannot all pass the check: on PostgreSQL a transaction-level advisory lock per
+    owner (every API replica sees it; released at commit or rollback), on SQLite (one
+    API process, the embedded default) a process lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"samsweep-owner:{scope}".encode()).digest()[:8])
+        session.execute(select(func.pg_advisory_xact_lock(key - 2**63)))
+        yield
+        return
+    with _sqlite_quota:
+        yield
+
+
+def check_quota(session: Session, settings: Settings, owner: str | None, n_trials: int) -> None:
+    """429 when creating `n_trials` more would take `owner` past their unfinished studies
+    (SAMSWEEP_MAX_STUDIES_PER_OWNER) or queued-and-running trials
+    (SAMSWEEP_MAX_PENDING_TRIALS_PER_OWNER). On an open API (no tokens) every study is
+    the anonymous owner's, so the limits bound the whole service."""
+    who = Study.owner.is_(None) if owner is None else Study.owner == owner
+    studies_, trials = session.execute(
+        select(func.count(func.distinct(Trial.study_id)), func.count())
+        .join(Study, Study.id == Trial.study_id)
+        .where(who, Trial.state.in_((TrialState.QUEUED, TrialState.RUNNING)))
+    ).one()
+    name = "this API's anonymous owner" if owner is None else f"owner {owner[:80]!r}"
+    if studies_ + 1 > settings.max_studies_per_owner:
+        raise LimitExceeded(
+            f"{name} has {studies_} unfinished studies; SAMSWEEP_MAX_STUDIES_PER_OWNER "
+            f"allows {settings.max_studies_per_owner}: wait for one to finish or cancel one"
+        )
+    if trials + n_trials > settings.max_pending_trials_per_owner:
+        raise LimitExceeded(
+            f"{name} has {trials} queued or running trials and this study adds "
+            f"{n_trials}; SAMSWEEP_MAX_PENDING_TRIALS_PER_OWNER allows "
+            f"{settings.max_pending_trials_per_owner}: wait for trials to finish or cancel "
+            "a study"
+        )
 
 
 # One sender at a time per API process (the create's background send and the sweeper),
@@ -240,8 +299,9 @@ def study_status(study: Study, counts: dict[str, int]) -> StudyStatus:
 class Snapshot:
     """A study's trials at one moment: counts per state (every state present), the first
     start and last finish, and `version`, a digest that changes whenever anything a read
-    derives from the trials can change (a trial starts, trains an epoch, finishes, is
-    re-queued; the study is cancelled). Reports, plots and ETags are keyed on it."""
+    derives from the study can change (a trial starts, trains an epoch, finishes, is
+    re-queued; the study is cancelled; its stored spec is rewritten, by a migration say).
+    Reports, plots and ETags are keyed on it."""
 
     counts: dict[str, int]
     timings: dict[str, Any]
@@ -252,7 +312,8 @@ def snapshot(session: Session, study: Study) -> Snapshot:
     """One grouped query over the study's trials (their (study_id, number) index)."""
     counts = {s.value: 0 for s in TrialState}
     started = last = None
-    digest = hashlib.sha256(f"{study.id}|{study.cancelled_at}".encode())
+    digest = hashlib.sha256(f"{study.id}|{study.cancelled_at}|".encode())
+    digest.update(json.dumps(study.spec, sort_keys=True).encode())  # bounded: a few KB
     rows = session.execute(
         select(
             Trial.state,

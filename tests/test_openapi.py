@@ -26,7 +26,7 @@ def schema(client) -> dict:
 
 
 EXPECTED = {
-    ("post", "/studies"): {401, 409, 413, 422, 503},
+    ("post", "/studies"): {401, 409, 413, 422, 429, 503},
     ("get", "/studies"): {401, 422, 503},
     ("get", "/studies/{study_id}"): {401, 404, 422, 503},
     ("post", "/studies/{study_id}/cancel"): {401, 404, 422, 503},

@@ -1,43 +1,116 @@
-"""JSON request bodies parsed strictly: a key that appears twice in one object is an
-error, not "the last one wins" (which would let a typo or a smuggled second value
-silently change a study). Routers use `StrictJsonRoute` as their route class; the
-duplicate surfaces as a 422 like any other malformed JSON (tests/test_hostile.py)."""
+"""The study spec in a POST body: read after the caller is authenticated, parsed and
+validated off the event loop, and refused early when it cannot be a spec.
+
+- **Authentication first.** `study_spec` depends on the write owner, so without a valid
+  token the answer is 401 before a byte of the body is read or parsed.
+- **Off the loop.** JSON parsing and pydantic validation run in a worker thread, at most
+  `PARSERS` at once per process: a flood of large bodies queues there, while the loop
+  keeps answering everything else (`/health`, reads).
+- **Strict JSON.** A key that appears twice in one object is an error, not "the last
+  one wins" (a typo or a smuggled second value would silently change a study). An
+  object with more than `MAX_KEYS` keys cannot be a spec (the largest has 15 fields),
+  so it is refused as it is parsed, before validation would list every unknown key;
+  nesting too deep for the parser is a 422 too.
+
+Every refusal is a RequestValidationError, answered by service/errors.py as a 422 of
+the one error shape (with at most `MAX_DETAILS` details).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Coroutine
-from typing import Any
+import weakref
+from typing import Annotated, Any
 
-from fastapi import Request, Response
-from fastapi.routing import APIRoute
+import anyio
+from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
+from samsweep.spec import StudySpec
+from service.api.deps import WriteOwner
 
-def _no_duplicate_keys(doc: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise json.JSONDecodeError(f"duplicate key {key[:80]!r}", doc, 0)
-            out[key] = value
-        return out
-
-    return hook
-
-
-class StrictJsonRequest(Request):
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            text = (await self.body()).decode()
-            self._json = json.loads(text, object_pairs_hook=_no_duplicate_keys(text))
-        return self._json
+MAX_KEYS = 64
+PARSERS = 2  # parse/validate threads per process: the other threads stay free for reads
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-class StrictJsonRoute(APIRoute):
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+class _Refused(ValueError):
+    pass
 
-        async def strict(request: Request) -> Response:
-            return await handler(StrictJsonRequest(request.scope, request.receive))
 
-        return strict
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len(pairs) > MAX_KEYS:
+        raise _Refused(f"an object with {len(pairs)} keys; a spec object has at most {MAX_KEYS}")
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Refused(f"duplicate key {key[:80]!r}")
+        out[key] = value
+    return out
+
+
+def _invalid_json(position: int, reason: str) -> RequestValidationError:
+    # The shape FastAPI gives its own JSON errors, so the one handler words them alike.
+    return RequestValidationError(
+        [
+            {
+                "type": "json_invalid",
+                "loc": ("body", position),
+                "msg": "JSON decode error",
+                "ctx": {"error": reason},
+            }
+        ]  # fmt: skip
+    )
+
+
+def parse_spec(body: bytes) -> StudySpec:
+    """The validated spec in `body`, or RequestValidationError saying why not."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError as e:
+        raise _invalid_json(e.start, "not UTF-8 text") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_strict_object)
+    except json.JSONDecodeError as e:
+        raise _invalid_json(e.pos, e.msg) from None
+    except _Refused as e:
+        raise _invalid_json(0, str(e)) from None
+    except RecursionError:
+        raise _invalid_json(0, "nested too deeply") from None
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors(include_url=False, include_input=False, include_context=False)
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in errors]
+        ) from None
+    except RecursionError:
+        raise _invalid_json(0, "nested too deeply") from None
+
+
+def _limiter() -> anyio.CapacityLimiter:  # one per event loop (a limiter belongs to its loop)
+    loop = asyncio.get_running_loop()
+    if loop not in _limiters:
+        _limiters[loop] = anyio.CapacityLimiter(PARSERS)
+    return _limiters[loop]
+
+
+async def study_spec(request: Request, owner: WriteOwner) -> StudySpec:
+    """The request's spec, once `owner` (a valid token, where tokens are configured) is
+    known: the body is read only then, and parsed in a thread."""
+    body = await request.body()
+    return await anyio.to_thread.run_sync(parse_spec, body, limiter=_limiter())
+
+
+SpecBody = Annotated[StudySpec, Depends(study_spec)]
+# The request body as OpenAPI documents it (parsed by `study_spec`, not by FastAPI).
+OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StudySpec"}}},
+    }
+}

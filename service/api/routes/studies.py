@@ -17,10 +17,9 @@ from sqlalchemy.orm import Session, defer, sessionmaker
 
 from samsweep import report as reports
 from samsweep.db import Study, Trial
-from samsweep.spec import StudySpec
 from samsweep.states import FINISHED_STATES, StudyStatus
 from service import studies
-from service.api.body import StrictJsonRoute
+from service.api.body import OPENAPI_BODY, SpecBody
 from service.api.conditional import NotModified, cached_json, etag, not_modified, validators
 from service.api.deps import CacheDep, CeleryDep, DbDep, ReadOwner, SettingsDep, WriteOwner
 from service.cache import VersionedCache
@@ -40,7 +39,7 @@ from service.schemas import (
     TrialPublic,
 )
 
-router = APIRouter(prefix="/studies", tags=["studies"], route_class=StrictJsonRoute)
+router = APIRouter(prefix="/studies", tags=["studies"])
 # Visible ASCII, no spaces: a key is an opaque token (a UUID, say), never free text.
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]+$"
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
@@ -76,11 +75,12 @@ def _enqueue_study(db: sessionmaker[Session], celery: Celery, queue: str, study_
     response_model=StudyCreated,
     responses={
         200: {"model": StudyCreated, "description": "a replay of an Idempotency-Key"},
-        **responses(401, 409, 413, 422, 503),
+        **responses(401, 409, 413, 422, 429, 503),
     },
+    openapi_extra=OPENAPI_BODY,
 )
 def create_study(
-    spec: StudySpec,
+    spec: SpecBody,
     db: DbDep,
     settings: SettingsDep,
     celery: CeleryDep,
@@ -198,9 +198,7 @@ def list_trials(
     responses={304: {"description": "unchanged since the ETag sent"},
                **responses(401, 404, 409, 422, 503)},
 )  # fmt: skip
-def best(
-    study_id: str, request: Request, db: DbDep, owner: ReadOwner, cache: CacheDep
-) -> Any:
+def best(study_id: str, request: Request, db: DbDep, owner: ReadOwner, cache: CacheDep) -> Any:
     """The best grid cell by its mean objective over seeds (and the single best trial),
     and how complete the study is. Computed once per study version (see `ETag`)."""
     with db() as session:
