@@ -104,6 +104,10 @@ class TrialList(BaseModel):
     total: int
     limit: int
     offset: int
+    next_offset: int | None = Field(
+        description="where the next page starts; null after the last. With curves, a page "
+        "ends before SAMSWEEP_MAX_PAGE_BYTES, so it may hold fewer than `limit` trials"
+    )
 
 
 class BestTrial(BaseModel):

@@ -95,19 +95,22 @@ def test_oversized_body_is_413_before_any_work(deployment_factory, pg_url):
 
 
 # README "The HTTP API": trials in grid order, paginated (500 by default, at most 1000),
-# `curves=false` leaves the curves out
+# curves only with `curves=true`
 def test_trials_are_paginated_and_curves_optional(server_deployment):
     api = server_deployment.start_api()
     spec = digits_spec(rho=[0.01 * i for i in range(20)], batch_size=range(8, 18), seeds=range(6))
     created = httpx.post(f"{api}/studies", json=spec, timeout=60).json()
     sid, n = created["id"], created["n_trials"]
     assert n == 1200
-    page = httpx.get(f"{api}/studies/{sid}/trials", params={"limit": 7, "offset": 3}).json()
+    params = {"limit": 7, "offset": 3, "curves": "true"}
+    page = httpx.get(f"{api}/studies/{sid}/trials", params=params).json()
     assert page["total"] == n and page["limit"] == 7 and page["offset"] == 3
-    assert [t["number"] for t in page["trials"]] == list(range(3, 10))
+    assert [t["number"] for t in page["trials"]] == list(range(3, 10)) and page["next_offset"] == 10
     assert all(t["curves"] == [] for t in page["trials"])  # none run yet, but present
-    lean = httpx.get(f"{api}/studies/{sid}/trials", params={"curves": "false"}).json()
+    lean = httpx.get(f"{api}/studies/{sid}/trials").json()
     assert len(lean["trials"]) == 500 and all(t["curves"] is None for t in lean["trials"])
+    last = httpx.get(f"{api}/studies/{sid}/trials", params={"offset": n - 5}).json()
+    assert len(last["trials"]) == 5 and last["next_offset"] is None
     assert httpx.get(f"{api}/studies/{sid}/trials", params={"limit": 1001}).status_code == 422
     # the client (samsweep run's tables) reads every page
     from samsweep import Client

@@ -60,7 +60,7 @@ def test_typed_answers(finished_study):
         studies = client.studies()
         detail = client.study(f.study_id)
         trials = client.trials(f.study_id, curves=False)
-        with_curves = client.trials(f.study_id)
+        with_curves = client.trials(f.study_id, curves=True)
         best = client.best(f.study_id)
     assert f.study_id in [s.id for s in studies]
     assert detail.finished and detail.progress.finished == detail.n_trials == 8

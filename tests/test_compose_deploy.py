@@ -89,7 +89,7 @@ def emulate(tmp_path: Path) -> Iterator[Callable[..., Emulation]]:
 
 
 def trials(api: str, study: str) -> list[dict]:
-    r = httpx.get(f"{api}/studies/{study}/trials", headers=AUTH, timeout=30)
+    r = httpx.get(f"{api}/studies/{study}/trials?curves=true", headers=AUTH, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()["trials"]
 

@@ -43,7 +43,7 @@ def _dashboard_figures(optuna_url: str, study_name: str) -> set[str]:
 def _check_complete_study(api: str, study_id: str, optuna_url: str, n: int) -> dict:
     """Shared assertions: n COMPLETE trials in the API and in Optuna, values equal,
     best is their maximum."""
-    trials = httpx.get(f"{api}/studies/{study_id}/trials").json()["trials"]
+    trials = httpx.get(f"{api}/studies/{study_id}/trials?curves=true").json()["trials"]
     assert [t["state"] for t in trials] == ["COMPLETE"] * n
     best = httpx.get(f"{api}/studies/{study_id}/best").json()
     assert best["complete"] and best["counts"]["COMPLETE"] == n

@@ -37,7 +37,7 @@ def recovered(fault: str, since: float) -> None:
 
 
 def trials(api: str, study: str) -> list[dict]:
-    return httpx.get(f"{api}/studies/{study}/trials", timeout=10).json()["trials"]
+    return httpx.get(f"{api}/studies/{study}/trials?curves=true", timeout=10).json()["trials"]
 
 
 def kill(proc: subprocess.Popen) -> None:

@@ -63,7 +63,7 @@ def test_optuna_dashboard_reads_the_study_through_its_json_api(server_deployment
     assert r.status_code == 201, r.text
     study_id = r.json()["id"]
     assert wait_study(api, study_id, d=d)["counts"]["COMPLETE"] == 2
-    trials = httpx.get(f"{api}/studies/{study_id}/trials").json()["trials"]
+    trials = httpx.get(f"{api}/studies/{study_id}/trials?curves=true").json()["trials"]
 
     role, log = f"samsweep_dash_{uuid.uuid4().hex[:8]}", tmp_path / "dashboard.log"
     url = _dashboard_role(d, role, "dash-pw")

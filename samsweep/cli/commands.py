@@ -44,7 +44,15 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port)
+    from service.server import uvicorn_options
+
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        **uvicorn_options(get_settings()),
+    )
     return 0
 
 
@@ -74,6 +82,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from samsweep.migrate import migrate
     from samsweep.queue import declare_queue, make_celery
     from service.app import create_app
+    from service.server import uvicorn_options
 
     _use_state_dir(args.state_dir)
     settings = get_settings()
@@ -99,7 +108,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         worker = subprocess.Popen(worker_cmd, preexec_fn=terminate_with_parent())
         if args.parent_pid:  # started by `samsweep run` (a thread: started after the fork)
             stop_after_parent(args.parent_pid, UP_STOP_GRACE)
-        uvicorn.run(create_app(settings), host=args.host, port=args.port)
+        uvicorn.run(
+            create_app(settings), host=args.host, port=args.port, **uvicorn_options(settings)
+        )
     finally:
         if worker is not None:
             worker.terminate()  # warm shutdown: the running trial finishes its epoch or is re-run

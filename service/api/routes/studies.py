@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from celery import Celery
@@ -160,36 +161,72 @@ def _detail(session: Session, study: Study) -> StudyDetail:
 
 
 _TRIAL_FIELDS = tuple(f for f in TrialPublic.model_fields if f != "curves")
+_CURVES_BATCH = 20
 
 
-def _trial_public(t: Trial, curves: bool) -> TrialPublic:
+def _trial_public(t: Trial, curves: list[Any] | None) -> TrialPublic:
     values: dict[str, Any] = {f: getattr(t, f) for f in _TRIAL_FIELDS}
-    return TrialPublic(**values, curves=t.curves if curves else None)
+    return TrialPublic(**values, curves=curves)
+
+
+def trial_curves(session: Session, ids: list[int]) -> dict[int, list[Any]]:
+    """Trial id -> its per-epoch records."""
+    return dict(session.execute(select(Trial.id, Trial.curves).where(Trial.id.in_(ids))).all())
 
 
 @router.get("/{study_id}/trials", response_model=TrialList, responses=responses(401, 404, 422, 503))
 def list_trials(
     study_id: str,
     db: DbDep,
+    settings: SettingsDep,
     owner: ReadOwner,
     limit: Limit = 500,
     offset: Offset = 0,
-    curves: Annotated[bool, Query(description="include per-epoch curves")] = True,
+    curves: Annotated[
+        bool, Query(description="include per-epoch curves (the page then ends by size)")
+    ] = False,
 ) -> TrialList:
-    """The trials in grid order, a page at a time: params, state, metrics, curves."""
+    """The trials in grid order, a page at a time: params, state, metrics and, with
+    `curves=true`, every epoch's record. A page with curves ends before
+    SAMSWEEP_MAX_PAGE_BYTES (at least one trial); `next_offset` says where to go on."""
     with db() as session:
         study = studies.get_study(session, study_id, owner)
         query = select(Trial).where(Trial.study_id == study.id).order_by(Trial.number)
-        if not curves:
-            query = query.options(defer(Trial.curves))  # never read from the database
+        query = query.options(defer(Trial.curves))  # read below, only for the page kept
         rows = session.scalars(query.limit(limit).offset(offset)).all()
-        return TrialList(
-            study_id=study.id,
-            trials=[_trial_public(t, curves) for t in rows],
-            total=study.n_trials,
-            limit=limit,
-            offset=offset,
+        kept = (
+            _within(session, rows, settings.max_page_bytes)
+            if curves
+            else [_trial_public(t, None) for t in rows]
         )
+    end = offset + len(kept)
+    more = end < study.n_trials and (len(kept) < len(rows) or len(rows) == limit)
+    return TrialList(
+        study_id=study.id,
+        trials=kept,
+        total=study.n_trials,
+        limit=limit,
+        offset=offset,
+        next_offset=end if more else None,
+    )
+
+
+def _within(session: Session, rows: Sequence[Trial], budget: int) -> list[TrialPublic]:
+    """The rows with their curves, read a few trials at a time, up to the first that would
+    take the page past `budget` bytes of JSON (the first row is always kept)."""
+    kept: list[TrialPublic] = []
+    used = 0
+    for start in range(0, len(rows), _CURVES_BATCH):
+        chunk = rows[start : start + _CURVES_BATCH]
+        found = trial_curves(session, [t.id for t in chunk])
+        for t in chunk:
+            public = _trial_public(t, found.get(t.id, []))
+            size = len(public.model_dump_json())
+            if kept and used + size > budget:
+                return kept
+            used += size
+            kept.append(public)
+    return kept
 
 
 @router.get(
