@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.schemas import ErrorResponse
 
@@ -130,6 +131,13 @@ async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
     return _unavailable("the database is overloaded; retry shortly")
 
 
+async def _client_gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+    # The client closed while its body was being read, or was closed on for sending it
+    # too slowly (service/server.py): nobody to answer, nothing went wrong here.
+    log.info("client went away before its request body was read")
+    return JSONResponse(error_body("request_timeout", "the request body did not arrive"), 408)
+
+
 async def _internal(_: Request, exc: Exception) -> JSONResponse:
     # A defect: logged with its traceback; the client gets the error shape, not text/plain.
     log.error("unhandled error", exc_info=exc)
@@ -162,4 +170,5 @@ def install(app: FastAPI) -> None:
     app.exception_handler(StarletteHTTPException)(_http_error)
     app.exception_handler(DBAPIError)(_database_unavailable)
     app.exception_handler(PoolTimeout)(_pool_exhausted)
+    app.exception_handler(ClientDisconnect)(_client_gone)
     app.exception_handler(Exception)(_internal)

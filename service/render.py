@@ -28,10 +28,10 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-import anyio
 from pebble import ProcessPool
 
 from service import plots
+from service.api.offload import heavy
 from service.cache import VersionedCache
 from service.errors import ApiError
 
@@ -93,7 +93,7 @@ class Renderer:
         cache: VersionedCache,
     ) -> bytes:
         """The plot for `key`: from the cache, from a drawing already under way, or drawn
-        now from `inputs()` (called in a thread: it reads the database) by
+        now from `inputs()` (run by service.api.offload.heavy: it reads the database) by
         `service.plots.render(*inputs())` in a drawing process."""
         cached = cache.get(key)
         if isinstance(cached, _Refused):
@@ -114,8 +114,11 @@ class Renderer:
     async def _draw(
         self, key: Hashable, inputs: Callable[[], tuple[Any, ...]], cache: VersionedCache
     ) -> bytes:
-        args = await anyio.to_thread.run_sync(inputs)
-        job = self._processes().schedule(plots.render, args=args, timeout=self.timeout)
+        def prepare() -> tuple[ProcessPool, tuple[Any, ...]]:
+            return self._processes(), inputs()  # the first starts the pool: not on the loop
+
+        pool, args = await heavy(prepare)
+        job = pool.schedule(plots.render, args=args, timeout=self.timeout)
         try:
             body: bytes = await asyncio.wrap_future(job)
         except FutureTimeout:

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from samsweep.spec import StudySpec
 from service.api.deps import WriteOwner
+from service.api.offload import limiter
 
 MAX_KEYS = 64
 PARSERS = 2  # parse/validate threads per process: the other threads stay free for reads
@@ -92,11 +93,8 @@ def parse_spec(body: bytes) -> StudySpec:
         raise _invalid_json(0, "nested too deeply") from None
 
 
-def _limiter() -> anyio.CapacityLimiter:  # one per event loop (a limiter belongs to its loop)
-    loop = asyncio.get_running_loop()
-    if loop not in _limiters:
-        _limiters[loop] = anyio.CapacityLimiter(PARSERS)
-    return _limiters[loop]
+def _limiter() -> anyio.CapacityLimiter:
+    return limiter(_limiters, PARSERS)
 
 
 async def study_spec(request: Request, owner: WriteOwner) -> StudySpec:

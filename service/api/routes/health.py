@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response
 from sqlalchemy import text
 
 from service.api.deps import CeleryDep, DbDep
+from service.api.offload import limiter
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -20,11 +21,8 @@ _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLi
 )
 
 
-def _limiter() -> anyio.CapacityLimiter:  # one per event loop (a limiter belongs to its loop)
-    loop = asyncio.get_running_loop()
-    if loop not in _limiters:
-        _limiters[loop] = anyio.CapacityLimiter(4)
-    return _limiters[loop]
+def _limiter() -> anyio.CapacityLimiter:
+    return limiter(_limiters, 4)
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})

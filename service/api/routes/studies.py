@@ -23,6 +23,7 @@ from service import studies
 from service.api.body import OPENAPI_BODY, SpecBody
 from service.api.conditional import NotModified, cached_json, etag, not_modified, validators
 from service.api.deps import CacheDep, CeleryDep, DbDep, ReadOwner, SettingsDep, WriteOwner
+from service.api.offload import heavy
 from service.cache import VersionedCache
 from service.errors import responses
 from service.schemas import (
@@ -175,7 +176,7 @@ def trial_curves(session: Session, ids: list[int]) -> dict[int, list[Any]]:
 
 
 @router.get("/{study_id}/trials", response_model=TrialList, responses=responses(401, 404, 422, 503))
-def list_trials(
+async def list_trials(
     study_id: str,
     db: DbDep,
     settings: SettingsDep,
@@ -185,29 +186,44 @@ def list_trials(
     curves: Annotated[
         bool, Query(description="include per-epoch curves (the page then ends by size)")
     ] = False,
-) -> TrialList:
+) -> Response:
     """The trials in grid order, a page at a time: params, state, metrics and, with
     `curves=true`, every epoch's record. A page with curves ends before
     SAMSWEEP_MAX_PAGE_BYTES (at least one trial); `next_offset` says where to go on."""
+    page = await heavy(
+        lambda: _trials_page(db, study_id, owner, limit, offset, curves, settings.max_page_bytes)
+    )
+    return Response(page, media_type="application/json")
+
+
+def _trials_page(
+    db: sessionmaker[Session],
+    study_id: str,
+    owner: str | None,
+    limit: int,
+    offset: int,
+    curves: bool,
+    budget: int,
+) -> bytes:
     with db() as session:
         study = studies.get_study(session, study_id, owner)
         query = select(Trial).where(Trial.study_id == study.id).order_by(Trial.number)
         query = query.options(defer(Trial.curves))  # read below, only for the page kept
         rows = session.scalars(query.limit(limit).offset(offset)).all()
-        kept = (
-            _within(session, rows, settings.max_page_bytes)
-            if curves
-            else [_trial_public(t, None) for t in rows]
-        )
+        kept = _within(session, rows, budget) if curves else [_trial_public(t, None) for t in rows]
     end = offset + len(kept)
     more = end < study.n_trials and (len(kept) < len(rows) or len(rows) == limit)
-    return TrialList(
-        study_id=study.id,
-        trials=kept,
-        total=study.n_trials,
-        limit=limit,
-        offset=offset,
-        next_offset=end if more else None,
+    return (
+        TrialList(
+            study_id=study.id,
+            trials=kept,
+            total=study.n_trials,
+            limit=limit,
+            offset=offset,
+            next_offset=end if more else None,
+        )
+        .model_dump_json()
+        .encode()
     )
 
 
@@ -300,7 +316,7 @@ def _best(session: Session, study: Study, snap: studies.Snapshot, cache: Version
         **responses(401, 404, 409, 422, 503),
     },
 )
-def report(
+async def report(
     study_id: str,
     request: Request,
     db: DbDep,
@@ -314,6 +330,17 @@ def report(
     rho selected on the selection metric, SAM's paired gain with a 95 % interval, and the
     fraction of the large-batch drop SAM recovers. Unfinished cells are counted. Computed
     once per study version (see `ETag`)."""
+    return await heavy(lambda: _report_answer(study_id, request, db, owner, cache, format))
+
+
+def _report_answer(
+    study_id: str,
+    request: Request,
+    db: sessionmaker[Session],
+    owner: str | None,
+    cache: VersionedCache,
+    format: str,
+) -> Response:
     with db() as session:
         study = studies.get_study(session, study_id, owner)
         snap = studies.snapshot(session, study)

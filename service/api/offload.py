@@ -1,0 +1,39 @@
+"""Where the API's expensive work runs: a few threads of its own, never the event loop.
+
+CPython runs one thread at a time: a dozen threads building large pages or reports
+take the interpreter lock in turns with the event loop, so every other request (the
+`/health` check included) waits behind them, even though none of them is "blocking"
+it. Work whose cost grows with a study's size (a page of trials with their curves, a
+report, a plot's inputs, and serializing those answers) therefore runs through `heavy`:
+in worker threads, at most `HEAVY_THREADS` at once per process, and the answer is built
+into bytes there too. Requests beyond that wait their turn without holding a thread;
+small reads keep the default threadpool and the loop to themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+
+T = TypeVar("T")
+HEAVY_THREADS = 2
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def limiter(loop_limiters: weakref.WeakKeyDictionary, size: int) -> anyio.CapacityLimiter:
+    """A capacity limiter for the running event loop (a limiter belongs to its loop)."""
+    loop = asyncio.get_running_loop()
+    if loop not in loop_limiters:
+        loop_limiters[loop] = anyio.CapacityLimiter(size)
+    found: anyio.CapacityLimiter = loop_limiters[loop]
+    return found
+
+
+async def heavy(fn: Callable[[], T]) -> T:
+    return await anyio.to_thread.run_sync(fn, limiter=limiter(_limiters, HEAVY_THREADS))
