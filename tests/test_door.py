@@ -26,7 +26,17 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from tests.conftest import REDIS, Deployment, base_env, digits_spec, fresh_pg_database, wait_for
+from tests.conftest import (
+    REDIS,
+    ROOT,
+    Deployment,
+    _NoLogs,
+    base_env,
+    digits_spec,
+    free_port,
+    fresh_pg_database,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -454,3 +464,60 @@ def test_slow_clients_are_cut_off_and_connections_are_bounded(tmp_path):
             )  # fmt: skip
         finally:
             _stop(d)
+
+
+# README "Production": compose's Redis has a memory cap and `noeviction`: when it is full
+# the API's sends fail, those trials stay unsent in the database (the source of truth),
+# nothing already queued is dropped, and the sweeper sends the rest once there is room
+def test_a_full_redis_refuses_new_tasks_and_loses_none(tmp_path):
+    import yaml
+
+    from tests.compose_emulator import interpolate_tree
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    command = interpolate_tree(compose["services"]["redis"]["command"], {})
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    command[command.index("--maxmemory") + 1] = "3mb"  # the compose command, a smaller cap
+    port = free_port()
+    server = subprocess.Popen(
+        [*command, "--port", str(port), "--dir", str(tmp_path), "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    broker = redis.Redis(port=port)
+    try:
+        wait_for(broker.ping, 10, _NoLogs(), "redis-server", ignore=(redis.ConnectionError,))
+        with fresh_pg_database() as db_url:
+            queue = f"samsweep-test-{uuid.uuid4().hex[:8]}"
+            d = Deployment(
+                env=base_env(tmp_path, database_url=db_url, queue=queue,
+                             broker_url=f"redis://127.0.0.1:{port}/0"),
+                tmp=tmp_path,
+            )  # fmt: skip
+            assert d.run("migrate").returncode == 0
+            try:
+                url = d.start_api()
+                spec = digits_spec(rho=[0.01 * i for i in range(20)], batch_size=range(8, 108))
+                sid = _create(url, spec)
+                engine = create_engine(db_url)
+
+                def sent() -> int:
+                    with engine.connect() as conn:
+                        return conn.execute(
+                            text("SELECT count(*) FROM samsweep_trials "
+                                 "WHERE study_id = :s AND enqueued_at IS NOT NULL"),
+                            {"s": sid},
+                        ).scalar_one()  # fmt: skip
+
+                time.sleep(5)  # the create's send and a few sweeps, against a full Redis
+                partial = sent()
+                assert 0 < partial < 2000, partial
+                assert broker.llen(queue) == partial  # every trial marked sent is queued
+                broker.config_set("maxmemory", "0")  # room again
+                wait_for(lambda: sent() == 2000, 60, d, "the sweeper to send the rest")
+                assert broker.llen(queue) == 2000
+                engine.dispose()
+            finally:
+                d.stop()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
