@@ -1,14 +1,20 @@
 """Read load on a real uvicorn in front of PostgreSQL, driven by wrk (a real load
 generator, `apt-get install wrk`), on a 1000-trial study with recorded results.
 
-    python -m benchmarks.load [--seconds 10] [--clients 1,10,100,500]
+    python -m benchmarks.load [--seconds 10] [--clients 1,10,100,500] [--compare 1,100]
 
 For each number of concurrent clients (wrk's open connections, each with one request
-in flight at all times) and each read — the study (`GET /studies/{id}`), its best
-trial (`/best`) and a page of 100 trials without curves (`/trials?limit=100&curves=false`)
-— it prints requests/s, p50 and p99 latency, and errors (non-2xx answers, socket
-errors, timeouts). After the runs it checks the API's log: no request waited out the
-pool (`QueuePool limit`) and the sweeper never failed.
+in flight at all times) and each read — the study (`GET /studies/{id}`), its best cell
+(`/best`), the report (`/report`), a page of 100 trials (`/trials?limit=100`), the same
+page with every epoch's curves (`curves=true`) and the ρ plot (`/plots/rho`, SVG) — it
+prints requests/s, p50 and p99 latency, and errors (non-2xx answers, socket errors,
+timeouts). After the runs it checks the API's log: no request waited out the pool
+(`QueuePool limit`) and the sweeper never failed.
+
+`--compare` then runs /best, /report and the plot again on a second API in the same run
+with SAMSWEEP_CACHE_BYTES=0, which recomputes each answer per request as the API did
+before the cache (the report rebuilt for every /best, every plot drawn again), and
+prints new/old throughput ratios.
 
 A closed-loop generator like wrk obeys Little's law: with c clients always waiting,
 latency ≈ c / throughput. Past the point where the server is saturated, adding clients
@@ -30,7 +36,7 @@ import time
 import httpx
 from sqlalchemy import create_engine, text
 
-from benchmarks.live import grid_spec, live_api
+from benchmarks.live import LiveApi, grid_spec, live_api
 
 EPOCHS = 20  # per-epoch curves on every trial, as a real study has
 
@@ -92,38 +98,69 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--clients", default="1,10,100,500")
+    p.add_argument("--compare", default="1,100", help="clients for the cache-off runs ('' none)")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         print("benchmarks.load needs wrk: apt-get install wrk", file=sys.stderr)
         return 2
+    header = f"{'clients':>7} {'read':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    new: dict[tuple[int, str], dict] = {}
     with live_api() as api:
-        t = time.perf_counter()
-        r = httpx.post(f"{api.url}/studies", json=grid_spec(10, 10, 10, EPOCHS), timeout=60)
-        created = r.raise_for_status().json()
-        create_ms = 1000 * (time.perf_counter() - t)
-        sid = created["id"]
-        _populate(api.db_url)
-        print(f"{created['n_trials']}-trial study created in {create_ms:.0f} ms (POST /studies)")
-        reads = {
-            "study": f"{api.url}/studies/{sid}",
-            "best": f"{api.url}/studies/{sid}/best",
-            "trials": f"{api.url}/studies/{sid}/trials?limit=100&curves=false",
-        }
-        print(f"{'clients':>7} {'read':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        reads = _study(api, announce=True)
+        print(header)
         for clients in map(int, args.clients.split(",")):
             for read, url in reads.items():
-                m = wrk(url, clients, args.seconds)
-                print(
-                    f"{clients:>7} {read:>7} {m['rps']:>8.0f} {m['p50']:>8.1f} {m['p99']:>8.1f}"
-                    f" {m['errors']:>6}",
-                    flush=True,
-                )
+                new[clients, read] = m = wrk(url, clients, args.seconds)
+                print(_row(clients, read, m), flush=True)
         log_text = api.log_path.read_text()
         print(
             f"pool timeouts: {log_text.count('QueuePool limit')}; "
             f"sweeper failures: {log_text.count('sweep failed')}"
         )
+    if not args.compare:
+        return 0
+    print("\nthe same reads recomputed per request (SAMSWEEP_CACHE_BYTES=0), and new/old req/s")
+    print(f"{header} {'new/old':>8}")
+    with live_api(cache_bytes="0") as api:
+        reads = _study(api, announce=False)
+        for clients in map(int, args.compare.split(",")):
+            for read in ("best", "report", "plot"):
+                m = wrk(reads[read], clients, args.seconds)
+                old, now = m["rps"], new.get((clients, read), {}).get("rps")
+                ratio = f"{now / old:>7.1f}x" if old and now else f"{'-':>8}"
+                print(f"{_row(clients, read, m)} {ratio}", flush=True)
     return 0
+
+
+def _study(api: LiveApi, announce: bool) -> dict[str, str]:
+    """A 1000-trial study with results and curves on `api`; the URLs of the reads."""
+    t = time.perf_counter()
+    r = httpx.post(f"{api.url}/studies", json=grid_spec(10, 10, 10, EPOCHS), timeout=60)
+    created = r.raise_for_status().json()
+    create_ms = 1000 * (time.perf_counter() - t)
+    sid = created["id"]
+    _populate(api.db_url)
+    if announce:
+        print(f"{created['n_trials']}-trial study created in {create_ms:.0f} ms (POST /studies)")
+    base = f"{api.url}/studies/{sid}"
+    reads = {
+        "study": base,
+        "best": f"{base}/best",
+        "report": f"{base}/report",
+        "trials": f"{base}/trials?limit=100",
+        "curves": f"{base}/trials?limit=100&curves=true",
+        "plot": f"{base}/plots/rho",
+    }
+    for url in reads.values():  # warm: the plot processes start on the first plot
+        httpx.get(url, timeout=120).raise_for_status()
+    return reads
+
+
+def _row(clients: int, read: str, m: dict) -> str:
+    return (
+        f"{clients:>7} {read:>7} {m['rps']:>8.0f} {m['p50']:>8.1f} {m['p99']:>8.1f}"
+        f" {m['errors']:>6}"
+    )
 
 
 if __name__ == "__main__":
