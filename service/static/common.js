@@ -50,7 +50,9 @@ const samsweep = (() => {
       if (isPrivate && !token()) await askForToken();
       const headers = {};
       if (token()) headers.Authorization = `Bearer ${token()}`;
-      const response = await fetch(path, { headers, cache: "no-store" });
+      // no-cache: the browser keeps answers but revalidates them; the API's ETags make an
+      // unchanged report or plot a 304, neither recomputed nor sent again
+      const response = await fetch(path, { headers, cache: "no-cache" });
       if (response.status === 401) {
         sessionStorage.removeItem(KEY);
         showTokenState();
@@ -66,6 +68,7 @@ const samsweep = (() => {
       }
       if (as === "json") return response.json();
       if (as === "blob") return response.blob();
+      if (as === "response") return response;
       return response.text();
     }
   }

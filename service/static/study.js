@@ -1,6 +1,7 @@
 // A study's page: counts, the report, the plots and the trials, fetched from the JSON and
 // plot routes and fetched again every 2 s until the study is complete or cancelled. The
-// report and the plots are fetched again only when a trial has finished since.
+// report and the plots are fetched again only when a trial has finished since, and then
+// revalidated (ETag): a plot that did not change is neither drawn nor sent again.
 "use strict";
 
 (() => {
@@ -131,10 +132,13 @@
   async function loadPlot(img) {
     let path = `${base}/plots/${img.dataset.kind}?format=svg`;
     if (img.dataset.kind === "curves" && curvesTrial !== null) path += `&trial=${curvesTrial}`;
-    img.dataset.loaded = "false";
     try {
-      const blob = await get(path, "blob");
-      const url = URL.createObjectURL(blob);
+      const response = await get(path, "response");
+      const tag = `${path} ${response.headers.get("etag")}`;
+      if (img.dataset.tag === tag && img.dataset.loaded === "true") return; // unchanged
+      img.dataset.loaded = "false";
+      img.dataset.tag = tag;
+      const url = URL.createObjectURL(await response.blob());
       const old = img.dataset.url;
       img.onload = () => { if (old) URL.revokeObjectURL(old); img.dataset.loaded = "true"; };
       img.dataset.url = url;
