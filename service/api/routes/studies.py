@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from celery import Celery
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session, defer, sessionmaker
 
@@ -251,19 +253,56 @@ def _within(session: Session, rows: Sequence[Trial], budget: int) -> list[TrialP
     responses={304: {"description": "unchanged since the ETag sent"},
                **responses(401, 404, 409, 422, 503)},
 )  # fmt: skip
-def best(study_id: str, request: Request, db: DbDep, owner: ReadOwner, cache: CacheDep) -> Any:
+async def best(
+    study_id: str, request: Request, db: DbDep, owner: ReadOwner, cache: CacheDep
+) -> Response:
     """The best grid cell by its mean objective over seeds (and the single best trial),
     and how complete the study is. Computed once per study version (see `ETag`)."""
-    with db() as session:
-        study = studies.get_study(session, study_id, owner)
-        snap = studies.snapshot(session, study)
-        tag = etag(snap.version, "best")
-        if not_modified(request, tag):
-            return NotModified(tag)
-        answer = cache.get_or_compute(
-            (study.id, snap.version, "best"), lambda: _best(session, study, snap, cache)
-        )
-    return cached_json(answer, tag)
+    found = await _versioned(request, db, study_id, owner, cache, ("best",), _best)
+    if found.body is None:
+        return NotModified(found.tag)
+    return cached_json(found.body, found.tag)
+
+
+@dataclass
+class _Answer:
+    study: Study
+    tag: str
+    body: bytes | None  # None: the client's copy is current (304)
+
+
+async def _versioned(
+    request: Request,
+    db: sessionmaker[Session],
+    study_id: str,
+    owner: str | None,
+    cache: VersionedCache,
+    what: tuple[str, ...],
+    build: Callable[[Session, Study, studies.Snapshot, VersionedCache], bytes],
+) -> _Answer:
+    """An answer derived from the study's trials: its version and a cache hit are looked
+    up in the ordinary threadpool (one cheap query); only a miss is built, by `build`, in
+    the threads for expensive work (service/api/offload.py), once per version."""
+
+    def look() -> tuple[Study, studies.Snapshot, bytes | None]:
+        with db() as session:
+            study = studies.get_study(session, study_id, owner)
+            snap = studies.snapshot(session, study)
+        return study, snap, cache.get((study.id, snap.version, *what))
+
+    study, snap, body = await run_in_threadpool(look)
+    tag = etag(snap.version, *what)
+    if not_modified(request, tag):
+        return _Answer(study, tag, None)
+    if body is None:
+
+        def compute() -> bytes:
+            with db() as session:
+                key = (study.id, snap.version, *what)
+                return cache.get_or_compute(key, lambda: build(session, study, snap, cache))
+
+        body = await heavy(compute)
+    return _Answer(study, tag, body)
 
 
 def _best(session: Session, study: Study, snap: studies.Snapshot, cache: VersionedCache) -> bytes:
@@ -325,42 +364,27 @@ async def report(
     format: Annotated[
         Literal["json", "csv"], Query(description="csv: one line per row, for spreadsheets")
     ] = "json",
-) -> Any:
+) -> Response:
     """Per batch size and SAM setting: baseline and each rho as mean ± std over seeds, the
     rho selected on the selection metric, SAM's paired gain with a 95 % interval, and the
     fraction of the large-batch drop SAM recovers. Unfinished cells are counted. Computed
     once per study version (see `ETag`)."""
-    return await heavy(lambda: _report_answer(study_id, request, db, owner, cache, format))
 
+    def build(session: Session, study: Study, snap: studies.Snapshot, c: VersionedCache) -> bytes:
+        result = studies.study_report(session, study, snap.version, c)
+        return result.model_dump_json().encode() if format == "json" else _csv(result)
 
-def _report_answer(
-    study_id: str,
-    request: Request,
-    db: sessionmaker[Session],
-    owner: str | None,
-    cache: VersionedCache,
-    format: str,
-) -> Response:
-    with db() as session:
-        study = studies.get_study(session, study_id, owner)
-        snap = studies.snapshot(session, study)
-        tag = etag(snap.version, "report", format)
-        if not_modified(request, tag):
-            return NotModified(tag)
-        key = (study.id, snap.version, "report", format)
-        body = cache.get(key)
-        if body is None:
-            result = studies.study_report(session, study, snap.version, cache)
-            body = result.model_dump_json().encode() if format == "json" else _csv(result)
-            cache.put(key, body)
+    found = await _versioned(request, db, study_id, owner, cache, ("report", format), build)
+    if found.body is None:
+        return NotModified(found.tag)
     if format == "json":
-        return cached_json(body, tag)
+        return cached_json(found.body, found.tag)
     return Response(
-        body,
+        found.body,
         media_type="text/csv",
         headers={
-            **validators(tag),
-            "Content-Disposition": f'attachment; filename="{study.id}-report.csv"',
+            **validators(found.tag),
+            "Content-Disposition": f'attachment; filename="{found.study.id}-report.csv"',
         },
     )
 
