@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from sqlalchemy import create_engine, text
 
-from tests.conftest import REDIS, Deployment, base_env, digits_spec, fresh_pg_database
+from tests.conftest import REDIS, Deployment, base_env, digits_spec, fresh_pg_database, wait_for
 
 EXAMPLES_PER_OPERATION = 40
 
@@ -33,6 +33,7 @@ def live(tmp_path_factory):
         queue = f"samsweep-fuzz-{uuid.uuid4().hex[:8]}"
         env = base_env(tmp, database_url=db_url, broker_url=REDIS, queue=queue)
         env["SAMSWEEP_MAX_GRID_TRIALS"] = "20"  # valid generated specs stay small
+        env["SAMSWEEP_MAX_STUDIES_PER_OWNER"] = "100000"  # hundreds of valid ones are made
         d = Deployment(env=env, tmp=tmp)
         assert d.run("migrate").returncode == 0
         try:
@@ -173,6 +174,9 @@ def test_hostile_mutations_are_refused_quickly_without_harm(live):
         if r.status_code != 201:
             assert _state(d, engine) == before, (path, r.text)
             assert set(r.json()["error"]) == {"code", "message", "field", "details"}
+        else:  # its trials reach the broker after the answer: let that settle first
+            queued = before[-1] + r.json()["n_trials"]
+            wait_for(lambda: _state(d, engine)[-1] == queued, 30, d, "the study's tasks")
 
     check()
     assert slowest[0] < 2.0, slowest[0]  # a denial-of-service guard, not a speed claim
