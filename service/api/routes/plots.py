@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 
-from samsweep.db import Trial
+from samsweep.db import Trial, curves_for
 from samsweep.report import build_report
 from service import plots, studies
 from service.api.deps import DbDep, ReadOwner
@@ -75,15 +75,16 @@ def plot(
             else:
                 found = plots.best_cell_trials(report, trials, report.objective)
                 wanted = [t["number"] for t in found[2]] if found else []
-            curves: dict[int, list[Any]] = dict(
+            ids = dict(
                 session.execute(
-                    select(Trial.number, Trial.curves).where(
+                    select(Trial.number, Trial.id).where(
                         Trial.study_id == study.id, Trial.number.in_(wanted)
                     )
                 ).all()
             )
+            curves = curves_for(session, ids.values())
             for t in trials:
-                t["curves"] = curves.get(t["number"])
+                t["curves"] = curves[ids[t["number"]]] if t["number"] in ids else None
     try:
         body = plots.render(kind, format, report, trials, report.objective, trial)
     except plots.UnknownTrial as e:

@@ -14,10 +14,10 @@ from celery import Celery
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Response, status
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from samsweep import report as reports
-from samsweep.db import Study, Trial
+from samsweep.db import Study, Trial, curves_for
 from samsweep.spec import StudySpec
 from samsweep.states import FINISHED_STATES, StudyStatus
 from service import studies
@@ -160,9 +160,9 @@ def _detail(session: Session, study: Study) -> StudyDetail:
 _TRIAL_FIELDS = tuple(f for f in TrialPublic.model_fields if f != "curves")
 
 
-def _trial_public(t: Trial, curves: bool) -> TrialPublic:
+def _trial_public(t: Trial, curves: list[dict[str, Any]] | None) -> TrialPublic:
     values: dict[str, Any] = {f: getattr(t, f) for f in _TRIAL_FIELDS}
-    return TrialPublic(**values, curves=t.curves if curves else None)
+    return TrialPublic(**values, curves=curves)
 
 
 @router.get("/{study_id}/trials", response_model=TrialList, responses=responses(401, 404, 422, 503))
@@ -178,12 +178,11 @@ def list_trials(
     with db() as session:
         study = studies.get_study(session, study_id, owner)
         query = select(Trial).where(Trial.study_id == study.id).order_by(Trial.number)
-        if not curves:
-            query = query.options(defer(Trial.curves))  # never read from the database
         rows = session.scalars(query.limit(limit).offset(offset)).all()
+        by_id = curves_for(session, [t.id for t in rows]) if curves else {}  # one query
         return TrialList(
             study_id=study.id,
-            trials=[_trial_public(t, curves) for t in rows],
+            trials=[_trial_public(t, by_id.get(t.id)) for t in rows],
             total=study.n_trials,
             limit=limit,
             offset=offset,
