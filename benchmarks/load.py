@@ -75,7 +75,7 @@ def _populate(db_url: str) -> None:
     engine = create_engine(db_url)
     with engine.begin() as conn:
         ids = [i for (i,) in conn.execute(text("SELECT id FROM samsweep_trials"))]
-        rows = []
+        rows, epochs = [], []
         for i in ids:
             acc = rng.uniform(0.8, 0.99)
             curves = [
@@ -83,13 +83,21 @@ def _populate(db_url: str) -> None:
                 for e in range(1, EPOCHS + 1)
             ]
             metrics = {"test_accuracy": acc, "train_accuracy": acc + 0.01, "gap": 0.01}
-            rows.append({"id": i, "v": acc, "m": json.dumps(metrics), "c": json.dumps(curves)})
+            rows.append({"id": i, "v": acc, "m": json.dumps(metrics)})
+            epochs.extend({"id": i, "e": c["epoch"], "r": json.dumps(c)} for c in curves)
         conn.execute(
             text(
                 "UPDATE samsweep_trials SET state='COMPLETE', value=:v, metrics=CAST(:m AS jsonb),"
-                " curves=CAST(:c AS jsonb), epoch=20, finished_at=now() WHERE id=:id"
+                " epoch=20, finished_at=now() WHERE id=:id"
             ),
             rows,
+        )
+        conn.execute(
+            text(
+                "INSERT INTO samsweep_trial_epochs (trial_id, epoch, record)"
+                " VALUES (:id, :e, CAST(:r AS jsonb))"
+            ),
+            epochs,
         )
     engine.dispose()
 

@@ -8,6 +8,7 @@ Optuna's tables live elsewhere (samsweep.optuna_store).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, cast
@@ -22,8 +23,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
+    select,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import (
@@ -108,7 +112,6 @@ class Trial(Base):
     optuna_trial_number: Mapped[int | None] = mapped_column(Integer)
     value: Mapped[float | None] = mapped_column(Float)  # the study's objective
     metrics: Mapped[dict[str, Any] | None]
-    curves: Mapped[list[Any]] = mapped_column(JsonType, default=list)
     error: Mapped[str | None] = mapped_column(Text)
 
     study: Mapped[Study] = relationship(back_populates="trials")
@@ -117,6 +120,21 @@ class Trial(Base):
         UniqueConstraint("study_id", "cell_key", "seed", name="uq_trial_cell_seed"),
         UniqueConstraint("study_id", "number", name="uq_trial_number"),
     )
+
+
+class TrialEpoch(Base):
+    """One epoch a trial trained: its record (the trainer's per-epoch metrics, `epoch`
+    included), appended as the epoch ends. A trial's curves are its rows in epoch order
+    (`curves_for`). Rows, not a JSON array on the trial: an epoch's write stays the
+    same size at epoch 10 000 as at epoch 1 (benchmarks/epochs.py)."""
+
+    __tablename__ = "samsweep_trial_epochs"
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("samsweep_trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record: Mapped[dict[str, Any]]
 
 
 class IdempotencyKey(Base):
@@ -145,6 +163,47 @@ class Meta(Base):
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+def curves_for(session: Session, trial_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+    """The curves of these trials in one query: each id's per-epoch records in epoch
+    order, [] for a trial with none (queued, or its first epoch not done)."""
+    curves: dict[int, list[dict[str, Any]]] = {i: [] for i in trial_ids}
+    if curves:
+        rows = session.execute(
+            select(TrialEpoch.trial_id, TrialEpoch.record)
+            .where(TrialEpoch.trial_id.in_(list(curves)))
+            .order_by(TrialEpoch.trial_id, TrialEpoch.epoch)
+        )
+        for trial_id, record in rows:
+            curves[trial_id].append(record)
+    return curves
+
+
+def put_epochs(
+    session: Session, trial_id: int, records: Iterable[dict[str, Any]], drop: Collection[int] = ()
+) -> None:
+    """Insert these epoch records of one trial, replacing any row of the same epoch
+    (an epoch trained again after a resume), and delete the rows of the epochs in
+    `drop`. Only the rows named are written: never the trial's whole history. The
+    caller guards the write (worker/claim.py) and commits."""
+    if drop:
+        session.execute(
+            delete(TrialEpoch).where(TrialEpoch.trial_id == trial_id, TrialEpoch.epoch.in_(drop))
+        )
+    rows = [{"trial_id": trial_id, "epoch": r["epoch"], "record": r} for r in records]
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        stmt = insert(TrialEpoch).values(rows[start : start + _ROWS_PER_INSERT])
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[TrialEpoch.trial_id, TrialEpoch.epoch],
+                set_={"record": stmt.excluded.record},
+            )
+        )
+
+
+_ROWS_PER_INSERT = 1000  # 3 parameters a row, well under SQLite's 32 766 per statement
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -89,7 +89,7 @@ class TrialPublic(BaseModel):
     value: float | None
     metrics: dict[str, Any] | None
     curves: list[dict[str, Any]] | None = Field(
-        description="per-epoch metrics; null when asked for with curves=false"
+        description="per-epoch metrics; null unless asked for with curves=true"
     )
     error: str | None
     epoch: int

@@ -120,6 +120,36 @@ def test_trials_are_paginated_and_curves_optional(server_deployment):
     assert numbers == list(range(n))
 
 
+# README "The HTTP API": a trial's curves are the epochs recorded for it, in epoch order
+# (one row per epoch, assembled by samsweep.db.curves_for), [] before its first epoch;
+# the curves plot draws them
+def test_trials_carry_their_recorded_epochs_in_order(server_deployment, pg_url):
+    from sqlalchemy import select
+
+    from samsweep.db import Trial, put_epochs, session_factory
+
+    api = server_deployment.start_api()
+    sid = httpx.post(f"{api}/studies", json=digits_spec(), timeout=60).json()["id"]
+    recorded = {
+        0: [{"epoch": e, "train_accuracy": 0.5, "test_accuracy": e / 20, "lr": 0.1}
+            for e in range(1, 13)],
+        2: [{"epoch": 1, "train_accuracy": 0.4, "test_accuracy": 0.3, "lr": 0.1}],
+    }  # fmt: skip
+    with session_factory(pg_url)() as session:
+        ids = dict(session.execute(select(Trial.number, Trial.id)).all())
+        for number, records in recorded.items():  # appended in any order, read in order
+            put_epochs(session, ids[number], records[::-1])
+        session.commit()
+    trials = httpx.get(f"{api}/studies/{sid}/trials").json()["trials"]
+    assert {t["number"]: t["curves"] for t in trials} == {
+        n: recorded.get(n, []) for n in range(len(trials))
+    }
+    lean = httpx.get(f"{api}/studies/{sid}/trials", params={"curves": "false"}).json()
+    assert all(t["curves"] is None for t in lean["trials"])
+    plot = httpx.get(f"{api}/studies/{sid}/plots/curves", params={"trial": 0}, timeout=60)
+    assert plot.status_code == 200 and plot.headers["content-type"].startswith("image/svg")
+
+
 # README "The report": a study whose stored spec no longer validates is a 409 naming why
 # on /report and /best, never a 500; a new study's report counts its queued cells
 def test_report_of_a_queued_study_and_of_a_stale_spec(server_deployment):

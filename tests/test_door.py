@@ -75,12 +75,17 @@ def finish(db_url: str, study_id: str, epochs: int = EPOCHS, only: int | None = 
             conn.execute(
                 text(
                     "UPDATE samsweep_trials SET state = 'COMPLETE', value = :v, epoch = :e, "
-                    "metrics = :m, curves = :c, started_at = now(), finished_at = now() "
-                    "WHERE id = :id"
+                    "metrics = :m, started_at = now(), finished_at = now() WHERE id = :id"
                 ),
-                {"v": test, "e": epochs, "m": json.dumps(metrics), "c": json.dumps(curves),
-                 "id": trial_id},
-            )  # fmt: skip
+                {"v": test, "e": epochs, "m": json.dumps(metrics), "id": trial_id},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO samsweep_trial_epochs (trial_id, epoch, record) "
+                    "VALUES (:id, :e, :r)"
+                ),
+                [{"id": trial_id, "e": c["epoch"], "r": json.dumps(c)} for c in curves],
+            )
     engine.dispose()
 
 

@@ -1,18 +1,29 @@
 """The service's Alembic migrations beside Optuna's storage, on PostgreSQL and SQLite:
 both migrate in any order and repeatedly, neither touches the other's tables, and the
-models match the migrations (no autogenerate drift)."""
+models match the migrations (no autogenerate drift). Trials' curves arrays move into
+per-epoch rows and back (0004)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import optuna
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import create_engine, inspect
+from sqlalchemy.orm import Session
 
+from samsweep.db import JsonType, curves_for, make_engine
 from samsweep.migrate import alembic_config, migrate
 from samsweep.settings import Settings
 
-SERVICE_TABLES = {"samsweep_studies", "samsweep_trials", "samsweep_alembic_version"}
+SERVICE_TABLES = {
+    "samsweep_studies",
+    "samsweep_trials",
+    "samsweep_trial_epochs",
+    "samsweep_alembic_version",
+}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -55,6 +66,65 @@ def test_downgrade_leaves_optuna_alone(settings):
     assert optuna.get_all_study_names(storage=settings.resolved_optuna_url) == ["kept"]
     command.upgrade(cfg, "head")
     assert _tables(settings.resolved_database_url) >= SERVICE_TABLES
+
+
+# The tables as revision 0003 left them (a trial's curves a JSON array on its row)
+STUDIES = sa.table(
+    "samsweep_studies", sa.column("id"), sa.column("name"), sa.column("spec", JsonType),
+    sa.column("n_trials"), sa.column("optuna_study_name"), sa.column("created_at"),
+)  # fmt: skip
+TRIALS = sa.table(
+    "samsweep_trials", sa.column("id"), sa.column("study_id"), sa.column("number"),
+    sa.column("cell_key"), sa.column("seed"), sa.column("params", JsonType),
+    sa.column("state"), sa.column("attempts"), sa.column("epoch"),
+    sa.column("curves", JsonType),
+)  # fmt: skip
+
+
+def _record(epoch: int, test_accuracy: float) -> dict:
+    return {"epoch": epoch, "train_accuracy": 0.9, "test_accuracy": test_accuracy,
+            "val_accuracy": None, "train_loss": 0.25, "test_loss": 0.5, "lr": 0.1}  # fmt: skip
+
+
+# issue 14 item 4: 0004 moves each trial's curves array into per-epoch rows (read back
+# the same by curves_for, as the API reads them) and drops the column; its downgrade
+# restores the arrays in epoch order; deleting a study deletes its trials' rows
+def test_curves_arrays_move_to_epoch_rows_and_back(settings):
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "0003")
+    arrays = {
+        1: [_record(e, e / 10) for e in range(1, 12)],  # 1..11: numeric, not text, order
+        2: [],  # queued: nothing trained
+        3: [_record(1, 0.5)],
+    }
+    engine = make_engine(url)  # as the service connects: SQLite enforces foreign keys
+    with engine.begin() as conn:
+        conn.execute(sa.insert(STUDIES).values(
+            id="s1", name="s", spec={}, n_trials=3, optuna_study_name="o-s1",
+            created_at=datetime.now(UTC)))  # fmt: skip
+        conn.execute(sa.insert(TRIALS), [
+            {"id": i, "study_id": "s1", "number": i, "cell_key": "c", "seed": i, "params": {},
+             "state": "COMPLETE", "attempts": 1, "epoch": len(c), "curves": c}
+            for i, c in arrays.items()
+        ])  # fmt: skip
+    command.upgrade(cfg, "head")
+    assert "curves" not in {c["name"] for c in inspect(engine).get_columns("samsweep_trials")}
+    with Session(engine) as session:
+        assert curves_for(session, arrays) == arrays
+    command.downgrade(cfg, "0003")
+    with engine.connect() as conn:
+        restored = dict(conn.execute(sa.select(TRIALS.c.id, TRIALS.c.curves)).all())
+    assert restored == arrays
+    command.upgrade(cfg, "head")
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM samsweep_studies"))
+    with engine.connect() as conn:
+        left = conn.execute(sa.text("SELECT count(*) FROM samsweep_trial_epochs")).scalar_one()
+    assert left == 0
+    engine.dispose()
 
 
 # README "Production": the dashboard's role may only read Optuna's schema: its DELETE fails

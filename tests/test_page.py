@@ -22,7 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from samsweep.db import Trial, session_factory
+from samsweep.db import Trial, TrialEpoch, session_factory
 from samsweep.migrate import migrate
 from samsweep.settings import Settings
 from service.app import create_app
@@ -55,11 +55,13 @@ def _finish_all(client: TestClient, study_id: str, sharpness: bool = True, every
                 "val_accuracy": None, "sharpness": 0.2 - rho if sharpness else None,
                 "hessian_max_eig": None, "wall_seconds": 1.0, "passes": 10,
             }  # fmt: skip
-            t.curves = [
-                {"epoch": e, "train_accuracy": test * e / 2 + 0.02, "test_accuracy": test * e / 2,
-                 "val_accuracy": None, "train_loss": 1.0, "test_loss": 1.0, "lr": 0.05}
+            session.add_all(
+                TrialEpoch(trial_id=t.id, epoch=e, record={
+                    "epoch": e, "train_accuracy": test * e / 2 + 0.02,
+                    "test_accuracy": test * e / 2, "val_accuracy": None, "train_loss": 1.0,
+                    "test_loss": 1.0, "lr": 0.05})
                 for e in (1, 2)
-            ]  # fmt: skip
+            )  # fmt: skip
         session.commit()
 
 

@@ -3,7 +3,8 @@
 A task claims its row with one atomic `UPDATE ... WHERE state = 'QUEUED'`; a second
 delivery of the same task finds the row taken and returns without training. Every
 later write is guarded by the claim token (`write_claimed`), so a worker that lost
-its claim can never overwrite another's result (docs/DESIGN.md §5).
+its claim can never overwrite another's result (docs/DESIGN.md §5), nor add an epoch
+to its curves.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from samsweep.db import Study, Trial, new_id, rows_updated, utcnow
+from samsweep.db import Study, Trial, curves_for, new_id, put_epochs, rows_updated, utcnow
 from samsweep.spec import StudySpec, TrialParams
 from samsweep.states import TrialState
 from worker.retry import with_db_retry
@@ -92,13 +94,25 @@ def claim(sessions: sessionmaker[Session], trial_id: int) -> Claim | None:
             params=params,
             optuna_study_name=study.optuna_study_name,
             study_id=study.id,
-            curves=list(trial.curves or []),
+            curves=curves_for(session, [trial_id])[trial_id],
             attempt=trial.attempts,
         )
 
 
-def write_claimed(sessions: sessionmaker[Session], c: Claim, **values: Any) -> bool:
-    """Write to the trial only while we still hold the claim; False if we lost it."""
+def write_claimed(
+    sessions: sessionmaker[Session],
+    c: Claim,
+    epochs: Iterable[dict[str, Any]] = (),
+    drop_epochs: Collection[int] = (),
+    **values: Any,
+) -> bool:
+    """Write to the trial only while we still hold the claim; False if we lost it.
+
+    `epochs` are per-epoch records to insert or replace, `drop_epochs` epochs whose
+    rows to delete (samsweep.db.put_epochs). They are written in the transaction whose
+    UPDATE of the trial row found our token, so only while we hold the claim: on
+    PostgreSQL that UPDATE locks the row until the commit, and a re-queue (which
+    changes the token) waits for it; on SQLite writers take turns."""
     with sessions() as session:
         n = rows_updated(
             session,
@@ -106,18 +120,30 @@ def write_claimed(sessions: sessionmaker[Session], c: Claim, **values: Any) -> b
             .where(Trial.id == c.trial_id, Trial.claim_token == c.token)
             .values(**values),
         )
+        if n == 1:
+            put_epochs(session, c.trial_id, epochs, drop_epochs)
         session.commit()
     return n == 1
 
 
 def finish(
-    sessions: sessionmaker[Session], c: Claim, state: TrialState, retry: float, **values: Any
+    sessions: sessionmaker[Session],
+    c: Claim,
+    state: TrialState,
+    retry: float,
+    epochs: Iterable[dict[str, Any]] = (),
+    drop_epochs: Collection[int] = (),
+    **values: Any,
 ) -> None:
-    """Record the trial's final state once (while we hold the claim), retrying while the
-    database is down."""
+    """Record the trial's final state once (while we hold the claim), with any epoch
+    rows to correct, retrying while the database is down."""
+    epochs = list(epochs)  # a retry writes them again
 
     def write() -> None:
-        if not write_claimed(sessions, c, state=state, finished_at=utcnow(), **values):
+        done = write_claimed(
+            sessions, c, epochs, drop_epochs, state=state, finished_at=utcnow(), **values
+        )
+        if not done:
             log.warning("trial %s: claim lost before recording %s", c.trial_id, state)
 
     with_db_retry(write, f"record trial {c.trial_id}", retry)

@@ -1,11 +1,11 @@
-"""Recording one claimed trial as it trains: every epoch to our row and to Optuna,
+"""Recording one claimed trial as it trains: every epoch to our tables and to Optuna,
 then its outcome once, with its learning curves as a figure optuna-dashboard shows.
 The trainer calls `on_epoch`; the runner calls `finish`."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, TypeVar
 
@@ -36,11 +36,15 @@ class Stop(Exception):
 
 
 class TrialRecorder:
-    """One claimed trial's record in our table and in its Optuna trial.
+    """One claimed trial's record in our tables and in its Optuna trial.
 
-    `curves` starts from what an earlier attempt recorded (a resume keeps those
-    epochs) and is replaced epoch by epoch; every epoch is reported to the Optuna
-    trial once, the earlier attempt's included, so the new Optuna trial has them all.
+    Each epoch appends one row (samsweep_trial_epochs), never the whole history. The
+    recorder keeps, by epoch, the records its trial's rows hold: what an earlier
+    attempt recorded (a resume keeps those epochs) and what it appended since. A
+    resumed attempt re-trains from its checkpoint: its first epoch replaces that
+    epoch's row and deletes the earlier attempt's later ones, as they are trained
+    again. Every epoch is reported to the Optuna trial once, the earlier attempt's
+    included, so the new Optuna trial has them all.
     """
 
     def __init__(
@@ -58,15 +62,29 @@ class TrialRecorder:
             optuna_trial_id,
             retry_seconds,
         )
-        self.curves: list[dict[str, Any]] = list(claim.curves)
+        # epoch -> record, in epoch order: what the trial's rows hold
+        self._rows: dict[int, dict[str, Any]] = {e["epoch"]: e for e in claim.curves}
         self._reported: set[int] = set()
+
+    @property
+    def curves(self) -> list[dict[str, Any]]:
+        return list(self._rows.values())
 
     def on_epoch(self, m: EpochMetrics) -> None:
         """Record epoch `m`; raise Stop if the claim is lost or the study cancelled."""
-        self.curves = [e for e in self.curves if e["epoch"] < m.epoch] + [m.to_dict()]
-        self._report_epochs()
-        values = {"epoch": m.epoch, "curves": self.curves, "heartbeat_at": utcnow()}
-        kept = self._retry(lambda: write_claimed(self.sessions, self.claim, **values), "epoch")
+        record = m.to_dict()
+        last = next(reversed(self._rows), 0)  # the keys stay in epoch order
+        retrained = [e for e in self._rows if e > m.epoch] if last > m.epoch else []
+        for e in retrained:
+            del self._rows[e]
+        self._rows[m.epoch] = record
+        # the first epoch of an attempt also reports the epochs an earlier one recorded
+        self._report_epochs(self._rows.values() if not self._reported else [record])
+        values = {"epoch": m.epoch, "heartbeat_at": utcnow()}
+        kept = self._retry(
+            lambda: write_claimed(self.sessions, self.claim, [record], retrained, **values),
+            "epoch",
+        )
         if not kept or self.heartbeat.lost.is_set():
             raise Stop(Outcome.CLAIM_LOST)
         if self._retry(lambda: study_cancelled(self.sessions, self.claim), "check for cancel"):
@@ -91,9 +109,13 @@ class TrialRecorder:
             finish(self.sessions, self.claim, state, self.retry, error=error)
             return outcome
         # The trainer's history is complete even across a resume (a worker killed between
-        # a checkpoint and its epoch's callback left that epoch out of our row).
-        self.curves = [h.to_dict() for h in result.history]
-        self._report_epochs()
+        # a checkpoint and its epoch's callback left that epoch out of our rows): the rows
+        # become it, writing only those that differ.
+        history = {h.epoch: h.to_dict() for h in result.history}
+        put = [r for e, r in history.items() if self._rows.get(e) != r]
+        drop = [e for e in self._rows if e not in history]
+        self._rows = dict(sorted(history.items()))
+        self._report_epochs(self._rows.values())
         self._save_figure()
         metrics = {k: v for k, v in result.to_dict().items() if k != "history"}
         value = metrics[self.claim.spec.objective]
@@ -103,13 +125,13 @@ class TrialRecorder:
             ),
             "tell Optuna",
         )
-        finish(self.sessions, self.claim, state, self.retry, value=value, metrics=metrics,
-               curves=self.curves)  # fmt: skip
+        finish(self.sessions, self.claim, state, self.retry, put, drop, value=value,
+               metrics=metrics)  # fmt: skip
         return outcome
 
-    def _report_epochs(self) -> None:
+    def _report_epochs(self, records: Iterable[dict[str, Any]]) -> None:
         objective = self.claim.spec.objective
-        for e in self.curves:
+        for e in records:
             if e["epoch"] not in self._reported:
                 report = partial(
                     optuna_store.report,

@@ -1,6 +1,9 @@
 """The per-trial recording on real PostgreSQL and Optuna storage: each epoch reaches
-our row and the Optuna trial once, a cancelled study or a lost claim stops training,
-and the outcome is recorded once, with the trial state it stands for."""
+our tables and the Optuna trial once, as one appended row whose write does not grow
+with the epochs before it; a resumed attempt replaces the epochs it trains again; a
+cancelled study or a lost claim stops training, and a worker without the claim writes
+no epoch; the outcome is recorded once, with the trial state it stands for, and the
+trainer's history becomes the rows."""
 
 from __future__ import annotations
 
@@ -8,17 +11,19 @@ import json
 
 import optuna
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, select, update
+from sqlalchemy.engine import Engine
 
+import worker.claim
 from samsweep import optuna_store
-from samsweep.db import Study, Trial, session_factory, utcnow
+from samsweep.db import Study, Trial, curves_for, session_factory, utcnow
 from samsweep.migrate import migrate
 from samsweep.settings import Settings
 from samsweep.spec import StudySpec
 from samsweep.states import TrialState
 from tests.conftest import digits_spec
 from trainer import EpochMetrics, TrialResult
-from worker.claim import claim
+from worker.claim import claim, write_claimed
 from worker.heartbeat import Heartbeat
 from worker.outcome import Outcome
 from worker.recorder import Stop, TrialRecorder
@@ -60,6 +65,13 @@ def row(sessions) -> Trial:
         return s.query(Trial).one()
 
 
+def curves(sessions) -> list[dict]:
+    """The trial's curves as every reader assembles them (samsweep.db.curves_for)."""
+    with sessions() as s:
+        (trial_id,) = s.scalars(select(Trial.id)).all()
+        return curves_for(s, [trial_id])[trial_id]
+
+
 def optuna_trial(settings: Settings) -> optuna.trial.FrozenTrial:
     storage = optuna_store.get_storage(settings.resolved_optuna_url)
     return optuna.load_study(study_name="digits-test-s1", storage=storage).trials[0]
@@ -70,7 +82,7 @@ def test_each_epoch_reaches_the_row_and_optuna_once(claimed):
     recorder.on_epoch(epoch(1, 0.4))
     recorder.on_epoch(epoch(2, 0.6))
     t = row(sessions)
-    assert t.epoch == 2 and [e["epoch"] for e in t.curves] == [1, 2]
+    assert t.epoch == 2 and [e["epoch"] for e in curves(sessions)] == [1, 2]
     assert optuna_trial(settings).intermediate_values == {1: 0.4, 2: 0.6}
 
 
@@ -95,6 +107,7 @@ def test_a_lost_claim_stops_training_and_writes_nothing_more(claimed):
     assert recorder.finish(Outcome.CLAIM_LOST) is Outcome.CLAIM_LOST
     t = row(sessions)
     assert t.epoch == 0 and t.state == TrialState.RUNNING  # the other worker's to record
+    assert curves(sessions) == []  # nor an epoch row
 
 
 def test_a_complete_trial_records_its_metrics_and_the_objective(claimed):
@@ -109,7 +122,7 @@ def test_a_complete_trial_records_its_metrics_and_the_objective(claimed):
     t = row(sessions)
     assert t.state == TrialState.COMPLETE and t.value == 0.65
     assert t.metrics["gap"] == 0.05 and "history" not in t.metrics
-    assert [e["epoch"] for e in t.curves] == [1, 2]
+    assert [e["epoch"] for e in curves(sessions)] == [1, 2]
     frozen = optuna_trial(settings)
     assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.value == 0.65
     assert frozen.intermediate_values == {1: 0.4, 2: 0.65}  # the last epoch reported too
@@ -188,3 +201,140 @@ def test_a_figure_that_cannot_be_saved_leaves_the_trial_complete(claimed, monkey
     assert recorder.finish(Outcome.COMPLETE, result=result) is Outcome.COMPLETE
     assert row(sessions).state == TrialState.COMPLETE
     assert optuna_trial(settings).state == optuna.trial.TrialState.COMPLETE
+
+
+def reclaim(sessions, settings: Settings) -> TrialRecorder:
+    """The sweeper re-queues the trial (its worker lost) and another worker claims it,
+    with a new Optuna trial, as worker/runner.py does."""
+    with sessions() as s:
+        s.execute(update(Trial).values(state=TrialState.QUEUED, claim_token=None))
+        s.commit()
+        (trial_id,) = s.scalars(select(Trial.id)).all()
+    c = claim(sessions, trial_id)
+    assert c is not None
+    url = settings.resolved_optuna_url
+    optuna_id, _ = optuna_store.start_trial(url, c.optuna_study_name, c.spec, c.params, trial_id)
+    return TrialRecorder(sessions, c, url, optuna_id, Heartbeat(sessions, c, 60), 5)
+
+
+def accuracies(sessions) -> list[tuple[int, float]]:
+    return [(e["epoch"], e["test_accuracy"]) for e in curves(sessions)]
+
+
+def result_of(history: list[EpochMetrics]) -> TrialResult:
+    last = history[-1].test_accuracy
+    return TrialResult(
+        train_accuracy=0.7, test_accuracy=last, train_loss=0.9, test_loss=1.0, gap=0.7 - last,
+        epochs=len(history), wall_seconds=1.0, samples_per_second=10.0, history=history,
+    )  # fmt: skip
+
+
+def sent_size(parameters) -> int:
+    """Characters of a statement's parameters as sent: JSON ones (psycopg's Jsonb wrapper,
+    whose repr hides its content) by their JSON text."""
+    if isinstance(parameters, dict):
+        return sum(sent_size(v) for v in parameters.values())
+    if isinstance(parameters, list | tuple):
+        return sum(sent_size(v) for v in parameters)
+    if hasattr(parameters, "obj"):
+        return len(json.dumps(parameters.obj, default=str))
+    return len(str(parameters))
+
+
+# issue 14 item 4 (README "Benchmarks", per-epoch records): an epoch's write is one row,
+# the same size at epoch 200 as at epoch 10; the whole-array rewrite it replaces sent
+# every earlier epoch again (20x more at epoch 200)
+def test_an_epochs_write_does_not_grow_with_the_epochs_before_it(claimed):
+    recorder, sessions, settings = claimed
+    sent: list[int] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
+        sent.append(len(statement) + sent_size(parameters))
+
+    event.listen(Engine, "before_cursor_execute", count)  # every engine: ours and Optuna's
+    per_epoch = {}
+    try:
+        for n in range(1, 201):
+            sent.clear()
+            recorder.on_epoch(epoch(n, 0.5 + n / 1000))
+            per_epoch[n] = sum(sent)
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert per_epoch[200] <= 1.1 * per_epoch[10], (per_epoch[10], per_epoch[200])
+    assert row(sessions).epoch == 200
+    assert [e for e, _ in accuracies(sessions)] == list(range(1, 201))
+    assert optuna_trial(settings).intermediate_values == {n: 0.5 + n / 1000 for n in range(1, 201)}
+
+
+# docs/DESIGN.md §5: a resumed attempt re-trains from its checkpoint; the epochs it trains
+# again end as its values, the earlier attempt's later ones go, and its Optuna trial has
+# every epoch once
+def test_a_resumed_attempt_replaces_the_epochs_it_trains_again(claimed):
+    recorder, sessions, settings = claimed
+    for n, acc in [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]:
+        recorder.on_epoch(epoch(n, acc))
+    resumed = reclaim(sessions, settings)  # its checkpoint is at epoch 2
+    assert [e["epoch"] for e in resumed.claim.curves] == [1, 2, 3, 4]
+    resumed.on_epoch(epoch(3, 0.9))
+    assert accuracies(sessions) == [(1, 0.1), (2, 0.2), (3, 0.9)]
+    resumed.on_epoch(epoch(4, 0.95))
+    assert accuracies(sessions) == [(1, 0.1), (2, 0.2), (3, 0.9), (4, 0.95)]
+    assert row(sessions).epoch == 4
+    storage = optuna_store.get_storage(settings.resolved_optuna_url)
+    first, second = optuna.load_study(study_name="digits-test-s1", storage=storage).trials
+    assert first.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}
+    assert second.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.9, 4: 0.95}
+
+
+# docs/DESIGN.md §5: only the worker holding the claim writes; one that lost it adds and
+# replaces no epoch, and deletes none
+def test_a_worker_that_lost_its_claim_writes_no_epoch(claimed):
+    recorder, sessions, settings = claimed
+    recorder.on_epoch(epoch(1, 0.4))
+    other = reclaim(sessions, settings)
+    other.on_epoch(epoch(1, 0.8))
+    for n in (1, 2):  # the same epoch again, or the next one
+        with pytest.raises(Stop) as stopped:
+            recorder.on_epoch(epoch(n, 0.1))
+        assert stopped.value.outcome is Outcome.CLAIM_LOST
+    assert not write_claimed(sessions, recorder.claim, [epoch(3).to_dict()], [1], epoch=3)
+    assert recorder.finish(Outcome.CLAIM_LOST) is Outcome.CLAIM_LOST
+    assert accuracies(sessions) == [(1, 0.8)] and row(sessions).epoch == 1
+
+
+# the trainer's history is authoritative: an epoch whose callback never ran (a worker
+# killed after its checkpoint) is added at the end, the rows already right are not
+# written again, and rows the history lacks are deleted
+def test_finish_makes_the_rows_the_trainers_history_writing_only_what_differs(claimed, monkeypatch):
+    recorder, sessions, settings = claimed
+    recorder.on_epoch(epoch(1, 0.1))
+    recorder.on_epoch(epoch(2, 0.2))
+    resumed = reclaim(sessions, settings)  # killed after epoch 3's checkpoint
+    resumed.on_epoch(epoch(4, 0.4))
+    assert accuracies(sessions) == [(1, 0.1), (2, 0.2), (4, 0.4)]
+    written: list[tuple[list[int], list[int]]] = []
+    put_epochs = worker.claim.put_epochs
+
+    def spy(session, trial_id, records, drop=()):
+        records = list(records)
+        written.append(([r["epoch"] for r in records], list(drop)))
+        put_epochs(session, trial_id, records, drop)
+
+    monkeypatch.setattr(worker.claim, "put_epochs", spy)
+    history = [epoch(1, 0.1), epoch(2, 0.2), epoch(3, 0.3), epoch(4, 0.4)]
+    assert resumed.finish(Outcome.COMPLETE, result=result_of(history)) is Outcome.COMPLETE
+    assert written == [([3], [])]
+    assert accuracies(sessions) == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]
+    assert row(sessions).state == TrialState.COMPLETE
+    storage = optuna_store.get_storage(settings.resolved_optuna_url)
+    last = optuna.load_study(study_name="digits-test-s1", storage=storage).trials[-1]
+    assert last.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}
+
+
+def test_finish_deletes_the_rows_the_trainers_history_lacks(claimed):
+    recorder, sessions, _ = claimed
+    for n in (1, 2, 3):
+        recorder.on_epoch(epoch(n, n / 10))
+    history = [epoch(1, 0.1), epoch(2, 0.25)]
+    assert recorder.finish(Outcome.COMPLETE, result=result_of(history)) is Outcome.COMPLETE
+    assert accuracies(sessions) == [(1, 0.1), (2, 0.25)]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from samsweep.db import Study, Trial
+from samsweep.db import Study, Trial, curves_for
 from service import plots, studies
 from service.api.conditional import NotModified, etag, not_modified, validators
 from service.api.deps import CacheDep, DbDep, ReadOwner
@@ -52,15 +52,17 @@ def _inputs(
             else:
                 found = plots.best_cell_trials(report, trials, report.objective)
                 wanted = [t["number"] for t in found[2]] if found else []
-            curves: dict[int, list[Any]] = dict(
+            ids = dict(
                 session.execute(
-                    select(Trial.number, Trial.curves).where(
+                    select(Trial.number, Trial.id).where(
                         Trial.study_id == study.id, Trial.number.in_(wanted)
                     )
                 ).all()
             )
+            curves = curves_for(session, ids.values())
             for t in trials:
-                t["curves"] = curves.get(t["number"])
+                if t["number"] in ids:
+                    t["curves"] = curves[ids[t["number"]]]
     return kind, fmt, report, trials, report.objective, trial
 
 

@@ -16,10 +16,10 @@ from celery import Celery
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
-from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from samsweep import report as reports
-from samsweep.db import Study, Trial
+from samsweep.db import Study, Trial, curves_for
 from samsweep.states import FINISHED_STATES, StudyStatus
 from service import studies
 from service.api.body import OPENAPI_BODY, SpecBody
@@ -172,11 +172,6 @@ def _trial_public(t: Trial, curves: list[Any] | None) -> TrialPublic:
     return TrialPublic(**values, curves=curves)
 
 
-def trial_curves(session: Session, ids: list[int]) -> dict[int, list[Any]]:
-    """Trial id -> its per-epoch records."""
-    return dict(session.execute(select(Trial.id, Trial.curves).where(Trial.id.in_(ids))).all())
-
-
 @router.get("/{study_id}/trials", response_model=TrialList, responses=responses(401, 404, 422, 503))
 async def list_trials(
     study_id: str,
@@ -210,7 +205,6 @@ def _trials_page(
     with db() as session:
         study = studies.get_study(session, study_id, owner)
         query = select(Trial).where(Trial.study_id == study.id).order_by(Trial.number)
-        query = query.options(defer(Trial.curves))  # read below, only for the page kept
         rows = session.scalars(query.limit(limit).offset(offset)).all()
         kept = _within(session, rows, budget) if curves else [_trial_public(t, None) for t in rows]
     end = offset + len(kept)
@@ -236,7 +230,7 @@ def _within(session: Session, rows: Sequence[Trial], budget: int) -> list[TrialP
     used = 0
     for start in range(0, len(rows), _CURVES_BATCH):
         chunk = rows[start : start + _CURVES_BATCH]
-        found = trial_curves(session, [t.id for t in chunk])
+        found = curves_for(session, [t.id for t in chunk])
         for t in chunk:
             public = _trial_public(t, found.get(t.id, []))
             size = len(public.model_dump_json())
