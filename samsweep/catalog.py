@@ -12,7 +12,12 @@ containment check before every trial. What is decided where:
   never outside it. Each file must be a regular file (a FIFO or a device is
   refused before anyone opens it). Every OSError / ValueError of path handling (a
   NUL byte, a name too long, a symlink loop, a missing or unreadable file) becomes
-  `SpecError("dataset.path", ...)`, never another exception.
+  `SpecError("dataset.path", ...)`, never another exception, and what a refusal says
+  never depends on anything outside the root: a directory that resolves outside,
+  does not exist, cannot be read or is not a directory gets one text
+  (`NOT_A_DIRECTORY`), a data file likewise (`NOT_A_FILE`), so the API cannot be
+  used to map the host's files. Only what lies inside the root (which official file
+  is missing, which is not a pickle) is described.
 - **File structure (API, `check_spec`).** Each file is opened by its resolved path
   without following a final symlink, must still be the regular file that was
   checked and, where `/proc/self/fd` exists, must be open at a path under the root;
@@ -36,6 +41,7 @@ containment check before every trial. What is decided where:
 
 from __future__ import annotations
 
+import logging
 import os
 import pickletools
 import stat
@@ -54,6 +60,13 @@ MAX_PATH_CHARS = 1024  # as samsweep.spec allows; refused before the OS sees it
 # far more for its size is not one, and parsing it must not take the API's CPU.
 OPS_PER_ROW, OPS_BASE = 16, 10_000
 _SHOWN_CHARS = 80  # how much of a refused path a message repeats
+# The refusals whose cause may lie outside the data root: one text each, whatever the
+# cause (outside, missing, unreadable, a loop, a FIFO...), so they map nothing there.
+NOT_A_DIRECTORY = "not a directory under the data root"
+NOT_A_FILE = "not a regular file under the data root"
+DATA_ROOT_UNUSABLE = "this deployment's data root is unusable (its log says why)"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,12 +129,22 @@ def _is_under(root: Path, path: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
 
-def _inside(root: Path, candidate: Path) -> Path:
-    """The fully resolved `candidate`; ValueError if it leaves `root`, OSError if absent."""
-    real = Path(os.path.realpath(candidate, strict=True))
-    if not _is_under(root, real):
-        raise ValueError("resolves outside the data root")
-    return real
+def _inside(root: Path, candidate: Path) -> tuple[Path, os.stat_result] | None:
+    """The fully resolved `candidate` and its stat, or None when it resolves outside
+    `root` or cannot be stat-ed (missing, unreadable, a loop, a name too long).
+
+    One answer for all of those, on purpose: a client must not learn whether a path
+    outside the data root exists, is readable or is a directory. The containment test
+    is lexical on the resolved path and comes first, so nothing outside the root is
+    stat-ed (the resolution itself reads the links on the way, as any lookup does).
+    """
+    try:
+        real = Path(os.path.realpath(candidate))  # not strict: never raises for a missing file
+        if not _is_under(root, real):
+            return None
+        return real, os.stat(real)
+    except (OSError, ValueError, RuntimeError):
+        return None
 
 
 def dataset_files(data_dir: Path, name: str, path: str) -> DatasetFiles:
@@ -129,7 +152,9 @@ def dataset_files(data_dir: Path, name: str, path: str) -> DatasetFiles:
 
     `path` is relative to the data root (an absolute path must also lie under it). The
     directory is `path` itself, or `path/<official dirname>` when that is a directory.
-    Reads directory entries and file metadata only; opens no file.
+    Reads directory entries and file metadata only; opens no file. Every refusal that
+    could depend on something outside the root reads the same (`NOT_A_DIRECTORY`,
+    `NOT_A_FILE`): what is outside is never described.
     """
     fmt = FILE_FORMATS[name]
     where = _shown(path)
@@ -148,35 +173,33 @@ def dataset_files(data_dir: Path, name: str, path: str) -> DatasetFiles:
         if not root.is_dir():
             raise NotADirectoryError(20, "not a directory")
     except (OSError, ValueError) as e:
-        raise refuse(f"the data root of this deployment is unusable ({_reason(e)})") from e
+        # The deployment's fault, not the request's: the reason (a server path's state)
+        # goes to the log, never to the client.
+        log.error("the data root %r is unusable: %s", str(data_dir), _reason(e))
+        raise refuse(DATA_ROOT_UNUSABLE) from None
 
-    def resolve(candidate: Path, label: str) -> tuple[Path, os.stat_result]:
-        try:
-            real = _inside(root, candidate)
-            return real, os.stat(real)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise refuse(f"{label}{_reason(e)}") from e
-
-    directory, st = resolve(root / path, "")
-    if not stat.S_ISDIR(st.st_mode):
-        raise refuse("is not a directory")
-    prefix = ""
+    found = _inside(root, root / path)
+    if found is None or not stat.S_ISDIR(found[1].st_mode):
+        raise refuse(NOT_A_DIRECTORY)
+    directory, prefix = found[0], ""
     official = directory / fmt.dirname
     if os.path.lexists(official):  # an escaping official subdirectory is refused, not skipped
-        resolved, st = resolve(official, f"{fmt.dirname}: ")
-        if stat.S_ISDIR(st.st_mode):
-            directory, prefix = resolved, f"{fmt.dirname}/"
+        found = _inside(root, official)
+        if found is None:
+            raise refuse(f"{fmt.dirname}: {NOT_A_DIRECTORY}")
+        if stat.S_ISDIR(found[1].st_mode):
+            directory, prefix = found[0], f"{fmt.dirname}/"
     names = (*fmt.train_files, fmt.test_file)
     missing = [f for f in names if not os.path.lexists(directory / f)]
     if missing:
         raise refuse(f"is not a {name} python-format directory (missing {', '.join(missing)})")
     files, stats = [], []
     for f in names:
-        real, st = resolve(directory / f, f"{prefix}{f}: ")
-        if not stat.S_ISREG(st.st_mode):
-            raise refuse(f"{prefix}{f} is not a regular file")
-        files.append(real)
-        stats.append(st)
+        found = _inside(root, directory / f)
+        if found is None or not stat.S_ISREG(found[1].st_mode):
+            raise refuse(f"{prefix}{f}: {NOT_A_FILE}")
+        files.append(found[0])
+        stats.append(found[1])
     return DatasetFiles(
         root,
         directory,
