@@ -513,5 +513,6 @@ def test_no_process_runs_a_crafted_pickle_or_reads_outside_the_root(data_root_de
         (row,) = trial_rows(db_url, study.json()["id"])
         assert row["state"] == "FAILED", (row, d.logs())
         assert "data_batch_1" in row["error"] and says in row["error"], row["error"]
+        assert str(root) not in row["error"] and str(SUBSET) not in row["error"], row["error"]
     time.sleep(1)  # on purpose: a late run of the pickle would show within this second
     assert not marker.exists(), d.logs()
