@@ -383,16 +383,19 @@ def _payload(how: str, marker: Path) -> _Payload:
 
 
 def crafted_batch(marker: Path, how: str = "os.system", where: str = "data") -> bytes:
-    """A data_batch_1 that creates `marker` when unpickled by plain pickle."""
+    """A data_batch_1 that creates `marker` when unpickled by plain pickle, padded to the
+    size of an image (as an attacker would: the API refuses a file too small to hold one,
+    and the payload must reach the parser and the worker)."""
     evil = _payload(how, marker)
     batch = {
         b"batch_label": b"training batch 1 of 5",
         b"labels": [0, 1],
         b"data": np.zeros((2, 3072), np.uint8),
         b"filenames": [b"a.png", b"b.png"],
+        b"padding": bytes(3072),
     }
     if where == "top":
-        return pickle.dumps(evil)
+        return pickle.dumps((evil, bytes(3072)))
     if where == "object array":  # inside an array, as numpy pickles object arrays
         batch[b"data"] = np.array([evil, 1], dtype=object)
     else:
