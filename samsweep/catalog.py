@@ -12,7 +12,12 @@ containment check before every trial. What is decided where:
   never outside it. Each file must be a regular file (a FIFO or a device is
   refused before anyone opens it). Every OSError / ValueError of path handling (a
   NUL byte, a name too long, a symlink loop, a missing or unreadable file) becomes
-  `SpecError("dataset.path", ...)`, never another exception.
+  `SpecError("dataset.path", ...)`, never another exception, and what a refusal says
+  never depends on anything outside the root: a directory that resolves outside,
+  does not exist, cannot be read or is not a directory gets one text
+  (`NOT_A_DIRECTORY`), a data file likewise (`NOT_A_FILE`), so the API cannot be
+  used to map the host's files. Only what lies inside the root (which official file
+  is missing, which is not a pickle) is described.
 - **File structure (API, `check_spec`).** Each file is opened by its resolved path
   without following a final symlink, must still be the regular file that was
   checked and, where `/proc/self/fd` exists, must be open at a path under the root;
@@ -25,6 +30,11 @@ containment check before every trial. What is decided where:
   (the worker's loader builds arrays only from bytes in the file), so a file of
   S bytes holds at most S // 3072 rows. A batch size above that bound, less the
   validation split, is refused with 422; anything at or below it is accepted.
+- **Other certain failures (API, `check_spec`).** What the trainer would refuse in
+  every trial, from the same sizes: a validation split of no example (round(f · n) is
+  0, exact or for every n up to the bound), a file too small to hold one image, and
+  resnet18 on 8×8 images with a training chunk of one example (BatchNorm on its 1×1
+  last map; the chunks are cut as trainer/loop.py and trainer/steps.py cut them).
 - **Contents (worker, trainer/data.py).** A restricted unpickler that admits only
   numpy's array-reconstruction globals; then keys, `data` N×3072 uint8, labels in
   range and counts. Any failure is a `DatasetError` naming the file, and the trial
@@ -36,6 +46,7 @@ containment check before every trial. What is decided where:
 
 from __future__ import annotations
 
+import logging
 import os
 import pickletools
 import stat
@@ -46,14 +57,27 @@ from typing import IO, cast
 
 from samsweep.spec import StudySpec
 
-# Training examples before the validation split; must match trainer/data.py.
+# Training examples before the validation split, and image sides; must match
+# trainer/data.py (tests/test_catalog.py checks both against what it loads).
 BUILTIN_TRAIN_SIZES = {"digits": 1437, "synthetic": 512}
+IMAGE_SIZES = {"digits": 8, "synthetic": 8, "cifar10": 32, "cifar100": 32}
+# Models whose last feature map is 1x1 on images of this side: train-mode BatchNorm
+# there cannot normalize a chunk of one example (torch raises "Expected more than 1
+# value per channel when training"). resnet18 halves 8 three times (trainer/models.py).
+ONE_BY_ONE = {("resnet18", 8)}
 ROW_BYTES = 3 * 32 * 32  # one CIFAR image: R, G, B planes of 32×32 uint8
 MAX_PATH_CHARS = 1024  # as samsweep.spec allows; refused before the OS sees it
 # The official files take 2-4 opcodes per row (label, filename, memo); a file with
 # far more for its size is not one, and parsing it must not take the API's CPU.
 OPS_PER_ROW, OPS_BASE = 16, 10_000
 _SHOWN_CHARS = 80  # how much of a refused path a message repeats
+# The refusals whose cause may lie outside the data root: one text each, whatever the
+# cause (outside, missing, unreadable, a loop, a FIFO...), so they map nothing there.
+NOT_A_DIRECTORY = "not a directory under the data root"
+NOT_A_FILE = "not a regular file under the data root"
+DATA_ROOT_UNUSABLE = "this deployment's data root is unusable (its log says why)"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,12 +140,22 @@ def _is_under(root: Path, path: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
 
-def _inside(root: Path, candidate: Path) -> Path:
-    """The fully resolved `candidate`; ValueError if it leaves `root`, OSError if absent."""
-    real = Path(os.path.realpath(candidate, strict=True))
-    if not _is_under(root, real):
-        raise ValueError("resolves outside the data root")
-    return real
+def _inside(root: Path, candidate: Path) -> tuple[Path, os.stat_result] | None:
+    """The fully resolved `candidate` and its stat, or None when it resolves outside
+    `root` or cannot be stat-ed (missing, unreadable, a loop, a name too long).
+
+    One answer for all of those, on purpose: a client must not learn whether a path
+    outside the data root exists, is readable or is a directory. The containment test
+    is lexical on the resolved path and comes first, so nothing outside the root is
+    stat-ed (the resolution itself reads the links on the way, as any lookup does).
+    """
+    try:
+        real = Path(os.path.realpath(candidate))  # not strict: never raises for a missing file
+        if not _is_under(root, real):
+            return None
+        return real, os.stat(real)
+    except (OSError, ValueError, RuntimeError):
+        return None
 
 
 def dataset_files(data_dir: Path, name: str, path: str) -> DatasetFiles:
@@ -129,7 +163,9 @@ def dataset_files(data_dir: Path, name: str, path: str) -> DatasetFiles:
 
     `path` is relative to the data root (an absolute path must also lie under it). The
     directory is `path` itself, or `path/<official dirname>` when that is a directory.
-    Reads directory entries and file metadata only; opens no file.
+    Reads directory entries and file metadata only; opens no file. Every refusal that
+    could depend on something outside the root reads the same (`NOT_A_DIRECTORY`,
+    `NOT_A_FILE`): what is outside is never described.
     """
     fmt = FILE_FORMATS[name]
     where = _shown(path)
@@ -148,35 +184,33 @@ def dataset_files(data_dir: Path, name: str, path: str) -> DatasetFiles:
         if not root.is_dir():
             raise NotADirectoryError(20, "not a directory")
     except (OSError, ValueError) as e:
-        raise refuse(f"the data root of this deployment is unusable ({_reason(e)})") from e
+        # The deployment's fault, not the request's: the reason (a server path's state)
+        # goes to the log, never to the client.
+        log.error("the data root %r is unusable: %s", str(data_dir), _reason(e))
+        raise refuse(DATA_ROOT_UNUSABLE) from None
 
-    def resolve(candidate: Path, label: str) -> tuple[Path, os.stat_result]:
-        try:
-            real = _inside(root, candidate)
-            return real, os.stat(real)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise refuse(f"{label}{_reason(e)}") from e
-
-    directory, st = resolve(root / path, "")
-    if not stat.S_ISDIR(st.st_mode):
-        raise refuse("is not a directory")
-    prefix = ""
+    found = _inside(root, root / path)
+    if found is None or not stat.S_ISDIR(found[1].st_mode):
+        raise refuse(NOT_A_DIRECTORY)
+    directory, prefix = found[0], ""
     official = directory / fmt.dirname
     if os.path.lexists(official):  # an escaping official subdirectory is refused, not skipped
-        resolved, st = resolve(official, f"{fmt.dirname}: ")
-        if stat.S_ISDIR(st.st_mode):
-            directory, prefix = resolved, f"{fmt.dirname}/"
+        found = _inside(root, official)
+        if found is None:
+            raise refuse(f"{fmt.dirname}: {NOT_A_DIRECTORY}")
+        if stat.S_ISDIR(found[1].st_mode):
+            directory, prefix = found[0], f"{fmt.dirname}/"
     names = (*fmt.train_files, fmt.test_file)
     missing = [f for f in names if not os.path.lexists(directory / f)]
     if missing:
         raise refuse(f"is not a {name} python-format directory (missing {', '.join(missing)})")
     files, stats = [], []
     for f in names:
-        real, st = resolve(directory / f, f"{prefix}{f}: ")
-        if not stat.S_ISREG(st.st_mode):
-            raise refuse(f"{prefix}{f} is not a regular file")
-        files.append(real)
-        stats.append(st)
+        found = _inside(root, directory / f)
+        if found is None or not stat.S_ISREG(found[1].st_mode):
+            raise refuse(f"{prefix}{f}: {NOT_A_FILE}")
+        files.append(found[0])
+        stats.append(found[1])
     return DatasetFiles(
         root,
         directory,
@@ -278,6 +312,7 @@ class TrainSize:
     n: int
     exact: bool
     data_bytes: int = 0  # file datasets: the training files' total size
+    before_split: int = 0  # the same (exact or bound) before the validation split
 
 
 def _after_split(n: int, val_fraction: float) -> int:
@@ -291,12 +326,71 @@ def train_size(spec: StudySpec, data_dir: Path) -> TrainSize:
     every file is a complete pickle (see the module docstring)."""
     ds = spec.dataset
     if ds.name in BUILTIN_TRAIN_SIZES:
-        return TrainSize(_after_split(BUILTIN_TRAIN_SIZES[ds.name], ds.val_fraction), True)
+        n = BUILTIN_TRAIN_SIZES[ds.name]
+        return TrainSize(_after_split(n, ds.val_fraction), True, before_split=n)
     files = dataset_files(data_dir, ds.name, ds.path or "")
     check_files(files, ds.path or "")
+    for shown, st in zip(files.shown, files.stats, strict=True):
+        if st.st_size < ROW_BYTES:  # the trainer refuses a file that holds no images
+            raise SpecError(
+                "dataset.path",
+                f"{_shown(ds.path or '')}: {shown} holds no images: it has {st.st_size} "
+                f"bytes and one image takes {ROW_BYTES}",
+            )
     sizes = [st.st_size for st in files.stats[: files.train_count]]
     rows = sum(s // ROW_BYTES for s in sizes)
-    return TrainSize(_after_split(rows, ds.val_fraction), False, sum(sizes))
+    return TrainSize(_after_split(rows, ds.val_fraction), False, sum(sizes), rows)
+
+
+def _chunks(n: int, batch: int, m: int | None) -> set[int]:
+    """The sizes of the example chunks one training pass runs on, as trainer/loop.py
+    and trainer/steps.py cut them: batches of `batch` (the last one the remainder) and,
+    with m-sharpness, each batch in micro-batches of m (the last one the remainder)."""
+    sizes: set[int] = set()
+    for length in {min(batch, n), n % batch} - {0}:
+        if m is None or m >= length:
+            sizes.add(length)
+        else:
+            sizes |= {m, length % m} - {0}
+    return sizes
+
+
+def _check_split(spec: StudySpec, size: TrainSize) -> None:
+    """The validation split holds at least one example (trainer/data.py's val_count)."""
+    vf, n = spec.dataset.val_fraction, size.before_split
+    if vf > 0 and round(vf * n) == 0:  # for a bound on n: certain for every n below it
+        what = f"{n} training examples" if size.exact else f"at most {n} training examples"
+        raise SpecError(
+            "dataset.val_fraction",
+            f"{vf} of {what} holds out none (round({vf} x {n}) = 0): the validation split "
+            f"would be empty; hold out at least one example (more than {0.5 / n:.3g})",
+        )
+
+
+def _check_batchnorm(spec: StudySpec, size: TrainSize) -> None:
+    """No training chunk of one example where the model ends on a 1x1 map (ONE_BY_ONE);
+    built-in datasets only, whose exact size decides the last batch."""
+    side = IMAGE_SIZES[spec.dataset.name]
+    if (spec.model.name, side) not in ONE_BY_ONE or not size.exact:
+        return
+    s, n = spec.search, size.n
+
+    def refuse(field: str, cut: str) -> SpecError:
+        return SpecError(
+            field,
+            f"{cut} trains on a chunk of one example ({n} training examples): "
+            f"{spec.model.name} on {side}x{side} images ends on a 1x1 feature map, where "
+            "BatchNorm cannot train on one example",
+        )
+
+    whole = 0.0 in s.rho or None in s.m  # some trials step on whole batches
+    sam = any(r > 0 for r in s.rho)  # m applies to SAM's trials only
+    for i, b in enumerate(s.batch_size):
+        if whole and 1 in _chunks(n, b, None):
+            raise refuse(f"search.batch_size.{i}", f"batch size {b}")
+        for j, m in enumerate(s.m):
+            if sam and m is not None and 1 in _chunks(n, b, m):
+                raise refuse(f"search.m.{j}", f"batch size {b} with m = {m}")
 
 
 def check_spec(spec: StudySpec, data_dir: Path, max_grid_trials: int) -> None:
@@ -308,6 +402,7 @@ def check_spec(spec: StudySpec, data_dir: Path, max_grid_trials: int) -> None:
             f"this deployment accepts at most {max_grid_trials}",
         )
     size = train_size(spec, data_dir)
+    _check_split(spec, size)
     for i, b in enumerate(spec.search.batch_size):
         if b > size.n:
             what = (
@@ -320,3 +415,4 @@ def check_spec(spec: StudySpec, data_dir: Path, max_grid_trials: int) -> None:
                 f"search.batch_size.{i}",
                 f"batch size {b} is larger than the training set ({what})",
             )
+    _check_batchnorm(spec, size)

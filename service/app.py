@@ -25,6 +25,7 @@ from service.api.routes import studies as studies_routes
 from service.cache import VersionedCache
 from service.limits import BodySizeLimit
 from service.render import Renderer
+from service.static_files import OnlyFiles
 from service.sweeper import sweep_forever
 
 
@@ -51,6 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served below from the package: FastAPI's default loads a CDN
         redoc_url=None,
+        # No redirect to the slash-less URL: Starlette builds its Location from the
+        # client's Host header (`GET /studies/` with `Host: evil.example` answered 307 to
+        # http://evil.example/studies). A trailing slash is simply another path: 404.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.celery = make_celery(settings)
@@ -94,7 +99,10 @@ def _offline_docs(app: FastAPI) -> None:
     """/docs with Swagger UI's files served by the API itself, so it works on an
     offline cluster (tests/test_openapi.py checks that the page loads nothing remote)."""
     static = "/docs/static"
-    app.mount(static, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+    # Only the files /docs loads: the bundle's directory also holds Swagger's demo page,
+    # which would make a browser fetch petstore.swagger.io (service/static_files.py).
+    served = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+    app.mount(static, OnlyFiles(allowed=served, directory=str(swagger_ui_path)), name="swagger-ui")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:

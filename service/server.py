@@ -88,4 +88,6 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "http": protocol,
         "limit_concurrency": settings.max_connections,
         "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        # No `server: uvicorn` header: what runs the API is nobody's business but its admin's.
+        "server_header": False,
     }

@@ -95,6 +95,19 @@ BAD_SPECS = [
     ("sharpness subset negative", _with("sharpness", {"samples": -1}), "sharpness.samples"),
     ("label noise 1", _with("dataset.label_noise", 1.0), "dataset.label_noise"),
     ("string rho", _with("search.rho", ["big"]), "search.rho.0"),
+    # What every trial would fail on, decided at the door (tests/test_catalog.py proves
+    # each boundary against the trainer):
+    ("empty validation split", _with("dataset.val_fraction", 0.0003), "dataset.val_fraction"),
+    (
+        "resnet18 on digits, a last batch of one",
+        {**_with("search.batch_size", [1436]), "model": {"name": "resnet18"}},
+        "search.batch_size.0",
+    ),
+    (
+        "resnet18 on digits, a micro-batch of one",
+        {**_with("search.m", [None, 4]), "model": {"name": "resnet18"}},
+        "search.m.1",
+    ),
 ]
 
 

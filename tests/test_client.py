@@ -148,7 +148,9 @@ def test_reads_are_retried_on_503_honouring_retry_after(monkeypatch):
         seen.append(request)
         if len(seen) < 3:
             return _error(503, "database_unavailable", "try later", **{"Retry-After": "2"})
-        return httpx.Response(200, text="a,b\n")
+        return httpx.Response(
+            200, text="a,b\n", headers={"content-type": "text/csv; charset=utf-8"}
+        )
 
     assert _client(handler).report_csv(S1) == "a,b\n"
     assert len(seen) == 3 and pauses == [2.0, 2.0]

@@ -20,7 +20,10 @@ import numpy as np
 import pytest
 
 from samsweep.catalog import (
+    DATA_ROOT_UNUSABLE,
     FILE_FORMATS,
+    NOT_A_DIRECTORY,
+    NOT_A_FILE,
     SpecError,
     check_files,
     check_spec,
@@ -105,14 +108,14 @@ def refusal(call, *args) -> SpecError:
 
 
 ESCAPES = [
-    ("linked-dir", "resolves outside"),
-    ("linked-sub", f"{BATCHES}: resolves outside"),
-    ("linked-data_batch_3", f"{BATCHES}/data_batch_3: resolves outside"),
-    ("linked-test_batch", f"{BATCHES}/test_batch: resolves outside"),
-    ("hop1", "resolves outside"),
-    ("../outside", "resolves outside"),
-    ("good/../../outside", "resolves outside"),
-    ("good/../linked-sub", f"{BATCHES}: resolves outside"),
+    ("linked-dir", NOT_A_DIRECTORY),
+    ("linked-sub", f"{BATCHES}: {NOT_A_DIRECTORY}"),
+    ("linked-data_batch_3", f"{BATCHES}/data_batch_3: {NOT_A_FILE}"),
+    ("linked-test_batch", f"{BATCHES}/test_batch: {NOT_A_FILE}"),
+    ("hop1", NOT_A_DIRECTORY),
+    ("../outside", NOT_A_DIRECTORY),
+    ("good/../../outside", NOT_A_DIRECTORY),
+    ("good/../linked-sub", f"{BATCHES}: {NOT_A_DIRECTORY}"),
 ]
 
 
@@ -131,7 +134,7 @@ def test_escaping_symlinks_are_refused_at_every_level(tree, path, reason):
 def test_an_absolute_path_outside_is_refused_and_one_inside_accepted(tree):
     root, outside = tree
     error = refusal(contained_dataset_dir, root, "cifar10", str(outside))
-    assert "resolves outside" in error.message
+    assert NOT_A_DIRECTORY in error.message
     good = contained_dataset_dir(root, "cifar10", str(root / "good"))
     assert good == (root / "good" / BATCHES).resolve()
 
@@ -173,8 +176,8 @@ HOSTILE = [
     ("nul-only", "\x00", "NUL byte"),
     ("5000 chars", "a" * 5000, "5000 characters"),
     ("5000 chars of dirs", "a/" * 2500, "5000 characters"),
-    ("component over NAME_MAX", "b" * 300, "too long"),
-    ("missing", "nowhere", "no such file"),
+    ("component over NAME_MAX", "b" * 300, NOT_A_DIRECTORY),
+    ("missing", "nowhere", NOT_A_DIRECTORY),
     ("empty", "", "required"),
 ]
 
@@ -192,19 +195,19 @@ def test_hostile_paths_are_a_spec_error_never_another_exception(tree, case, path
 def test_loops_files_fifos_and_missing_files_are_refused(tree):
     root, _ = tree
     (root / "loop").symlink_to(root / "loop")
-    assert "too many levels" in refusal(contained_dataset_dir, root, "cifar10", "loop").message
+    assert NOT_A_DIRECTORY in refusal(contained_dataset_dir, root, "cifar10", "loop").message
     (root / "a-file").write_bytes(b"x")
-    assert "not a directory" in refusal(contained_dataset_dir, root, "cifar10", "a-file").message
+    assert NOT_A_DIRECTORY in refusal(contained_dataset_dir, root, "cifar10", "a-file").message
     write_cifar10(root / "fifo")
     (root / "fifo" / "data_batch_4").unlink()
     os.mkfifo(root / "fifo" / "data_batch_4")  # opening it would hang: refused unopened
     message = refusal(check_spec, cifar_spec("fifo"), root, 100).message
-    assert "data_batch_4 is not a regular file" in message
+    assert f"data_batch_4: {NOT_A_FILE}" in message
     write_cifar10(root / "dir-as-file")
     (root / "dir-as-file" / "test_batch").unlink()
     (root / "dir-as-file" / "test_batch").mkdir()
     assert (
-        "test_batch is not a regular file"
+        f"test_batch: {NOT_A_FILE}"
         in refusal(contained_dataset_dir, root, "cifar10", "dir-as-file").message
     )
     write_cifar10(root / "partial")
@@ -215,12 +218,85 @@ def test_loops_files_fifos_and_missing_files_are_refused(tree):
     assert "missing data_batch_5" in message
     (root / "partial" / "data_batch_5").write_bytes(b"")
     message = refusal(contained_dataset_dir, root, "cifar10", "partial").message
-    assert "test_batch: no such file" in message
+    assert f"test_batch: {NOT_A_FILE}" in message
 
 
 def test_a_missing_data_root_is_a_spec_error(tmp_path):
     error = refusal(contained_dataset_dir, tmp_path / "no-root", "cifar10", "x")
     assert "data root" in error.message
+
+
+# README "The study spec": nothing about the host leaks. One table of what may lie
+# outside the data root: every entry gives the same refusal, byte for byte.
+def _outside_states(tmp_path: Path) -> dict[str, Path]:
+    """Targets outside the root, each in another state; /proc and /dev where present."""
+    out = tmp_path / "outside-states"
+    (out / "dir").mkdir(parents=True)
+    (out / "file").write_bytes(b"secret")
+    os.mkfifo(out / "fifo")
+    write_cifar10(out / "cifar")  # a real dataset: usable, but outside
+    (out / "loop").symlink_to(out / "loop")
+    targets = {
+        "existing directory": out / "dir",
+        "existing file": out / "file",
+        "nonexistent": out / "nowhere",
+        "under a nonexistent directory": out / "nowhere" / "deeper",
+        "a FIFO": out / "fifo",
+        "a usable dataset": out / "cifar",
+        "a symlink loop": out / "loop",
+        "/etc": Path("/etc"),
+        "/etc/passwd": Path("/etc/passwd"),
+        "/proc/self/environ": Path("/proc/self/environ"),
+        "/proc/1/cwd (refused even to root here)": Path("/proc/1/cwd"),
+        "/dev/null": Path("/dev/null"),
+        "/root": Path("/root"),
+    }
+    return targets
+
+
+def test_outside_the_root_every_state_gets_the_same_refusal(tree, tmp_path):
+    """Through an escaping symlink (the same path string, so the same message must come
+    back byte for byte) and as an absolute path (the message differs only by the path
+    it repeats): existing, missing, unreadable, FIFO, loop, /proc, /dev alike. Before,
+    the answers were `resolves outside the data root`, `no such file or directory`,
+    `permission denied`, `too many levels of symbolic links`: a map of the host."""
+    root, _ = tree
+    messages, absolute = set(), set()
+    for target in _outside_states(tmp_path).values():
+        link = root / "escape"
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        messages.add(str(refusal(contained_dataset_dir, root, "cifar10", "escape")))
+        messages.add(str(refusal(check_spec, cifar_spec("escape"), root, 100)))
+        error = refusal(check_spec, cifar_spec(str(target)), root, 100)
+        shown = str(target) if len(str(target)) <= 80 else str(target)[:80] + "..."
+        absolute.add(str(error).replace(repr(shown), "PATH"))
+        # The official subdirectory and a data file, escaping the same ways.
+        sub = root / "sub-escape"
+        shutil.rmtree(sub, ignore_errors=True)
+        write_cifar10(sub / BATCHES)
+        shutil.rmtree(sub / BATCHES)
+        (sub / BATCHES).symlink_to(target)
+        messages.add(str(refusal(check_spec, cifar_spec("sub-escape"), root, 100)))
+        (sub / BATCHES).unlink()
+        write_cifar10(sub / BATCHES)
+        (sub / BATCHES / "test_batch").unlink()
+        (sub / BATCHES / "test_batch").symlink_to(target)
+        messages.add(str(refusal(check_spec, cifar_spec("sub-escape"), root, 100)))
+    assert messages == {
+        f"dataset.path: 'escape': {NOT_A_DIRECTORY}",
+        f"dataset.path: 'sub-escape': {BATCHES}: {NOT_A_DIRECTORY}",
+        f"dataset.path: 'sub-escape': {BATCHES}/test_batch: {NOT_A_FILE}",
+    }
+    assert absolute == {f"dataset.path: PATH: {NOT_A_DIRECTORY}"}
+
+
+def test_an_unusable_data_root_says_so_and_nothing_more(tmp_path, caplog):
+    (tmp_path / "a-file").write_bytes(b"x")
+    for data_dir in (tmp_path / "no-root", tmp_path / "a-file", Path("/proc/1/cwd/x")):
+        error = refusal(contained_dataset_dir, data_dir, "cifar10", "x")
+        assert error.message == f"'x': {DATA_ROOT_UNUSABLE}"  # no reason, no server path
+    assert "no-root" in caplog.text  # the reason is in the API's log
 
 
 # README "The study spec": a data file that is not a complete pickle is refused
@@ -282,7 +358,7 @@ def test_the_worker_refuses_a_file_swapped_after_the_api_accepted(tree):
     target.unlink()
     target.symlink_to(outside / BATCHES / "data_batch_1")
     error = refusal(lambda: trial_config(spec, params, data_dir=root))
-    assert f"{BATCHES}/data_batch_1: resolves outside" in error.message
+    assert f"{BATCHES}/data_batch_1: {NOT_A_FILE}" in error.message
 
 
 # -- a crafted pickle executes nowhere ---------------------------------------
@@ -307,16 +383,19 @@ def _payload(how: str, marker: Path) -> _Payload:
 
 
 def crafted_batch(marker: Path, how: str = "os.system", where: str = "data") -> bytes:
-    """A data_batch_1 that creates `marker` when unpickled by plain pickle."""
+    """A data_batch_1 that creates `marker` when unpickled by plain pickle, padded to the
+    size of an image (as an attacker would: the API refuses a file too small to hold one,
+    and the payload must reach the parser and the worker)."""
     evil = _payload(how, marker)
     batch = {
         b"batch_label": b"training batch 1 of 5",
         b"labels": [0, 1],
         b"data": np.zeros((2, 3072), np.uint8),
         b"filenames": [b"a.png", b"b.png"],
+        b"padding": bytes(3072),
     }
     if where == "top":
-        return pickle.dumps(evil)
+        return pickle.dumps((evil, bytes(3072)))
     if where == "object array":  # inside an array, as numpy pickles object arrays
         batch[b"data"] = np.array([evil, 1], dtype=object)
     else:
@@ -410,7 +489,7 @@ def test_no_process_runs_a_crafted_pickle_or_reads_outside_the_root(data_root_de
     # Refused at the door, 422 naming the field: the leak, the truncated file, and
     # hostile strings (whichever of the spec or the catalog refuses them first).
     for path, says in [
-        ("leaky", f"{BATCHES}: resolves outside"),
+        ("leaky", f"{BATCHES}: {NOT_A_DIRECTORY}"),
         ("truncated", "data_batch_2 is not a complete pickle"),
         ("good\x00", ""),
         ("a" * 5000, ""),
@@ -432,10 +511,11 @@ def test_no_process_runs_a_crafted_pickle_or_reads_outside_the_root(data_root_de
     assert not marker.exists()
 
     d.start_worker()
-    for study, says in [(crafted, "refused global posix.system"), (swapped, "resolves outside")]:
+    for study, says in [(crafted, "refused global posix.system"), (swapped, NOT_A_FILE)]:
         wait_study(api, study.json()["id"], timeout=180, d=d)
         (row,) = trial_rows(db_url, study.json()["id"])
         assert row["state"] == "FAILED", (row, d.logs())
         assert "data_batch_1" in row["error"] and says in row["error"], row["error"]
+        assert str(root) not in row["error"] and str(SUBSET) not in row["error"], row["error"]
     time.sleep(1)  # on purpose: a late run of the pickle would show within this second
     assert not marker.exists(), d.logs()

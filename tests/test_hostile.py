@@ -287,3 +287,113 @@ def test_duplicate_keys_are_refused_not_last_wins(live, where, key):
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["field"] == "body" and f"duplicate key '{key}'" in error["message"], error
+
+
+# README "The door": nothing about the host leaks -----------------------------------
+
+
+def _raw_get(url: str, path: str, host: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """GET `path` exactly as written (httpx would normalize `..` away), optionally with
+    another Host header, as an attacker's raw request would be."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.putrequest("GET", path, skip_host=host is not None)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("path", ["/studies/", "/health/", "/studies//", "/overview/", "/docs/"])
+def test_no_answer_is_built_from_the_clients_host_header(live, path):
+    """Starlette's redirect_slashes answered `GET /studies/` with `Host: evil.example` by a
+    307 to http://evil.example/studies: a link to any host the client names."""
+    url, *_ = live
+    status, headers, body = _raw_get(url, path, host="evil.example")
+    assert status == 404, (status, headers)
+    assert "location" not in headers
+    assert b"evil.example" not in body
+
+
+TRAVERSALS = [
+    "/static/..%2f..%2f..%2f..%2fetc/passwd",
+    "/static/../../../../etc/passwd",
+    "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/static/..%5c..%5cetc%5cpasswd",
+    "/static/%2fetc%2fpasswd",
+    "/static//etc/passwd",
+    "/static/..%2fapp.py",
+    "/static/%00",
+    "/static/" + "a" * 5000,
+    "/docs/static/..%2f..%2f..%2f..%2fetc/passwd",
+    "/docs/static/..%2f__init__.py",
+    "/docs/static/index.html",  # Swagger's demo page: loads petstore.swagger.io
+    "/docs/static/swagger-initializer.js",
+    "/docs/static/index.j2",
+    "/docs/static/swagger-ui-bundle.js.map",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_static_files_serve_their_own_files_and_nothing_else(live, path):
+    url, *_ = live
+    status, _, body = _raw_get(url, path)
+    assert status == 404, (status, body[:200])
+    assert b"root:" not in body and b"import" not in body and b"petstore" not in body
+
+
+def test_the_static_files_the_pages_load_are_served(live):
+    url, *_ = live
+    for path in ["/static/common.js", "/static/page.css", "/docs/static/swagger-ui-bundle.js"]:
+        status, _, _ = _raw_get(url, path)
+        assert status == 200, path
+
+
+def test_no_header_names_the_server_software(live):
+    url, *_ = live
+    for path in ["/health", "/studies", "/nowhere", "/static/common.js"]:
+        _, headers, _ = _raw_get(url, path)
+        assert "server" not in headers, (path, headers.get("server"))
+
+
+OUTSIDE_PATHS = [
+    "/etc",
+    "/etc/passwd",
+    "/root",
+    "/nonexistent-samsweep",
+    "/nonexistent-samsweep/deeper",
+    "/proc/self/environ",
+    "/proc/1/cwd",  # refused even to root in this container: was `permission denied`
+    "/proc/self/root/etc",
+    "/dev/null",
+    "/dev/zero",
+    "../../../../../../../../etc",
+    "../../../../../../../../nonexistent-samsweep",
+]
+
+
+def test_paths_outside_the_data_root_all_get_one_refusal(live):
+    """Existing, missing, unreadable, device or /proc: the same status, code, field and
+    message (the message differs only by repeating the path it was given). Before, the
+    answers mapped the host: `resolves outside the data root` (it exists), `no such
+    file or directory`, `permission denied`."""
+    url, *_ = live
+    answers = set()
+    for path in OUTSIDE_PATHS:
+        spec = digits_spec(dataset={"name": "cifar10", "path": path})
+        r, _ = _post(url, spec)
+        body = r.text.replace(json.dumps(repr(path))[1:-1], "PATH")
+        answers.add((r.status_code, body))
+    assert len(answers) == 1, answers
+    ((status, body),) = answers
+    assert status == 422
+    error = json.loads(body)["error"]
+    assert error["field"] == "dataset.path"
+    assert error["message"] == "dataset.path: PATH: not a directory under the data root", error

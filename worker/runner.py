@@ -21,7 +21,7 @@ from samsweep.states import TrialState
 from worker.claim import Claim, claim, finish, write_claimed
 from worker.device import is_out_of_memory, resolve_device
 from worker.heartbeat import Heartbeat
-from worker.outcome import Outcome
+from worker.outcome import Outcome, public_error, public_text
 from worker.recorder import Stop, TrialRecorder
 from worker.retry import DATABASE_DOWN, with_db_retry
 from worker.trial_config import trial_config
@@ -46,7 +46,8 @@ def run_trial(trial_id: int, settings: Settings) -> Outcome:
         # record it as the reason, never leave the row RUNNING for the sweeper to call
         # "worker lost" while this worker is alive (tests/test_faults.py).
         log.exception("trial %s failed outside training", trial_id)
-        finish(sessions, c, TrialState.FAILED, retry, error=f"error: {type(e).__name__}: {e}")
+        error = f"error: {public_error(e, settings.data_dir)}"
+        finish(sessions, c, TrialState.FAILED, retry, error=error)
         return Outcome.ERROR
 
 
@@ -103,14 +104,16 @@ def _train(c: Claim, settings: Settings, recorder: TrialRecorder) -> Outcome:
             return e.outcome  # the claim went to another worker: leave its checkpoint
         outcome = recorder.finish(Outcome.CANCELLED, error="cancelled")
     except trainer.TrainingError as e:
-        outcome = recorder.finish(Outcome(e.reason), error=f"{e.reason}: {e}")
+        error = f"{e.reason}: {public_text(str(e), settings.data_dir)}"
+        outcome = recorder.finish(Outcome(e.reason), error=error)
     except Exception as e:
         if is_out_of_memory(e):  # this cell does not fit this device: not retried
             error = f"infeasible: out of memory at batch size {c.params.batch_size} on {device}"
             outcome = recorder.finish(Outcome.INFEASIBLE, error=error)
         else:
             log.exception("trial %s failed", c.trial_id)
-            outcome = recorder.finish(Outcome.ERROR, error=f"error: {type(e).__name__}: {e}")
+            error = f"error: {public_error(e, settings.data_dir)}"  # the log has the rest
+            outcome = recorder.finish(Outcome.ERROR, error=error)
     else:
         outcome = recorder.finish(Outcome.COMPLETE, result=result)
     ckpt.unlink(missing_ok=True)

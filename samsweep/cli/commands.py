@@ -134,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"samsweep: {e}", file=sys.stderr)
         return 2
     url, token = server_and_token(args)
-    run = Run(url, token, settings.state_dir)
+    run = Run(url, token, settings.state_dir, timeout=args.timeout)
     with Signals() as signals:
         try:
             return run.submit_and_follow(
@@ -217,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Exit codes (README "The CLI"): 0 done; 1 the API refused, could not be reached or did
+# not answer as samsweep does, or (`run`, `best`) nothing completed; 2 bad input (usage,
+# a spec file); 128 + N a signal (130: Ctrl-C); 70 a defect of samsweep itself.
+EXIT_DEFECT = 70  # sysexits' EX_SOFTWARE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -225,3 +231,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Interrupted as e:  # a signal in the last moments of `run`
         return 128 + e.signum
+    except Exception as e:
+        # Only a command that imported the client can have met the server (`worker` and
+        # `api` never import it, so it is not imported here either).
+        api = sys.modules.get("samsweep.client.api")
+        if api is not None and isinstance(e, api.ClientError):
+            say(api.one_line(str(e), 1000))  # the server, wherever a command met it
+            return 1
+        if os.environ.get("SAMSWEEP_TRACEBACK"):
+            raise
+        text = f"{type(e).__name__}: {e}".splitlines()[0][:500] if str(e) else type(e).__name__
+        say(
+            f"internal error: {text} (a samsweep defect: please report it;"
+            " SAMSWEEP_TRACEBACK=1 shows the traceback)"
+        )
+        return EXIT_DEFECT

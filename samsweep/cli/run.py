@@ -128,8 +128,9 @@ def results(api: Client, study_id: str, seconds: float, embedded: bool = False) 
 class Run:
     """One `samsweep run`: what it started and submitted, so an interrupt can undo it."""
 
-    def __init__(self, url: str, token: str | None, state_dir: Path) -> None:
+    def __init__(self, url: str, token: str | None, state_dir: Path, timeout: float = 30.0) -> None:
         self.url, self.token, self.state_dir = url, token, state_dir
+        self.timeout = timeout
         self.server: subprocess.Popen | None = None
         self.study_id: str | None = None
         self.finished = False
@@ -149,7 +150,7 @@ class Run:
                     )
                     return 1
                 self.start_server()
-            with client.Client(self.url, self.token) as api:
+            with client.Client(self.url, self.token, timeout=self.timeout) as api:
                 # A Ctrl-C during the POST waits for its answer: the study's id is then
                 # known, so the study can be cancelled (or named) rather than lost.
                 with signals.deferred():
@@ -170,6 +171,9 @@ class Run:
             return 1
         except client.Unreachable as e:
             say(f"lost the API at {self.url}: {type(e.error).__name__}: {e.error}")
+            return 1
+        except client.ClientError as e:  # not a samsweep answer, or not a URL
+            say(str(e))
             return 1
 
     def start_server(self) -> None:
@@ -227,7 +231,7 @@ class Run:
         say(f"interrupted; cancelling study {sid} (this command started the server it runs on)")
         cancelled = False
         try:
-            with client.Client(self.url, self.token) as api:
+            with client.Client(self.url, self.token, timeout=self.timeout) as api:
                 with signals.deferred():
                     detail = api.cancel(sid)
                     cancelled = True

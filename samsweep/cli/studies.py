@@ -2,8 +2,9 @@
 `export`, `cancel`, `submit`. Each talks to the API through `samsweep.Client` at
 --server (default SAMSWEEP_API_URL) with --token (default SAMSWEEP_API_TOKEN).
 
-Exit codes, as for `run`: 0 done; 1 the API refused or could not be reached (its
-error code and message, one line); 2 a usage or spec error."""
+Exit codes, as for `run` (README "The CLI"): 0 done; 1 the API refused, could not be
+reached or did not answer as samsweep does (one line: its code and message, or why); 2 a
+usage or spec-file error; 130 (128 + the signal) interrupted."""
 
 from __future__ import annotations
 
@@ -35,6 +36,20 @@ def add_connection(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--token", help="bearer token for an API with tokens (default SAMSWEEP_API_TOKEN)"
     )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for each answer (default 30)",
+    )
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be in (0, 3600] seconds, got {text!r}")
+    return value
 
 
 def server_and_token(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -51,7 +66,7 @@ def _calling(command: Callable[..., int]) -> Callable[..., int]:
 
         url, token = server_and_token(args)
         try:
-            with Client(url, token) as client:
+            with Client(url, token, timeout=args.timeout) as client:
                 return command(args, client, *extra)
         except ApiError as e:
             say(f"the API at {url} answered {e}")

@@ -9,6 +9,8 @@ CLI; importing it loads neither the API nor the worker, nor torch, FastAPI or Ce
 
 from samsweep.client.api import (
     ApiError,
+    BadAnswer,
+    BadUrl,
     Client,
     ClientError,
     Conflict,
@@ -37,6 +39,8 @@ from samsweep.client.specfile import SpecError, load_spec
 
 __all__ = [
     "ApiError",
+    "BadAnswer",
+    "BadUrl",
     "Best",
     "BestCell",
     "BestTrial",

@@ -11,7 +11,10 @@ scripts call it through.
 
 Every error answer of the API becomes an `ApiError` (a subclass per status: NotFound,
 Unauthorized, InvalidRequest, Conflict, ServerError) carrying the API's code, message
-and field; a server that cannot be reached is `Unreachable`. Reads are retried on a
+and field; a server that cannot be reached is `Unreachable`; an answer that is not the
+API's (HTML from a proxy, JSON of another shape, a body over `max_answer_bytes`) is
+`BadAnswer`; a URL that is not one is `BadUrl`. All are `ClientError`s, nothing else
+escapes a call for anything the server does. Reads are retried on a
 lost connection and on 502/503/504 (honouring Retry-After); a submission is retried
 only with an Idempotency-Key (the client makes one when none is given), so a retry
 never creates a second study; a cancel is retried (cancelling twice is cancelling once).
@@ -19,10 +22,11 @@ never creates a second study; a cancel is retried (cancelling twice is cancellin
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import httpx
 
@@ -32,6 +36,17 @@ from samsweep.report import Report
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 PAGE = 1000  # the API's largest page
+# The largest answer read: a page of 1000 trials with long curves is tens of MB; a
+# server that sends more (or says it will) is not answering as samsweep does.
+MAX_ANSWER_BYTES = 256 * 2**20
+_SHOWN = 300  # characters of a server's text repeated in a message
+
+
+def one_line(text: str, limit: int = _SHOWN) -> str:
+    """`text` as one line of printable characters (a server's text goes to a terminal:
+    no newline, no escape sequence), at most `limit` characters."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 class ClientError(Exception):
@@ -55,8 +70,8 @@ class ApiError(ClientError):
         self.status, self.code, self.message, self.field = status, code, message, field
         self.details = details or []
         self.method, self.path = method, path
-        where = f" ({field})" if field and field not in message else ""
-        super().__init__(f"{status} {code}: {message}{where}")
+        where = f" ({one_line(field, 80)})" if field and field not in message else ""
+        super().__init__(f"{status} {one_line(code, 80)}: {one_line(message)}{where}")
 
 
 class InvalidRequest(ApiError):
@@ -98,6 +113,19 @@ class Unreachable(ClientError):
         self.url, self.error = url, error
 
 
+class BadAnswer(ClientError):
+    """The server answered, but not as the samsweep API does: not JSON, JSON of another
+    shape, or a body larger than the client reads (a proxy's page, another service)."""
+
+    def __init__(self, url: str, what: str) -> None:
+        super().__init__(f"{url} did not answer as a samsweep API: {what}")
+        self.url = url
+
+
+class BadUrl(ClientError, ValueError):
+    """The server's URL is not an http(s) URL."""
+
+
 class NotAStudyId(ClientError, ValueError):
     """Refused before any request: not 32 hex digits, so no study has it."""
 
@@ -120,9 +148,32 @@ def error_from(response: httpx.Response) -> ApiError:
         code, message = str(error["code"]), str(error["message"])
         field, details = error.get("field"), error.get("details") or []
     except (ValueError, KeyError, TypeError):
-        code, message, field, details = f"http_{status}", response.text.strip()[:300], None, []
-        message = message or response.reason_phrase
+        code, field, details = f"http_{status}", None, []
+        kind_of = one_line(response.headers.get("content-type", "no content type"), 60)
+        text = one_line(response.text, 120) if "html" not in kind_of else "an HTML page"
+        message = f"{response.reason_phrase or 'error'} ({kind_of}: {text or 'empty'})"
     return kind(status, code, message, field, details, request.method, request.url.path)
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _answers(method: Callable[_P, _T]) -> Callable[_P, _T]:
+    """A route's answer that does not decode (not JSON, another shape) is BadAnswer."""
+
+    @functools.wraps(method)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(*args, **kwargs)
+        except ClientError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+            client = args[0]
+            url = client.url if isinstance(client, Client) else "the server"
+            raise BadAnswer(url, f"{type(e).__name__}: {one_line(str(e), 160)}") from None
+
+    return call
 
 
 class Client:
@@ -137,14 +188,22 @@ class Client:
         timeout: float = 30.0,
         retries: int = 3,
         transport: httpx.BaseTransport | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.retries = retries
+        self.max_answer_bytes = max_answer_bytes
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(
-            base_url=self.url, timeout=timeout, headers=headers, transport=transport
-        )
+        try:
+            parsed = httpx.URL(self.url)
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                raise httpx.InvalidURL("needs http:// or https:// and a host")
+            self._http = httpx.Client(
+                base_url=self.url, timeout=timeout, headers=headers, transport=transport
+            )
+        except (httpx.InvalidURL, TypeError, ValueError) as e:
+            raise BadUrl(f"not a server URL: {one_line(url, 100)!r} ({e})") from None
 
     def __repr__(self) -> str:
         return f"Client({self.url!r}{', token=***' if self.token else ''})"
@@ -163,23 +222,27 @@ class Client:
     def is_up(self) -> bool:
         """GET /health answers 200 (no retries, no exception)."""
         try:
-            return self._http.get("/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
+            return self._send("GET", "/health", timeout=2).status_code == 200
+        except (httpx.HTTPError, BadAnswer):
             return False
 
+    @_answers
     def studies(self) -> list[StudySummary]:
         """Every study, newest first (GET /studies, page by page)."""
         out: list[StudySummary] = []
         while True:
             page = self._get("/studies", params={"limit": PAGE, "offset": len(out)}).json()
-            out += [StudySummary.model_validate(s) for s in page["items"]]
-            if not page["items"] or len(out) >= page["total"]:
+            items, total = _page(page, "items")
+            out += [StudySummary.model_validate(s) for s in items]
+            if not items or len(out) >= total:
                 return out
 
+    @_answers
     def study(self, study_id: str) -> StudyDetail:
         """Status, counts per trial state, progress, timings and the spec."""
         return StudyDetail.model_validate(self._get(f"/studies/{_checked(study_id)}").json())
 
+    @_answers
     def trials(self, study_id: str, curves: bool = True) -> Trials:
         """Every trial in grid order, page by page; `curves=False` leaves out the per-epoch
         curves (much less to read)."""
@@ -189,27 +252,38 @@ class Client:
                 f"/studies/{_checked(study_id)}/trials",
                 params={"limit": PAGE, "offset": len(out), "curves": curves},
             ).json()
-            out += [Trial.model_validate(t) for t in page["trials"]]
-            if not page["trials"] or len(out) >= page["total"]:
+            items, total = _page(page, "trials")
+            out += [Trial.model_validate(t) for t in items]
+            if not items or len(out) >= total:
                 return out
 
+    @_answers
     def best(self, study_id: str) -> Best:
         """The best grid cell by its mean objective over seeds (`cell`), the single best
         trial (`best`), and which metric selected (`objective`, `selected_on_test`)."""
         return Best.model_validate(self._get(f"/studies/{_checked(study_id)}/best").json())
 
+    @_answers
     def report(self, study_id: str) -> Report:
         """The generalization-gap report (samsweep.report.Report; `.to_dataframe()`)."""
         return Report.model_validate(self._get(f"/studies/{_checked(study_id)}/report").json())
 
+    @_answers
     def report_csv(self, study_id: str) -> str:
         """The report as CSV text (one line per row, samsweep.report.CSV_COLUMNS)."""
-        return self._get(f"/studies/{_checked(study_id)}/report", params={"format": "csv"}).text
+        r = self._get(f"/studies/{_checked(study_id)}/report", params={"format": "csv"})
+        if not r.headers.get("content-type", "").startswith("text/csv"):
+            raise TypeError(f"a {r.headers.get('content-type', 'untyped')} answer, not text/csv")
+        return r.text
 
+    @_answers
     def report_json(self, study_id: str) -> dict[str, Any]:
         """The report's JSON as the API sends it (for export)."""
-        return self._get(f"/studies/{_checked(study_id)}/report").json()
+        data = self._get(f"/studies/{_checked(study_id)}/report").json()
+        Report.model_validate(data)  # a report's shape, else ValueError: BadAnswer
+        return data
 
+    @_answers
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> StudyCreated:
         """POST /studies. The same key (per owner) with the same spec returns the study it
         created (`replayed` is then true); without a key, one is made for this call, so
@@ -220,6 +294,7 @@ class Client:
         )
         return StudyCreated.model_validate({**r.json(), "replayed": r.status_code == 200})
 
+    @_answers
     def cancel(self, study_id: str) -> StudyDetail:
         """Cancel: queued trials now, running ones at their next epoch; results stay."""
         r = self._request("POST", f"/studies/{_checked(study_id)}/cancel", retry=True)
@@ -283,7 +358,7 @@ class Client:
         attempt = 0
         while True:
             try:
-                r = self._http.request(method, path, **kwargs)
+                r = self._send(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 if attempt >= self.retries:
                     raise Unreachable(self.url, e) from None
@@ -302,6 +377,43 @@ class Client:
                     continue
             time.sleep(min(0.25 * 2**attempt, 4.0))
             attempt += 1
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request, its answer read whole but never past `max_answer_bytes` (said by
+        Content-Length or counted as it arrives, decompressed)."""
+        request = self._http.build_request(method, path, **kwargs)
+        response = self._http.send(request, stream=True)
+        try:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_answer_bytes:
+                raise BadAnswer(self.url, f"an answer of {declared} bytes (Content-Length)")
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > self.max_answer_bytes:
+                    raise BadAnswer(self.url, f"an answer over {self.max_answer_bytes} bytes")
+        except httpx.DecodingError as e:  # a Content-Encoding its body does not follow
+            raise BadAnswer(self.url, f"an undecodable answer ({one_line(str(e), 100)})") from None
+        finally:
+            response.close()
+        # The body as read (decoded): a new response without the encoding headers.
+        drop = {"content-encoding", "content-length", "transfer-encoding"}
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in drop]
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            content=bytes(body),
+            request=request,
+            extensions=response.extensions,
+        )
+
+
+def _page(page: Any, key: str) -> tuple[list[Any], int]:
+    """A page's items and total; TypeError if the answer is not shaped as one."""
+    items, total = page[key], page["total"]
+    if not isinstance(items, list) or type(total) is not int:
+        raise TypeError(f"not a page of {key}: {key} and total must be a list and an int")
+    return items, total
 
 
 def _retry_after(r: httpx.Response) -> float | None:

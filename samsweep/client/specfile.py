@@ -4,7 +4,9 @@ the line and column, so a typo fails before any request is sent or server starte
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -20,19 +22,23 @@ class SpecError(ValueError):
     (and the line and column where they are known) and is meant for the terminal as is."""
 
 
+# A spec is a few hundred bytes; the API takes at most SAMSWEEP_MAX_BODY_BYTES (1 MB by
+# default). Beyond these a file is refused before it is parsed, so a hostile one (a
+# 5 000-level nesting, a billion-node alias bomb, 10 GB) costs nothing.
+MAX_SPEC_BYTES = 1_000_000
+MAX_DEPTH = 32  # a spec nests 3 levels; Python's parsers recurse and die near 1 000
+MAX_NODES = 100_000  # values after YAML aliases are expanded (a spec has ~100)
+
+
 def load_spec(path: Path) -> dict[str, Any]:
     """Read a YAML or JSON spec and check it locally, so typos fail before any server starts."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise SpecError(f"{path}: is a directory, not a spec file") from None
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read it: {e.strerror or e}") from None
-    data = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_yaml(path, text)
+    text = _read(path)
+    if path.suffix.lower() == ".json":
+        _check_json_shape(path, text)
+        data = _parse_json(path, text)
+    else:
+        _check_yaml_shape(path, text)
+        data = _parse_yaml(path, text)
     if data is None:
         raise SpecError(f"{path}: the spec is empty")
     try:
@@ -42,6 +48,111 @@ def load_spec(path: Path) -> dict[str, Any]:
     except ValueError as e:  # a validator's own error that pydantic did not wrap
         raise SpecError(f"{path}: invalid spec: {e}") from None
     return data
+
+
+def _read(path: Path) -> str:
+    """The file's text: a regular file of at most MAX_SPEC_BYTES of UTF-8. Opened without
+    blocking, so a FIFO (or a device) is refused instead of waiting for a writer."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory, not a spec file") from None
+    except (OSError, ValueError) as e:  # permission denied, a NUL in the name, a loop ...
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise SpecError(f"{path}: cannot read it: {reason.lower()}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise SpecError(f"{path}: is a directory, not a spec file")
+        raise SpecError(f"{path}: not a regular file (a FIFO, a socket or a device)")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_SPEC_BYTES + 1)
+        except OSError as e:
+            raise SpecError(f"{path}: cannot read it: {(e.strerror or str(e)).lower()}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES} bytes: not a study spec")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def _too_deep(path: Path, text: str, index: int) -> SpecError:
+    line = text.count("\n", 0, index) + 1
+    column = index - (text.rfind("\n", 0, index) + 1) + 1
+    return SpecError(
+        _located(path, text, line, column, f"nested deeper than {MAX_DEPTH} levels: not a spec")
+    )
+
+
+def _check_json_shape(path: Path, text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before `json` recurses into it: one pass over
+    the text, brackets outside strings counted."""
+    depth, in_string, escaped = 0, False, False
+    for i, c in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _too_deep(path, text, i)
+        elif c in "]}":
+            depth -= 1
+
+
+def _check_yaml_shape(path: Path, text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, and more than MAX_NODES values once aliases
+    are expanded (a "billion laughs" bomb), from YAML's event stream: the parser does not
+    recurse (the composer and constructor, which build the tree, do)."""
+
+    def located(mark: Any, message: str) -> SpecError:
+        if mark is None:
+            return SpecError(f"{path}: {message}")
+        return SpecError(_located(path, text, mark.line + 1, mark.column + 1, message))
+
+    depth = 0
+    total = 0
+    open_nodes: list[tuple[str | None, int]] = []  # (anchor, count of values when opened)
+    sizes: dict[str, int] = {}  # anchor -> values in its node, expanded
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise located(
+                        event.start_mark, f"nested deeper than {MAX_DEPTH} levels: not a spec"
+                    )
+                total += 1
+                open_nodes.append((event.anchor, total))
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+                anchor, opened = open_nodes.pop()
+                if anchor is not None:
+                    sizes[anchor] = total - opened + 1
+            elif isinstance(event, yaml.ScalarEvent):
+                total += 1
+                if event.anchor is not None:
+                    sizes[event.anchor] = 1
+            elif isinstance(event, yaml.AliasEvent):
+                total += sizes.get(event.anchor or "", 1)
+            if total > MAX_NODES:
+                raise located(
+                    event.start_mark,
+                    f"more than {MAX_NODES} values once its aliases are expanded: not a spec",
+                )
+    except yaml.YAMLError:
+        return  # a syntax error: _parse_yaml reports it with its place
 
 
 class _DuplicateKey(ValueError):
