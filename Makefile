@@ -42,12 +42,13 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/sam_step.py
 
-# The API's door and read load on a real uvicorn (PostgreSQL and Redis as for the tests;
-# the load benchmark needs wrk: apt-get install wrk).
+# The API's door and read load on a real uvicorn, and the per-epoch write (PostgreSQL and
+# Redis as for the tests; the load benchmark needs wrk: apt-get install wrk).
 bench-api: setup
 	bash scripts/services.sh
 	$(PY) -m benchmarks.door
 	$(PY) -m benchmarks.load
+	$(PY) -m benchmarks.epochs
 
 clean:
 	rm -rf .samsweep
