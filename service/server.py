@@ -7,7 +7,9 @@ and memory for free. `GuardedH11Protocol` closes a connection whose request head
 not complete `header_timeout` seconds after their first byte (or after the connection
 opened), or whose body is not complete `body_timeout` seconds after its headers;
 `limit_concurrency` makes uvicorn answer 503 beyond `max_connections` open connections
-per process. Idle keep-alive connections are closed by uvicorn's own keep-alive timeout.
+per process. Idle keep-alive connections are closed by uvicorn's own keep-alive timeout,
+and SIGTERM stops the server within `GRACEFUL_SHUTDOWN_SECONDS` however many requests
+are still queued.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from samsweep.settings import Settings
 
 KEEP_ALIVE_SECONDS = 5
+# On SIGTERM, requests in flight get this long to finish; then the server stops anyway
+# (uvicorn's default waits for every one of them, however many are queued).
+GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -88,6 +93,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "http": protocol,
         "limit_concurrency": settings.max_connections,
         "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
         # No `server: uvicorn` header: what runs the API is nobody's business but its admin's.
         "server_header": False,
     }

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -526,3 +528,35 @@ def test_a_full_redis_refuses_new_tasks_and_loses_none(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+# README "The door": requests abandoned by their clients are dropped when their turn
+# comes, not computed for nobody; and SIGTERM stops the API within its grace period
+# however many are still queued (it did not stop in 30 s after a 500-client run)
+def test_abandoned_requests_are_dropped_and_sigterm_is_heard(tmp_path):
+    with fresh_pg_database() as db_url:
+        d = _deployment(tmp_path, db_url)
+        try:
+            url = d.start_api()
+            sid = _create(url, BIG)
+            finish(db_url, sid, epochs=20)
+            page = f"/studies/{sid}/trials?curves=true&limit=1000"
+
+            async def abandon(n: int) -> None:
+                limits = httpx.Limits(max_connections=n)
+                async with httpx.AsyncClient(base_url=url, timeout=1, limits=limits) as c:
+                    await asyncio.gather(*(c.get(page) for _ in range(n)), return_exceptions=True)
+
+            asyncio.run(abandon(200))  # each page takes the expensive threads ~0.1 s or more
+            t = time.monotonic()
+            r = httpx.get(f"{url}/studies/{sid}/trials?limit=10", timeout=60)
+            assert r.status_code == 200 and time.monotonic() - t < SLOW, time.monotonic() - t
+
+            asyncio.run(abandon(300))
+            api = d.procs[0]
+            t = time.monotonic()
+            os.killpg(api.pid, signal.SIGTERM)
+            api.wait(timeout=30)
+            assert time.monotonic() - t < 20
+        finally:
+            _stop(d)

@@ -6,8 +6,9 @@ take the interpreter lock in turns with the event loop, so every other request (
 it. Work whose cost grows with a study's size (a page of trials with their curves, a
 report, a plot's inputs, and serializing those answers) therefore runs through `heavy`:
 in worker threads, at most `HEAVY_THREADS` at once per process, and the answer is built
-into bytes there too. Requests beyond that wait their turn without holding a thread;
-small reads keep the default threadpool and the loop to themselves.
+into bytes there too. Requests beyond that wait their turn without holding a thread,
+and are dropped if their client goes away meanwhile; small reads keep the default
+threadpool and the loop to themselves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import anyio
+from starlette.requests import ClientDisconnect, Request
 
 T = TypeVar("T")
 HEAVY_THREADS = 2
@@ -35,5 +37,11 @@ def limiter(loop_limiters: weakref.WeakKeyDictionary, size: int) -> anyio.Capaci
     return found
 
 
-async def heavy(fn: Callable[[], T]) -> T:
-    return await anyio.to_thread.run_sync(fn, limiter=limiter(_limiters, HEAVY_THREADS))
+async def heavy(fn: Callable[[], T], request: Request | None = None) -> T:
+    """`fn()` in one of the expensive-work threads, once one is free. A request whose
+    client has gone while it waited is dropped then, not computed for nobody: abandoned
+    requests must not keep the API busy (or deaf to SIGTERM) long after their clients."""
+    async with limiter(_limiters, HEAVY_THREADS):
+        if request is not None and await request.is_disconnected():
+            raise ClientDisconnect  # answered as a quiet 408 (service/errors.py)
+        return await anyio.to_thread.run_sync(fn)

@@ -175,6 +175,7 @@ def _trial_public(t: Trial, curves: list[Any] | None) -> TrialPublic:
 @router.get("/{study_id}/trials", response_model=TrialList, responses=responses(401, 404, 422, 503))
 async def list_trials(
     study_id: str,
+    request: Request,
     db: DbDep,
     settings: SettingsDep,
     owner: ReadOwner,
@@ -188,7 +189,8 @@ async def list_trials(
     `curves=true`, every epoch's record. A page with curves ends before
     SAMSWEEP_MAX_PAGE_BYTES (at least one trial); `next_offset` says where to go on."""
     page = await heavy(
-        lambda: _trials_page(db, study_id, owner, limit, offset, curves, settings.max_page_bytes)
+        lambda: _trials_page(db, study_id, owner, limit, offset, curves, settings.max_page_bytes),
+        request,
     )
     return Response(page, media_type="application/json")
 
@@ -295,7 +297,7 @@ async def _versioned(
                 key = (study.id, snap.version, *what)
                 return cache.get_or_compute(key, lambda: build(session, study, snap, cache))
 
-        body = await heavy(compute)
+        body = await heavy(compute, request)
     return _Answer(study, tag, body)
 
 
