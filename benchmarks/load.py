@@ -69,6 +69,21 @@ def wrk(url: str, clients: int, seconds: int) -> dict:
     }
 
 
+def drain(api_url: str, timeout: float = 120) -> None:
+    """Wait until the API answers /health promptly again: wrk leaves its last requests in
+    flight, and the next row must not be measured against the previous row's backlog."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t = time.monotonic()
+        try:
+            httpx.get(f"{api_url}/health", timeout=10).raise_for_status()
+            if time.monotonic() - t < 0.2:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
+
 def _populate(db_url: str) -> None:
     """Results on every trial, as after a finished study (the reads then carry them)."""
     rng = random.Random(0)
@@ -120,6 +135,7 @@ def main() -> int:
             for read, url in reads.items():
                 new[clients, read] = m = wrk(url, clients, args.seconds)
                 print(_row(clients, read, m), flush=True)
+                drain(api.url)
         log_text = api.log_path.read_text()
         print(
             f"pool timeouts: {log_text.count('QueuePool limit')}; "
@@ -134,6 +150,7 @@ def main() -> int:
         for clients in map(int, args.compare.split(",")):
             for read in ("best", "report", "plot"):
                 m = wrk(reads[read], clients, args.seconds)
+                drain(api.url)
                 old, now = m["rps"], new.get((clients, read), {}).get("rps")
                 ratio = f"{now / old:>7.1f}x" if old and now else f"{'-':>8}"
                 print(f"{_row(clients, read, m)} {ratio}", flush=True)
