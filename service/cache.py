@@ -1,7 +1,7 @@
 """What the API derives from a study's trials, computed once per study version.
 
-A report, a `/best` answer or a plot depends only on the study's trials; `Snapshot.version`
-(service/studies.py) changes whenever they can have changed. Entries are keyed on
+A report, a `/best` answer or a plot depends only on the study's trials; the digests of
+`Snapshot` (service/studies.py) change whenever they can have changed. Entries are keyed on
 (study id, version, what), so an entry is never stale: a new version simply misses, and
 the old entry ages out of the LRU. Concurrent requests for the same missing entry wait
 for one computation instead of each starting their own (`get_or_compute`).
@@ -31,12 +31,17 @@ class _Flight:
 
 
 def _size(value: Any) -> int:
-    return len(value) if isinstance(value, bytes | str) else max(sys.getsizeof(value), 4096)
+    """Bytes for bytes and str; for a pydantic model (a Report), 8 times its JSON size, a
+    generous estimate of its Python objects; anything else a nominal 4 KiB."""
+    if isinstance(value, bytes | str):
+        return len(value)
+    if hasattr(value, "model_dump_json"):
+        return 8 * len(value.model_dump_json())
+    return max(sys.getsizeof(value), 4096)
 
 
 class VersionedCache:
-    """A thread-safe LRU bounded in bytes (bytes values count their length; other values
-    a nominal 4 KiB or their shallow size), with single-flight computation."""
+    """A thread-safe LRU bounded in bytes (see `_size`), with single-flight computation."""
 
     def __init__(self, max_bytes: int) -> None:
         self._entries: LRUCache[Hashable, Any] = LRUCache(maxsize=max_bytes, getsizeof=_size)

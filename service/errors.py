@@ -49,6 +49,13 @@ class IdempotencyMismatch(ApiError):
     status, code = 422, "idempotency_key_reused"
 
 
+class Busy(ApiError):
+    """A bounded resource of this API process is full: retry shortly."""
+
+    status, code = 503, "busy"
+    headers = {"Retry-After": "2"}  # noqa: RUF012
+
+
 class LimitExceeded(ApiError):
     """An owner's quota (SAMSWEEP_MAX_STUDIES_PER_OWNER, ..._PENDING_TRIALS_PER_OWNER)."""
 
@@ -132,9 +139,10 @@ async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
 
 
 async def _client_gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
-    # The client closed while its body was being read, or was closed on for sending it
-    # too slowly (service/server.py): nobody to answer, nothing went wrong here.
-    log.info("client went away before its request body was read")
+    # The client closed while its body was being read, was closed on for sending it too
+    # slowly (service/server.py), or left while its request waited its turn
+    # (service/api/offload.py): nobody to answer, nothing went wrong here.
+    log.info("client went away before its request was answered")
     return JSONResponse(error_body("request_timeout", "the request body did not arrive"), 408)
 
 
@@ -153,7 +161,8 @@ RESPONSES = {
     422: "invalid input: `field` names the first field at fault, `details` up to 20",
     429: "an owner's limit is reached (unfinished studies, or queued and running trials): "
     "the message names the setting",
-    503: "the database is unavailable or overloaded; retry after Retry-After seconds",
+    503: "the database is unavailable or overloaded, or this API process is busy; retry "
+    "after Retry-After seconds",
 }
 
 

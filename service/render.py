@@ -13,7 +13,10 @@ included) and held one thread each while they waited for a process-wide lock. He
   fast 503 with Retry-After instead of a place in an unbounded queue;
 - a drawing that runs past `timeout` seconds is stopped (pebble kills that process and
   starts another) and the plot is refused with a 422 naming the budget; the refusal is
-  cached for that study version, so asking again costs nothing;
+  remembered for `REFUSAL_SECONDS`, so asking again meanwhile costs nothing, and the
+  plot is tried again after (a slow drawing may have been the machine's load);
+- a drawing process that dies (the OOM killer) or a pool that stopped is a 503 for
+  that plot, and the next one starts a new pool;
 - a client that goes away does not stop a drawing others may be waiting for (shielded),
   nor does it keep any thread of the API.
 """
@@ -26,32 +29,31 @@ import multiprocessing
 import threading
 from collections.abc import Callable, Hashable
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from pebble import ProcessPool
+from cachetools import TTLCache
+from pebble import ProcessExpired, ProcessPool
 
 from service import plots
 from service.api.offload import heavy
 from service.cache import VersionedCache
-from service.errors import ApiError
+from service.errors import ApiError, Busy
 
 log = logging.getLogger(__name__)
 
 
-class RenderBusy(ApiError):
-    status, code = 503, "busy"
-    headers = {"Retry-After": "2"}  # noqa: RUF012
+class RenderBusy(Busy):
+    pass
 
 
 class PlotTooSlow(ApiError):
     status, code = 422, "plot_too_large"
 
 
-class _Refused:
-    """A cached refusal: this plot of this study version ran past the budget."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
+# How long a plot that ran past its budget is refused without trying again: a slow
+# drawing may be the machine's load, not the plot, so the refusal is not forever.
+REFUSAL_SECONDS = 60.0
 
 
 def _warm() -> None:  # the pool's initializer: matplotlib imported before the first plot
@@ -64,6 +66,7 @@ class Renderer:
         self._pool: ProcessPool | None = None
         self._pool_lock = threading.Lock()
         self._inflight: dict[Hashable, asyncio.Future[bytes]] = {}
+        self._refused: TTLCache[Hashable, str] = TTLCache(maxsize=4096, ttl=REFUSAL_SECONDS)
 
     @property
     def pending(self) -> int:
@@ -86,6 +89,14 @@ class Renderer:
                 self._pool.join(timeout=10)
                 self._pool = None
 
+    def _discard(self, pool: ProcessPool) -> None:
+        """Drop a pool that failed (a drawing process killed, say): the next plot starts
+        a new one."""
+        with self._pool_lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.stop()
+
     async def render(
         self,
         key: Hashable,
@@ -95,9 +106,10 @@ class Renderer:
         """The plot for `key`: from the cache, from a drawing already under way, or drawn
         now from `inputs()` (run by service.api.offload.heavy: it reads the database) by
         `service.plots.render(*inputs())` in a drawing process."""
+        refused = self._refused.get(key)
+        if refused is not None:
+            raise PlotTooSlow(refused)
         cached = cache.get(key)
-        if isinstance(cached, _Refused):
-            raise PlotTooSlow(cached.message)
         if cached is not None:
             return bytes(cached)
         future = self._inflight.get(key)
@@ -118,8 +130,8 @@ class Renderer:
             return self._processes(), inputs()  # the first starts the pool: not on the loop
 
         pool, args = await heavy(prepare)
-        job = pool.schedule(plots.render, args=args, timeout=self.timeout)
         try:
+            job = pool.schedule(plots.render, args=args, timeout=self.timeout)
             body: bytes = await asyncio.wrap_future(job)
         except FutureTimeout:
             message = (
@@ -128,7 +140,13 @@ class Renderer:
                 "/report?format=csv"
             )
             log.warning("plot %s stopped after %g s", key, self.timeout)
-            cache.put(key, _Refused(message))
+            self._refused[key] = message
             raise PlotTooSlow(message) from None
+        except (ProcessExpired, BrokenProcessPool, RuntimeError) as e:
+            # The drawing process died (the OOM killer, say) or the pool is not running:
+            # a fresh pool for the next plot, a 503 for this one.
+            log.warning("plot %s: the drawing process failed (%s); starting a new pool", key, e)
+            self._discard(pool)
+            raise RenderBusy("the plot's drawing process failed; retry shortly") from None
         cache.put(key, body)
         return body

@@ -15,8 +15,8 @@ from typing import Any
 
 from celery import Celery
 from pydantic import ValidationError
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from samsweep import optuna_store
@@ -29,7 +29,14 @@ from samsweep.settings import Settings
 from samsweep.spec import StudySpec, TrialParams
 from samsweep.states import FINISHED_STATES, StudyStatus, TrialState
 from service.cache import VersionedCache
-from service.errors import Conflict, IdempotencyMismatch, InvalidSpec, LimitExceeded, NotFound
+from service.errors import (
+    Busy,
+    Conflict,
+    IdempotencyMismatch,
+    InvalidSpec,
+    LimitExceeded,
+    NotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +79,34 @@ def insert_study(
     differs.
     """
     digest, scope = request_digest(spec), owner or ""
-    if idempotency_key is not None:
-        existing = _replay(session, scope, idempotency_key, digest)
-        if existing is not None:
-            return existing, False
-        session.rollback()  # hold no pooled connection while the dataset files are checked
+    if spec.n_trials > settings.max_pending_trials_per_owner:  # could never be accepted
+        raise InvalidSpec(
+            f"the grid has {spec.n_trials} trials; SAMSWEEP_MAX_PENDING_TRIALS_PER_OWNER "
+            f"allows {settings.max_pending_trials_per_owner} queued at once",
+            field="search",
+        )
+    if not _creating.acquire(timeout=CREATE_WAIT_SECONDS):
+        raise Busy(f"{CREATES} studies are being created; retry shortly")
     try:
-        check_spec(spec, settings.data_dir, settings.max_grid_trials)
-    except SpecError as e:
-        raise InvalidSpec(str(e), field=e.field) from e
-    with _quota_lock(session, scope):  # held until this transaction commits or rolls back
-        check_quota(session, settings, owner, spec.n_trials)
-        return _insert(session, settings, spec, owner, idempotency_key, digest, scope)
+        if idempotency_key is not None:
+            existing = _replay(session, scope, idempotency_key, digest)
+            if existing is not None:
+                return existing, False
+        check_quota(session, settings, owner, spec.n_trials)  # a fast 429, before any wait
+        session.rollback()  # hold no pooled connection while the dataset files are checked
+        try:
+            check_spec(spec, settings.data_dir, settings.max_grid_trials)
+        except SpecError as e:
+            raise InvalidSpec(str(e), field=e.field) from e
+        with _quota_lock(session, scope):  # held until this transaction commits or rolls back
+            if idempotency_key is not None:  # a concurrent retry may have created it meanwhile
+                existing = _replay(session, scope, idempotency_key, digest)
+                if existing is not None:
+                    return existing, False
+            check_quota(session, settings, owner, spec.n_trials)
+            return _insert(session, settings, spec, owner, idempotency_key, digest, scope)
+    finally:
+        _creating.release()
 
 
 def _insert(
@@ -145,6 +168,10 @@ def _insert(
 
 
 _sqlite_quota = threading.Lock()
+# Creates at once per API process: each holds a pooled connection (and may wait for its
+# owner's lock), so a burst of POSTs must not take the connections every read needs.
+CREATES, CREATE_WAIT_SECONDS, LOCK_WAIT = 4, 30.0, "30s"
+_creating = threading.BoundedSemaphore(CREATES)
 
 
 @contextmanager
@@ -155,7 +182,12 @@ def _quota_lock(session: Session, scope: str) -> Iterator[None]:
     API process, the embedded default) a process lock."""
     if session.get_bind().dialect.name == "postgresql":
         key = int.from_bytes(hashlib.sha256(f"samsweep-owner:{scope}".encode()).digest()[:8])
-        session.execute(select(func.pg_advisory_xact_lock(key - 2**63)))
+        session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
+        try:
+            session.execute(select(func.pg_advisory_xact_lock(key - 2**63)))
+        except OperationalError as e:  # lock_timeout: this owner's other creates are slow
+            session.rollback()
+            raise Busy("another study of this owner is being created; retry shortly") from e
         yield
         return
     with _sqlite_quota:
@@ -298,13 +330,21 @@ def study_status(study: Study, counts: dict[str, int]) -> StudyStatus:
 @dataclass(frozen=True)
 class Snapshot:
     """A study's trials at one moment: counts per state (every state present), the first
-    start and last finish, and `version`, a digest that changes whenever anything a read
-    derives from the study can change (a trial starts, trains an epoch, finishes, is
-    re-queued; the study is cancelled; its stored spec is rewritten, by a migration say).
-    Reports, plots and ETags are keyed on it."""
+    start and last finish, and two digests that reads are cached and ETagged on:
+
+    - `results` changes whenever the report can: a trial is claimed, re-queued, finishes
+      (with its metrics or error) or is cancelled, the study is cancelled, its stored
+      spec is rewritten (by a migration, say). Reports, /best and every plot but the
+      curves are keyed on it, so a running study's epochs do not churn them.
+    - `version` changes on those and on every epoch recorded or heartbeat: the worker
+      writes `heartbeat_at` with each epoch's row (a resumed attempt re-recording an
+      earlier epoch included), so its maximum moves whenever curves can have changed.
+      The curves plot is keyed on it.
+    """
 
     counts: dict[str, int]
     timings: dict[str, Any]
+    results: str
     version: str
 
 
@@ -312,28 +352,32 @@ def snapshot(session: Session, study: Study) -> Snapshot:
     """One grouped query over the study's trials (their (study_id, number) index)."""
     counts = {s.value: 0 for s in TrialState}
     started = last = None
-    digest = hashlib.sha256(f"{study.id}|{study.cancelled_at}|".encode())
-    digest.update(json.dumps(study.spec, sort_keys=True).encode())  # bounded: a few KB
+    results = hashlib.sha256(f"{study.id}|{study.cancelled_at}|".encode())
+    results.update(json.dumps(study.spec, sort_keys=True).encode())  # bounded: a few KB
     rows = session.execute(
         select(
             Trial.state,
             func.count(),
             func.min(Trial.started_at),
             func.max(Trial.finished_at),
-            func.coalesce(func.sum(Trial.epoch), 0),
             func.coalesce(func.sum(Trial.attempts), 0),
+            func.coalesce(func.sum(Trial.epoch), 0),
+            func.max(Trial.heartbeat_at),
         )
         .where(Trial.study_id == study.id)
         .group_by(Trial.state)
         .order_by(Trial.state)
     )
-    for state, n, first, final, epochs, attempts in rows:
+    live = []
+    for state, n, first, final, attempts, epochs, beat in rows:
         counts[state] = n
         started = first if started is None or (first and first < started) else started
         last = final if last is None or (final and final > last) else last
-        digest.update(f"|{state}:{n}:{final}:{epochs}:{attempts}".encode())
+        results.update(f"|{state}:{n}:{final}:{attempts}".encode())
+        live.append(f"|{epochs}:{beat}")
+    version = hashlib.sha256(results.digest() + "".join(live).encode())
     timings = {"created_at": study.created_at, "started_at": started, "last_finished_at": last}
-    return Snapshot(counts, timings, digest.hexdigest()[:32])
+    return Snapshot(counts, timings, results.hexdigest()[:32], version.hexdigest()[:32])
 
 
 def best_trial(session: Session, study_id: str) -> Trial | None:

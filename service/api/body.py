@@ -3,9 +3,11 @@ validated off the event loop, and refused early when it cannot be a spec.
 
 - **Authentication first.** `study_spec` depends on the write owner, so without a valid
   token the answer is 401 before a byte of the body is read or parsed.
-- **Off the loop.** JSON parsing and pydantic validation run in a worker thread, at most
-  `PARSERS` at once per process: a flood of large bodies queues there, while the loop
-  keeps answering everything else (`/health`, reads).
+- **Off the loop, bounded.** At most `BODIES` bodies are read into memory at once per
+  process (the next `WAITING` wait unread; beyond, 503 with Retry-After), and JSON
+  parsing and pydantic validation run in a worker thread, at most `PARSERS` at once: a
+  flood of large bodies costs bounded memory and queues there, while the loop keeps
+  answering everything else.
 - **Strict JSON.** A key that appears twice in one object is an error, not "the last
   one wins" (a typo or a smuggled second value would silently change a study). An
   object with more than `MAX_KEYS` keys cannot be a spec (the largest has 15 fields),
@@ -31,10 +33,17 @@ from pydantic import ValidationError
 from samsweep.spec import StudySpec
 from service.api.deps import WriteOwner
 from service.api.offload import limiter
+from service.errors import Busy
 
 MAX_KEYS = 64
 PARSERS = 2  # parse/validate threads per process: the other threads stay free for reads
+# Bodies read into memory at once per process (each up to SAMSWEEP_MAX_BODY_BYTES); more
+# wait unread, and beyond WAITING of those a fast 503 with Retry-After.
+BODIES, WAITING = 8, 64
 _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+_bodies: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -99,9 +108,13 @@ def _limiter() -> anyio.CapacityLimiter:
 
 async def study_spec(request: Request, owner: WriteOwner) -> StudySpec:
     """The request's spec, once `owner` (a valid token, where tokens are configured) is
-    known: the body is read only then, and parsed in a thread."""
-    body = await request.body()
-    return await anyio.to_thread.run_sync(parse_spec, body, limiter=_limiter())
+    known: the body is read only then (at most `BODIES` at once), and parsed in a thread."""
+    bodies = limiter(_bodies, BODIES)
+    if bodies.statistics().tasks_waiting >= WAITING:  # waiting costs no body in memory
+        raise Busy(f"{WAITING} request bodies are waiting to be read; retry shortly")
+    async with bodies:
+        body = await request.body()
+        return await anyio.to_thread.run_sync(parse_spec, body, limiter=_limiter())
 
 
 SpecBody = Annotated[StudySpec, Depends(study_spec)]

@@ -118,13 +118,15 @@ async def plot(
             return study, studies.snapshot(session, study)
 
     study, snap = await anyio.to_thread.run_sync(find)
-    tag = etag(snap.version, "plot", kind, format, trial)
+    # Only the curves change with every epoch; the other plots with the results.
+    version = snap.version if kind == "curves" else snap.results
+    tag = etag(version, "plot", kind, format, trial)
     if not_modified(request, tag):
         return NotModified(tag)
     renderer: Renderer = request.app.state.renderer
-    key = (study.id, snap.version, "plot", kind, format, trial)
+    key = (study.id, version, "plot", kind, format, trial)
     body = await renderer.render(
-        key, lambda: _inputs(db, study, snap.version, kind, format, trial, cache), cache
+        key, lambda: _inputs(db, study, snap.results, kind, format, trial, cache), cache
     )
     return Response(
         body,

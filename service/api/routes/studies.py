@@ -284,17 +284,17 @@ async def _versioned(
         with db() as session:
             study = studies.get_study(session, study_id, owner)
             snap = studies.snapshot(session, study)
-        return study, snap, cache.get((study.id, snap.version, *what))
+        return study, snap, cache.get((study.id, snap.results, *what))
 
     study, snap, body = await run_in_threadpool(look)
-    tag = etag(snap.version, *what)
+    tag = etag(snap.results, *what)
     if not_modified(request, tag):
         return _Answer(study, tag, None)
     if body is None:
 
         def compute() -> bytes:
             with db() as session:
-                key = (study.id, snap.version, *what)
+                key = (study.id, snap.results, *what)
                 return cache.get_or_compute(key, lambda: build(session, study, snap, cache))
 
         body = await heavy(compute, request)
@@ -304,7 +304,7 @@ async def _versioned(
 def _best(session: Session, study: Study, snap: studies.Snapshot, cache: VersionedCache) -> bytes:
     counts = snap.counts
     status_ = studies.study_status(study, counts)
-    report = studies.study_report(session, study, snap.version, cache)
+    report = studies.study_report(session, study, snap.results, cache)
     top = studies.best_trial(session, study.id)
     objective = report.objective
     found = reports.best_cell(report, objective)
@@ -367,7 +367,7 @@ async def report(
     once per study version (see `ETag`)."""
 
     def build(session: Session, study: Study, snap: studies.Snapshot, c: VersionedCache) -> bytes:
-        result = studies.study_report(session, study, snap.version, c)
+        result = studies.study_report(session, study, snap.results, c)
         return result.model_dump_json().encode() if format == "json" else _csv(result)
 
     found = await _versioned(request, db, study_id, owner, cache, ("report", format), build)
