@@ -68,10 +68,6 @@ class Renderer:
         self._inflight: dict[Hashable, asyncio.Future[bytes]] = {}
         self._refused: TTLCache[Hashable, str] = TTLCache(maxsize=4096, ttl=REFUSAL_SECONDS)
 
-    @property
-    def pending(self) -> int:
-        return len(self._inflight)
-
     def _processes(self) -> ProcessPool:
         with self._pool_lock:
             if self._pool is None:

@@ -20,9 +20,7 @@ the one error shape (with at most `MAX_DETAILS` details).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import weakref
 from typing import Annotated, Any
 
 import anyio
@@ -40,12 +38,6 @@ PARSERS = 2  # parse/validate threads per process: the other threads stay free f
 # Bodies read into memory at once per process (each up to SAMSWEEP_MAX_BODY_BYTES); more
 # wait unread, and beyond WAITING of those a fast 503 with Retry-After.
 BODIES, WAITING = 8, 64
-_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
-    weakref.WeakKeyDictionary()
-)
-_bodies: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class _Refused(ValueError):
@@ -102,19 +94,15 @@ def parse_spec(body: bytes) -> StudySpec:
         raise _invalid_json(0, "nested too deeply") from None
 
 
-def _limiter() -> anyio.CapacityLimiter:
-    return limiter(_limiters, PARSERS)
-
-
 async def study_spec(request: Request, owner: WriteOwner) -> StudySpec:
     """The request's spec, once `owner` (a valid token, where tokens are configured) is
     known: the body is read only then (at most `BODIES` at once), and parsed in a thread."""
-    bodies = limiter(_bodies, BODIES)
+    bodies = limiter("bodies", BODIES)
     if bodies.statistics().tasks_waiting >= WAITING:  # waiting costs no body in memory
         raise Busy(f"{WAITING} request bodies are waiting to be read; retry shortly")
     async with bodies:
         body = await request.body()
-        return await anyio.to_thread.run_sync(parse_spec, body, limiter=_limiter())
+        return await anyio.to_thread.run_sync(parse_spec, body, limiter=limiter("parse", PARSERS))
 
 
 SpecBody = Annotated[StudySpec, Depends(study_spec)]

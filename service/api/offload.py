@@ -27,25 +27,25 @@ from service.errors import Busy
 T = TypeVar("T")
 HEAVY_THREADS = 2
 HEAVY_QUEUE = 128  # requests waiting for one of them; beyond, a fast 503 with Retry-After
-_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
-    weakref.WeakKeyDictionary()
-)
+_limiters: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, anyio.CapacityLimiter]
+] = weakref.WeakKeyDictionary()
 
 
-def limiter(loop_limiters: weakref.WeakKeyDictionary, size: int) -> anyio.CapacityLimiter:
-    """A capacity limiter for the running event loop (a limiter belongs to its loop)."""
-    loop = asyncio.get_running_loop()
-    if loop not in loop_limiters:
-        loop_limiters[loop] = anyio.CapacityLimiter(size)
-    found: anyio.CapacityLimiter = loop_limiters[loop]
-    return found
+def limiter(name: str, size: int) -> anyio.CapacityLimiter:
+    """The capacity limiter `name` (of `size` tokens) of the running event loop: a
+    limiter belongs to its loop, and an app may be served by more than one."""
+    named = _limiters.setdefault(asyncio.get_running_loop(), {})
+    if name not in named:
+        named[name] = anyio.CapacityLimiter(size)
+    return named[name]
 
 
 async def heavy(fn: Callable[[], T], request: Request | None = None) -> T:
     """`fn()` in one of the expensive-work threads, once one is free. A request whose
     client has gone while it waited is dropped then, not computed for nobody: abandoned
     requests must not keep the API busy (or deaf to SIGTERM) long after their clients."""
-    lane = limiter(_limiters, HEAVY_THREADS)
+    lane = limiter("heavy", HEAVY_THREADS)
     if lane.statistics().tasks_waiting >= HEAVY_QUEUE:
         raise Busy(f"{HEAVY_QUEUE} expensive reads are waiting already; retry shortly")
     async with lane:

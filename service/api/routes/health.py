@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-
 import anyio
 from fastapi import APIRouter, Response
 from sqlalchemy import text
@@ -16,19 +13,14 @@ from service.schemas import Health
 router = APIRouter(tags=["health"])
 # /health's checks run in threads of their own, never queued behind the threadpool that
 # serves the other routes: a saturated API still says whether it is alive.
-_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _limiter() -> anyio.CapacityLimiter:
-    return limiter(_limiters, 4)
+CHECKS = 4
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
 async def health(db: DbDep, celery: CeleryDep, response: Response) -> Health:
     """200 when the database and the broker answer, 503 naming the one that does not."""
-    return await anyio.to_thread.run_sync(_check, db, celery, response, limiter=_limiter())
+    checks = limiter("health", CHECKS)
+    return await anyio.to_thread.run_sync(_check, db, celery, response, limiter=checks)
 
 
 def _check(db: DbDep, celery: CeleryDep, response: Response) -> Health:
