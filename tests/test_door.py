@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -110,6 +111,18 @@ def _deployment(tmp, db_url: str, **settings: str) -> Deployment:
     return d
 
 
+@contextmanager
+def _api(tmp, **settings: str) -> Iterator[tuple[Deployment, str, str]]:
+    """A fresh database and a migrated deployment with these settings, its API started:
+    (deployment, API URL, database URL); stopped and checked (`_stop`) afterwards."""
+    with fresh_pg_database() as db_url:
+        d = _deployment(tmp, db_url, **settings)
+        try:
+            yield d, d.start_api(), db_url
+        finally:
+            _stop(d)
+
+
 def _stop(d: Deployment) -> None:
     d.stop()
     redis.Redis.from_url(REDIS).delete(d.env["SAMSWEEP_QUEUE"])
@@ -129,21 +142,20 @@ BIG = digits_spec(rho=[0.0] + [0.01 * i for i in range(1, 50)], batch_size=range
 @pytest.fixture(scope="module")
 def door(tmp_path_factory) -> Iterator[Door]:
     tmp = tmp_path_factory.mktemp("door")
-    with fresh_pg_database() as db_url:
-        d = _deployment(
-            tmp, db_url, api_tokens=TOKENS, plot_workers="1", plot_queue="4",
-            max_page_bytes=str(PAGE_BYTES), max_studies_per_owner="3",
-            max_pending_trials_per_owner="1600",
-        )  # fmt: skip
-        try:
-            url = d.start_api()
-            small = _create(url, digits_spec(seeds=(0, 1, 2)))
-            big = _create(url, BIG)
-            finish(db_url, small)
-            finish(db_url, big, epochs=2)
-            yield Door(url, d, db_url, psutil.Process(d.procs[0].pid), small, big)
-        finally:
-            _stop(d)
+    with _api(
+        tmp,
+        api_tokens=TOKENS,
+        plot_workers="1",
+        plot_queue="4",
+        max_page_bytes=str(PAGE_BYTES),
+        max_studies_per_owner="3",
+        max_pending_trials_per_owner="1600",
+    ) as (d, url, db_url):
+        small = _create(url, digits_spec(seeds=(0, 1, 2)))
+        big = _create(url, BIG)
+        finish(db_url, small)
+        finish(db_url, big, epochs=2)
+        yield Door(url, d, db_url, psutil.Process(d.procs[0].pid), small, big)
 
 
 async def _get_all(url: str, paths: list[str], **kw) -> list[httpx.Response]:
@@ -242,83 +254,67 @@ def test_health_answers_while_plots_bodies_and_pages_are_hammered(door, tmp_path
 # README "The door": a plot or report of a study that has not changed is not recomputed,
 # and its ETag lets a client skip it (304); it changes when a trial finishes
 def test_unchanged_answers_are_revalidated_not_recomputed(door, tmp_path):
-    with fresh_pg_database() as db_url:
-        d = _deployment(tmp_path, db_url)
-        try:
-            url = d.start_api()
-            sid = _create(url, digits_spec(seeds=(0, 1)))
-            finish(db_url, sid, epochs=3, only=0)
-            paths = [f"/studies/{sid}/plots/{k}" for k in ("rho", "curves")]
-            paths += [
-                f"/studies/{sid}/best",
-                f"/studies/{sid}/report",
-                f"/studies/{sid}/report?format=csv",
-            ]
-            tags = {}
-            for path in paths:
-                r = httpx.get(url + path, timeout=60)
-                assert r.status_code == 200 and r.headers["cache-control"] == "private, no-cache"
-                tags[path] = r.headers["etag"]
-                again = httpx.get(url + path, headers={"If-None-Match": tags[path]}, timeout=60)
-                assert again.status_code == 304 and again.content == b"", path
-                assert again.headers["etag"] == tags[path]
-            finish(db_url, sid, epochs=3, only=1)  # a trial finishes: every answer changes
-            for path in paths:
-                r = httpx.get(url + path, headers={"If-None-Match": tags[path]}, timeout=60)
-                assert r.status_code == 200 and r.headers["etag"] != tags[path], path
-        finally:
-            _stop(d)
+    with _api(tmp_path) as (d, url, db_url):
+        sid = _create(url, digits_spec(seeds=(0, 1)))
+        finish(db_url, sid, epochs=3, only=0)
+        paths = [f"/studies/{sid}/plots/{k}" for k in ("rho", "curves")]
+        paths += [
+            f"/studies/{sid}/best",
+            f"/studies/{sid}/report",
+            f"/studies/{sid}/report?format=csv",
+        ]
+        tags = {}
+        for path in paths:
+            r = httpx.get(url + path, timeout=60)
+            assert r.status_code == 200 and r.headers["cache-control"] == "private, no-cache"
+            tags[path] = r.headers["etag"]
+            again = httpx.get(url + path, headers={"If-None-Match": tags[path]}, timeout=60)
+            assert again.status_code == 304 and again.content == b"", path
+            assert again.headers["etag"] == tags[path]
+        finish(db_url, sid, epochs=3, only=1)  # a trial finishes: every answer changes
+        for path in paths:
+            r = httpx.get(url + path, headers={"If-None-Match": tags[path]}, timeout=60)
+            assert r.status_code == 200 and r.headers["etag"] != tags[path], path
 
 
 # README "The door": beyond the drawing processes and their queue, a plot request gets a
 # fast 503 with Retry-After; once the drawings are done it is drawn
 def test_plots_beyond_the_bound_are_503_with_retry_after(tmp_path):
-    with fresh_pg_database() as db_url:
-        d = _deployment(tmp_path, db_url, plot_workers="1", plot_queue="0")
-        try:
-            url = d.start_api()
-            sid = _create(url, digits_spec(seeds=(0, 1)))
-            finish(db_url, sid, epochs=3)
-            paths = [
-                f"/studies/{sid}/plots/{k}?format=png"
-                for k in ("rho", "gap", "heatmap", "sharpness")
-            ]
-            responses = asyncio.run(_get_all(url, paths))
-            codes = [r.status_code for r in responses]
-            assert codes.count(200) >= 1 and codes.count(503) >= 1, codes
-            for r in responses:
-                if r.status_code == 503:
-                    assert int(r.headers["retry-after"]) > 0
-                    assert "retry" in r.json()["error"]["message"]
-            for path in paths:  # one at a time: every one is drawn
-                assert httpx.get(url + path, timeout=60).status_code == 200
-        finally:
-            _stop(d)
+    with _api(tmp_path, plot_workers="1", plot_queue="0") as (d, url, db_url):
+        sid = _create(url, digits_spec(seeds=(0, 1)))
+        finish(db_url, sid, epochs=3)
+        paths = [
+            f"/studies/{sid}/plots/{k}?format=png" for k in ("rho", "gap", "heatmap", "sharpness")
+        ]
+        responses = asyncio.run(_get_all(url, paths))
+        codes = [r.status_code for r in responses]
+        assert codes.count(200) >= 1 and codes.count(503) >= 1, codes
+        for r in responses:
+            if r.status_code == 503:
+                assert int(r.headers["retry-after"]) > 0
+                assert "retry" in r.json()["error"]["message"]
+        for path in paths:  # one at a time: every one is drawn
+            assert httpx.get(url + path, timeout=60).status_code == 200
 
 
 # README "The door": a plot not drawn within SAMSWEEP_PLOT_TIMEOUT_SECONDS is stopped and
 # refused with a 422 naming the budget; asking again is answered at once
 def test_a_plot_over_its_time_budget_is_refused_and_stays_refused(tmp_path):
-    with fresh_pg_database() as db_url:
-        d = _deployment(tmp_path, db_url, plot_workers="1", plot_timeout_seconds="0.02")
-        try:
-            url = d.start_api()
-            sid = _create(url, digits_spec(seeds=(0, 1)))
-            finish(db_url, sid, epochs=3)
-            r = httpx.get(f"{url}/studies/{sid}/plots/heatmap?format=png", timeout=60)
-            assert r.status_code == 422, r.text
-            error = r.json()["error"]
-            assert error["code"] == "plot_too_large"
-            assert "SAMSWEEP_PLOT_TIMEOUT_SECONDS" in error["message"]
-            again = httpx.get(f"{url}/studies/{sid}/plots/heatmap?format=png", timeout=60)
-            assert again.status_code == 422 and again.json() == r.json()
-            log = d.procs[0].log_path.read_text()
-            assert log.count("stopped after") == 1, log[-3000:]  # drawn (and stopped) once
-            assert httpx.get(f"{url}/studies/{sid}/plots/rho", timeout=60).status_code in (
-                200, 422,
-            )  # the pool replaced its stopped process  # fmt: skip
-        finally:
-            _stop(d)
+    with _api(tmp_path, plot_workers="1", plot_timeout_seconds="0.02") as (d, url, db_url):
+        sid = _create(url, digits_spec(seeds=(0, 1)))
+        finish(db_url, sid, epochs=3)
+        r = httpx.get(f"{url}/studies/{sid}/plots/heatmap?format=png", timeout=60)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == "plot_too_large"
+        assert "SAMSWEEP_PLOT_TIMEOUT_SECONDS" in error["message"]
+        again = httpx.get(f"{url}/studies/{sid}/plots/heatmap?format=png", timeout=60)
+        assert again.status_code == 422 and again.json() == r.json()
+        log = d.procs[0].log_path.read_text()
+        assert log.count("stopped after") == 1, log[-3000:]  # drawn (and stopped) once
+        assert httpx.get(f"{url}/studies/{sid}/plots/rho", timeout=60).status_code in (
+            200, 422,
+        )  # the pool replaced its stopped process  # fmt: skip
 
 
 # README "Plots": a grid too large to draw readably gets a figure that says where the
@@ -448,35 +444,29 @@ def _trickle(url: str, data: bytes, every: float, limit: float) -> float:
 # README "The door": a client trickling its headers or its body is cut off at the
 # deadline, and beyond SAMSWEEP_MAX_CONNECTIONS open connections the API answers 503
 def test_slow_clients_are_cut_off_and_connections_are_bounded(tmp_path):
-    with fresh_pg_database() as db_url:
-        d = _deployment(
-            tmp_path, db_url, header_timeout_seconds="2", body_timeout_seconds="3",
-            max_connections="20",
-        )  # fmt: skip
+    with _api(
+        tmp_path, header_timeout_seconds="2", body_timeout_seconds="3", max_connections="20"
+    ) as (d, url, db_url):
+        headers = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        assert _trickle(url, headers, 0.2, 15) < 5  # was open as long as it was fed
+        body = (
+            b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n"
+        )
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(body)
+            assert _trickle(url, body + b" " * 100, 0.01, 15) < 7
+        idle = [socket.create_connection((host, int(port))) for _ in range(20)]
         try:
-            url = d.start_api()
-            headers = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
-            assert _trickle(url, headers, 0.2, 15) < 5  # was open as long as it was fed
-            body = (
-                b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 100000\r\n\r\n"
-            )
-            host, port = url.removeprefix("http://").split(":")
-            with socket.create_connection((host, int(port))) as s:
-                s.sendall(body)
-                assert _trickle(url, body + b" " * 100, 0.01, 15) < 7
-            idle = [socket.create_connection((host, int(port))) for _ in range(20)]
-            try:
-                assert httpx.get(f"{url}/health", timeout=10).status_code == 503
-            finally:
-                for s in idle:
-                    s.close()
-            wait_for(
-                lambda: httpx.get(f"{url}/health", timeout=10).status_code == 200, 10, d,
-                "the API to answer once the idle connections are gone",
-            )  # fmt: skip
+            assert httpx.get(f"{url}/health", timeout=10).status_code == 503
         finally:
-            _stop(d)
+            for s in idle:
+                s.close()
+        wait_for(
+            lambda: httpx.get(f"{url}/health", timeout=10).status_code == 200, 10, d,
+            "the API to answer once the idle connections are gone",
+        )  # fmt: skip
 
 
 # README "Production": compose's Redis has a memory cap and `noeviction`: when it is full
@@ -540,57 +530,44 @@ def test_a_full_redis_refuses_new_tasks_and_loses_none(tmp_path):
 # comes, not computed for nobody; and SIGTERM stops the API within its grace period
 # however many are still queued (it did not stop in 30 s after a 500-client run)
 def test_abandoned_requests_are_dropped_and_sigterm_is_heard(tmp_path):
-    with fresh_pg_database() as db_url:
-        d = _deployment(tmp_path, db_url)
-        try:
-            url = d.start_api()
-            sid = _create(url, BIG)
-            finish(db_url, sid, epochs=20)
-            page = f"/studies/{sid}/trials?curves=true&limit=1000"
+    with _api(tmp_path) as (d, url, db_url):
+        sid = _create(url, BIG)
+        finish(db_url, sid, epochs=20)
+        page = f"/studies/{sid}/trials?curves=true&limit=1000"
 
-            async def abandon(n: int) -> None:
-                limits = httpx.Limits(max_connections=n)
-                async with httpx.AsyncClient(base_url=url, timeout=1, limits=limits) as c:
-                    await asyncio.gather(*(c.get(page) for _ in range(n)), return_exceptions=True)
+        async def abandon(n: int) -> None:
+            limits = httpx.Limits(max_connections=n)
+            async with httpx.AsyncClient(base_url=url, timeout=1, limits=limits) as c:
+                await asyncio.gather(*(c.get(page) for _ in range(n)), return_exceptions=True)
 
-            asyncio.run(abandon(200))  # each page takes the expensive threads ~0.1 s or more
-            t = time.monotonic()
-            r = httpx.get(f"{url}/studies/{sid}/trials?limit=10", timeout=60)
-            assert r.status_code == 200 and time.monotonic() - t < SLOW, time.monotonic() - t
+        asyncio.run(abandon(200))  # each page takes the expensive threads ~0.1 s or more
+        t = time.monotonic()
+        r = httpx.get(f"{url}/studies/{sid}/trials?limit=10", timeout=60)
+        assert r.status_code == 200 and time.monotonic() - t < SLOW, time.monotonic() - t
 
-            asyncio.run(abandon(300))
-            api = d.procs[0]
-            t = time.monotonic()
-            os.killpg(api.pid, signal.SIGTERM)
-            api.wait(timeout=30)
-            assert time.monotonic() - t < 20
-        finally:
-            _stop(d)
+        asyncio.run(abandon(300))
+        api = d.procs[0]
+        t = time.monotonic()
+        os.killpg(api.pid, signal.SIGTERM)
+        api.wait(timeout=30)
+        assert time.monotonic() - t < 20
 
 
 # README "The door": an Idempotency-Key retry racing its own first request gets that
 # study (201 once, 200 after), never a 429 from the limit the first one just filled
 def test_retries_of_one_create_are_never_refused_by_the_limit_they_fill(tmp_path):
-    with fresh_pg_database() as db_url:
-        d = _deployment(tmp_path, db_url, max_studies_per_owner="1")
-        try:
-            url = d.start_api()
-            key = {"Idempotency-Key": uuid.uuid4().hex}
+    with _api(tmp_path, max_studies_per_owner="1") as (d, url, db_url):
+        key = {"Idempotency-Key": uuid.uuid4().hex}
 
-            async def burst() -> list[httpx.Response]:
-                async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-                    return await asyncio.gather(
-                        *(
-                            client.post("/studies", json=digits_spec(), headers=key)
-                            for _ in range(10)
-                        )
-                    )
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                return await asyncio.gather(
+                    *(client.post("/studies", json=digits_spec(), headers=key) for _ in range(10))
+                )
 
-            responses = asyncio.run(burst())
-            codes = sorted(r.status_code for r in responses)
-            assert codes == [200] * 9 + [201], [r.text for r in responses]
-            assert len({r.json()["id"] for r in responses}) == 1
-            r = httpx.post(f"{url}/studies", json=digits_spec(), timeout=60)
-            assert r.status_code == 429, r.text
-        finally:
-            _stop(d)
+        responses = asyncio.run(burst())
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [200] * 9 + [201], [r.text for r in responses]
+        assert len({r.json()["id"] for r in responses}) == 1
+        r = httpx.post(f"{url}/studies", json=digits_spec(), timeout=60)
+        assert r.status_code == 429, r.text
