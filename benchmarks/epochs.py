@@ -38,9 +38,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from benchmarks.live import PG_ADMIN, grid_spec
-from samsweep.db import JsonType, TrialEpoch, put_epochs, session_factory, utcnow
-from samsweep.migrate import alembic_config
-from samsweep.spec import StudySpec
+from samsweep.core.db import JsonType, TrialEpoch, put_epochs, session_factory, utcnow
+from samsweep.core.migrate import alembic_config
+from samsweep.core.spec import StudySpec
 from worker.claim import Claim, write_claimed
 
 TOKEN = "b" * 32
@@ -96,7 +96,7 @@ def database(revision: str) -> Iterator[str]:
         engine.dispose()
         yield url
     finally:
-        from samsweep.db import engine_for
+        from samsweep.core.db import engine_for
 
         engine_for.cache_clear()
         with admin.connect() as conn:

@@ -7,7 +7,7 @@ table and tells autogenerate to look only at the service's tables.
 
 from alembic import context
 
-from samsweep.db import Base, make_engine
+from samsweep.core.db import Base, make_engine
 
 VERSION_TABLE = "samsweep_alembic_version"
 

@@ -15,9 +15,9 @@ from pydantic.json_schema import models_json_schema
 from swagger_ui_bundle import swagger_ui_path
 
 from samsweep import __version__
-from samsweep.queue import make_celery
-from samsweep.settings import Settings, get_settings
-from samsweep.spec import StudySpec
+from samsweep.core.queue import make_celery
+from samsweep.core.settings import Settings, get_settings
+from samsweep.core.spec import StudySpec
 from service import errors
 from service.api.routes import health, pages
 from service.api.routes import plots as plots_routes

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 from functools import lru_cache
 
-from samsweep.settings import parse_tokens
+from samsweep.core.settings import parse_tokens
 from service.errors import ApiError
 
 

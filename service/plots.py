@@ -1,6 +1,6 @@
 """The study's plots, drawn on the server with matplotlib (Agg, no display), as SVG or PNG.
 
-Each plot takes the report (samsweep.report.Report) and/or the trials as the API serves
+Each plot takes the report (samsweep.core.report.Report) and/or the trials as the API serves
 them (dicts with number, params, state, metrics, curves) and returns the file's bytes:
 
 - ``rho``: test accuracy against ρ, one line per batch size (and base optimizer, SAM
@@ -46,7 +46,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.typing import RcKeyType  # noqa: E402
 
-from samsweep.report import Group, Report, Row, best_cell  # noqa: E402
+from samsweep.core.report import Group, Report, Row, best_cell  # noqa: E402
 
 KINDS = ("rho", "gap", "heatmap", "sharpness", "curves")
 FORMATS = {"svg": "image/svg+xml", "png": "image/png"}

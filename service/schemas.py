@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from samsweep.report import Stat
-from samsweep.states import StudyStatus
+from samsweep.core.report import Stat
+from samsweep.core.states import StudyStatus
 
 
 class ErrorDetail(BaseModel):

@@ -20,7 +20,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from samsweep.settings import Settings
+from samsweep.core.settings import Settings
 
 KEEP_ALIVE_SECONDS = 5
 # On SIGTERM, requests in flight get this long to finish; then the server stops anyway

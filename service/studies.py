@@ -19,15 +19,15 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from samsweep import optuna_store
-from samsweep.catalog import SpecError, check_spec
-from samsweep.db import IdempotencyKey, Study, Trial, new_id, utcnow
-from samsweep.ids import STUDY_ID
-from samsweep.queue import enqueue_trial
-from samsweep.report import Report, TrialRecord, build_report
-from samsweep.settings import Settings
-from samsweep.spec import StudySpec, TrialParams
-from samsweep.states import FINISHED_STATES, StudyStatus, TrialState
+from samsweep.core import optuna_store
+from samsweep.core.admission import AdmissionError, check_admission
+from samsweep.core.db import IdempotencyKey, Study, Trial, new_id, utcnow
+from samsweep.core.ids import STUDY_ID
+from samsweep.core.queue import enqueue_trial
+from samsweep.core.report import Report, TrialRecord, build_report
+from samsweep.core.settings import Settings
+from samsweep.core.spec import StudySpec, TrialParams
+from samsweep.core.states import FINISHED_STATES, StudyStatus, TrialState
 from service.cache import VersionedCache
 from service.errors import (
     Busy,
@@ -95,8 +95,8 @@ def insert_study(
         check_quota(session, settings, owner, spec.n_trials)  # a fast 429, before any wait
         session.rollback()  # hold no pooled connection while the dataset files are checked
         try:
-            check_spec(spec, settings.data_dir, settings.max_grid_trials)
-        except SpecError as e:
+            check_admission(spec, settings.data_dir, settings.max_grid_trials)
+        except AdmissionError as e:
             raise InvalidSpec(str(e), field=e.field) from e
         with _quota_lock(session, scope):  # held until this transaction commits or rolls back
             if idempotency_key is not None:  # a concurrent retry may have created it meanwhile
@@ -426,7 +426,7 @@ def stored_spec(study: Study) -> StudySpec:
 def study_report(
     session: Session, study: Study, version: str | None = None, cache: VersionedCache | None = None
 ) -> Report:
-    """The generalization-gap report (samsweep.report) over every trial of the study;
+    """The generalization-gap report (samsweep.core.report) over every trial of the study;
     with a version and a cache, built once per study version."""
     if version is None or cache is None:
         return _build_report(session, study)

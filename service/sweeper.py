@@ -16,10 +16,10 @@ from celery import Celery
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from samsweep.db import Meta, Study, Trial, rows_updated, session_factory, utcnow
-from samsweep.queue import broker_identity
-from samsweep.settings import Settings
-from samsweep.states import TrialState
+from samsweep.core.db import Meta, Study, Trial, rows_updated, session_factory, utcnow
+from samsweep.core.queue import broker_identity
+from samsweep.core.settings import Settings
+from samsweep.core.states import TrialState
 from service.studies import enqueue_pending
 
 log = logging.getLogger(__name__)

@@ -60,7 +60,7 @@ def fresh_pg_database() -> Iterator[str]:
     try:
         yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
     finally:
-        from samsweep.db import engine_for
+        from samsweep.core.db import engine_for
 
         engine_for.cache_clear()
         with admin.connect() as conn:
@@ -285,7 +285,7 @@ def _no_settings_leak(monkeypatch):
     for k in list(os.environ):
         if k.startswith("SAMSWEEP_") and not k.startswith("SAMSWEEP_TEST_"):
             monkeypatch.delenv(k)
-    from samsweep.settings import get_settings
+    from samsweep.core.settings import get_settings
 
     get_settings.cache_clear()
 

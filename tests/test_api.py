@@ -121,12 +121,12 @@ def test_trials_are_paginated_and_curves_optional(server_deployment):
 
 
 # README "The HTTP API": a trial's curves are the epochs recorded for it, in epoch order
-# (one row per epoch, assembled by samsweep.db.curves_for), [] before its first epoch;
+# (one row per epoch, assembled by samsweep.core.db.curves_for), [] before its first epoch;
 # the curves plot draws them
 def test_trials_carry_their_recorded_epochs_in_order(server_deployment, pg_url):
     from sqlalchemy import select
 
-    from samsweep.db import Trial, put_epochs, session_factory
+    from samsweep.core.db import Trial, put_epochs, session_factory
 
     api = server_deployment.start_api()
     sid = httpx.post(f"{api}/studies", json=digits_spec(), timeout=60).json()["id"]
@@ -182,9 +182,9 @@ def test_a_pool_busy_for_its_whole_timeout_is_503(pg_url, monkeypatch):
     from fastapi.testclient import TestClient
     from sqlalchemy import create_engine
 
-    from samsweep import db
-    from samsweep.migrate import migrate
-    from samsweep.settings import Settings
+    from samsweep.core import db
+    from samsweep.core.migrate import migrate
+    from samsweep.core.settings import Settings
     from service.app import create_app
 
     settings = Settings(database_url=pg_url, broker_url=REDIS)

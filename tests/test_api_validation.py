@@ -12,7 +12,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from samsweep.settings import Settings
+from samsweep.core.settings import Settings
 from tests.conftest import REDIS, Deployment, base_env, digits_spec, fresh_pg_database
 
 MAX_GRID = 50
@@ -95,7 +95,7 @@ BAD_SPECS = [
     ("sharpness subset negative", _with("sharpness", {"samples": -1}), "sharpness.samples"),
     ("label noise 1", _with("dataset.label_noise", 1.0), "dataset.label_noise"),
     ("string rho", _with("search.rho", ["big"]), "search.rho.0"),
-    # What every trial would fail on, decided at the door (tests/test_catalog.py proves
+    # What every trial would fail on, decided at the door (tests/test_admission.py proves
     # each boundary against the trainer):
     ("empty validation split", _with("dataset.val_fraction", 0.0003), "dataset.val_fraction"),
     (

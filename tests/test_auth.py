@@ -79,7 +79,7 @@ def test_each_owner_sees_only_their_studies(api):
     "tokens", ["alice:too-short", "no-colon-0123456789abcdef", ":0123456789abcdef"]
 )
 def test_malformed_token_configuration_fails_at_startup(tokens, tmp_path):
-    from samsweep.settings import Settings
+    from samsweep.core.settings import Settings
     from service.app import create_app
 
     with pytest.raises(ValueError, match="owner:token pairs"):
@@ -91,8 +91,8 @@ def private_app(tmp_path_factory):
     """In process (no uvicorn): how the Authorization header itself is read."""
     from fastapi.testclient import TestClient
 
-    from samsweep.migrate import migrate
-    from samsweep.settings import Settings
+    from samsweep.core.migrate import migrate
+    from samsweep.core.settings import Settings
     from service.app import create_app
 
     settings = Settings(

@@ -17,7 +17,7 @@ import pytest
 
 from samsweep.cli import main
 from samsweep.client import SpecError, load_spec
-from samsweep.settings import get_settings, redact, with_search_path
+from samsweep.core.settings import get_settings, redact, with_search_path
 from tests.conftest import ROOT, digits_spec, free_port, wait_for, wait_healthy
 
 

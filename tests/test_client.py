@@ -1,6 +1,6 @@
 """The Python client, `samsweep.Client`: against a running API and worker, its answers
 are the API's JSON parsed into typed models (the report into the core's own
-`samsweep.report.Report`), `to_dataframe()` gives the report's CSV columns, and an
+`samsweep.core.report.Report`), `to_dataframe()` gives the report's CSV columns, and an
 error answer is a typed exception carrying the API's code. Against a fake transport:
 what it retries (reads, keyed submissions) and what it never does."""
 
@@ -21,7 +21,7 @@ from samsweep.client import (
     Unauthorized,
     Unreachable,
 )
-from samsweep.report import CSV_COLUMNS, Report
+from samsweep.core.report import CSV_COLUMNS, Report
 from tests.conftest import digits_spec
 
 S1 = "5" * 32  # a well-formed id (the offline tests' fake server knows it)
@@ -30,7 +30,7 @@ UNKNOWN = "0" * 32  # well-formed, and no study has it
 # --- against a running API ---------------------------------------------------------------
 
 
-# README "Python client": report() is samsweep.report.Report, equal to the API's JSON
+# README "Python client": report() is samsweep.core.report.Report, equal to the API's JSON
 @pytest.mark.e2e
 def test_report_is_the_core_model_equal_to_the_json(finished_study):
     f = finished_study
@@ -236,7 +236,7 @@ def test_to_dataframe_without_pandas_says_what_to_install(monkeypatch):
 
 # README "The CLI": the report says which metric selected rho, and warns when it was test
 def test_the_report_warns_when_rho_was_selected_on_the_test_set():
-    from samsweep.client.tables import selection_lines
+    from samsweep.cli.tables import selection_lines
 
     report = Report(
         objective="test_accuracy", selection_metric="test_accuracy", selected_on_test=True,

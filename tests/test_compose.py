@@ -16,7 +16,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from samsweep.cli import build_parser
-from samsweep.settings import Settings
+from samsweep.core.settings import Settings
 from tests.compose_emulator import EmulationError, interpolate, interpolate_tree, parse_port
 
 ROOT = Path(__file__).resolve().parents[1]

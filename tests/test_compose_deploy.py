@@ -29,7 +29,7 @@ import optuna
 import pytest
 import yaml
 
-from samsweep.settings import Settings
+from samsweep.core.settings import Settings
 from tests.compose_emulator import Container, Emulation
 from tests.conftest import PG_ADMIN, REDIS, SHARED_DATA, _require, digits_spec, wait_for
 

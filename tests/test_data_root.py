@@ -1,5 +1,5 @@
 """The data root holds: containment is judged on the fully resolved path of every
-directory and file read (symlinks at every level), hostile paths are a SpecError naming
+directory and file read (symlinks at every level), hostile paths are a AdmissionError naming
 `dataset.path` (never another exception), and a crafted pickle executes in no process:
 not the API (which never unpickles), not the worker (a restricted unpickler)."""
 
@@ -19,18 +19,18 @@ import httpx
 import numpy as np
 import pytest
 
-from samsweep.catalog import (
+from samsweep.core.admission import (
     DATA_ROOT_UNUSABLE,
     FILE_FORMATS,
     NOT_A_DIRECTORY,
     NOT_A_FILE,
-    SpecError,
+    AdmissionError,
+    check_admission,
     check_files,
-    check_spec,
     contained_dataset_dir,
     dataset_files,
 )
-from samsweep.spec import StudySpec
+from samsweep.core.spec import StudySpec
 from tests.conftest import SHARED_DATA, digits_spec, trial_rows, wait_study
 from trainer.data import DatasetError, load_dataset
 
@@ -99,9 +99,9 @@ def tree(tmp_path: Path) -> tuple[Path, Path]:
     return root, outside
 
 
-def refusal(call, *args) -> SpecError:
-    """The SpecError `call` raises (any other exception, or none, fails the test)."""
-    with pytest.raises(SpecError) as e:
+def refusal(call, *args) -> AdmissionError:
+    """The AdmissionError `call` raises (any other exception, or none, fails the test)."""
+    with pytest.raises(AdmissionError) as e:
         call(*args)
     assert e.value.field == "dataset.path", e.value
     return e.value
@@ -127,7 +127,7 @@ def test_escaping_symlinks_are_refused_at_every_level(tree, path, reason):
     # The worker's check and the API's check refuse alike.
     error = refusal(contained_dataset_dir, root, "cifar10", path)
     assert reason in error.message and repr(path) in error.message
-    error = refusal(check_spec, cifar_spec(path), root, 100)
+    error = refusal(check_admission, cifar_spec(path), root, 100)
     assert reason in error.message
 
 
@@ -155,7 +155,7 @@ def test_symlinks_that_stay_inside_are_fine(tree, path, real):
     root, _ = tree
     directory = contained_dataset_dir(root, "cifar10", path)
     assert directory == (root / real).resolve()
-    check_spec(cifar_spec(path), root, 100)
+    check_admission(cifar_spec(path), root, 100)
     if path == "inside-file":  # the linked file resolves to the good copy, inside
         files = dataset_files(root, "cifar10", path)
         assert files.files[1] == (root / "good" / BATCHES / "data_batch_2").resolve()
@@ -201,7 +201,7 @@ def test_loops_files_fifos_and_missing_files_are_refused(tree):
     write_cifar10(root / "fifo")
     (root / "fifo" / "data_batch_4").unlink()
     os.mkfifo(root / "fifo" / "data_batch_4")  # opening it would hang: refused unopened
-    message = refusal(check_spec, cifar_spec("fifo"), root, 100).message
+    message = refusal(check_admission, cifar_spec("fifo"), root, 100).message
     assert f"data_batch_4: {NOT_A_FILE}" in message
     write_cifar10(root / "dir-as-file")
     (root / "dir-as-file" / "test_batch").unlink()
@@ -267,8 +267,8 @@ def test_outside_the_root_every_state_gets_the_same_refusal(tree, tmp_path):
         link.unlink(missing_ok=True)
         link.symlink_to(target)
         messages.add(str(refusal(contained_dataset_dir, root, "cifar10", "escape")))
-        messages.add(str(refusal(check_spec, cifar_spec("escape"), root, 100)))
-        error = refusal(check_spec, cifar_spec(str(target)), root, 100)
+        messages.add(str(refusal(check_admission, cifar_spec("escape"), root, 100)))
+        error = refusal(check_admission, cifar_spec(str(target)), root, 100)
         shown = str(target) if len(str(target)) <= 80 else str(target)[:80] + "..."
         absolute.add(str(error).replace(repr(shown), "PATH"))
         # The official subdirectory and a data file, escaping the same ways.
@@ -277,12 +277,12 @@ def test_outside_the_root_every_state_gets_the_same_refusal(tree, tmp_path):
         write_cifar10(sub / BATCHES)
         shutil.rmtree(sub / BATCHES)
         (sub / BATCHES).symlink_to(target)
-        messages.add(str(refusal(check_spec, cifar_spec("sub-escape"), root, 100)))
+        messages.add(str(refusal(check_admission, cifar_spec("sub-escape"), root, 100)))
         (sub / BATCHES).unlink()
         write_cifar10(sub / BATCHES)
         (sub / BATCHES / "test_batch").unlink()
         (sub / BATCHES / "test_batch").symlink_to(target)
-        messages.add(str(refusal(check_spec, cifar_spec("sub-escape"), root, 100)))
+        messages.add(str(refusal(check_admission, cifar_spec("sub-escape"), root, 100)))
     assert messages == {
         f"dataset.path: 'escape': {NOT_A_DIRECTORY}",
         f"dataset.path: 'sub-escape': {BATCHES}: {NOT_A_DIRECTORY}",
@@ -315,7 +315,7 @@ def test_truncated_or_malformed_batch_files_are_refused_by_the_api(tree, damage,
     root, _ = tree
     file = root / "good" / BATCHES / "data_batch_2"
     file.write_bytes(damage(file.read_bytes()))
-    error = refusal(check_spec, cifar_spec("good"), root, 100)
+    error = refusal(check_admission, cifar_spec("good"), root, 100)
     assert f"{BATCHES}/data_batch_2" in error.message and reason in error.message
 
 
@@ -325,7 +325,7 @@ def test_a_truncated_real_batch_is_refused(tmp_path):
     shutil.copytree(SUBSET, root / "cifar" / BATCHES)
     file = root / "cifar" / BATCHES / "test_batch"
     file.write_bytes(file.read_bytes()[:1_000_000])
-    error = refusal(check_spec, cifar_spec("cifar"), root, 100)
+    error = refusal(check_admission, cifar_spec("cifar"), root, 100)
     assert "test_batch is not a complete pickle" in error.message
 
 
@@ -350,7 +350,7 @@ def test_the_worker_refuses_a_file_swapped_after_the_api_accepted(tree):
 
     root, outside = tree
     spec = cifar_spec("good")
-    check_spec(spec, root, 100)  # what the API did
+    check_admission(spec, root, 100)  # what the API did
     params = spec.trials()[0]
     config = trial_config(spec, params, data_dir=root)
     assert config.dataset.path == str((root / "good" / BATCHES).resolve())
@@ -429,7 +429,7 @@ def test_a_crafted_pickle_runs_in_neither_the_catalog_nor_the_trainer(tree, tmp_
     marker.unlink()
     # (a) The API's checks parse it without executing anything; it is a complete
     # pickle, so they accept it: its contents are the worker's to judge.
-    check_spec(cifar_spec("good"), root, 100)
+    check_admission(cifar_spec("good"), root, 100)
     assert not marker.exists()
     # (b) The trainer's loader refuses it, naming the file.
     with pytest.raises(DatasetError) as e:

@@ -11,8 +11,8 @@ import time
 import pytest
 from fastapi.exceptions import RequestValidationError
 
-from samsweep.report import build_report
-from samsweep.spec import StudySpec
+from samsweep.core.report import build_report
+from samsweep.core.spec import StudySpec
 from service import plots
 from service.api.body import MAX_KEYS, parse_spec
 from service.cache import VersionedCache
@@ -61,8 +61,8 @@ def test_the_cache_is_bounded_in_bytes_and_a_failed_computation_is_not_kept():
 def _finished(spec: dict) -> tuple:
     study = StudySpec.model_validate(spec)
     trials, records = [], []
-    from samsweep.report import TrialRecord
-    from samsweep.states import TrialState
+    from samsweep.core.report import TrialRecord
+    from samsweep.core.states import TrialState
 
     for i, p in enumerate(study.trials()):
         m = {"train_accuracy": 0.9, "test_accuracy": 0.8 + p.rho, "gap": 0.1,

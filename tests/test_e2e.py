@@ -17,8 +17,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from samsweep.queue import enqueue_trial, make_celery
-from samsweep.settings import Settings
+from samsweep.core.queue import enqueue_trial, make_celery
+from samsweep.core.settings import Settings
 from tests.conftest import digits_spec, free_port, trial_rows, wait_study
 
 pytestmark = pytest.mark.e2e

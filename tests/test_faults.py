@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
 
-from samsweep.settings import Settings
+from samsweep.core.settings import Settings
 from tests.conftest import (
     PG_ADMIN,
     Deployment,
@@ -131,7 +131,7 @@ def test_killed_workers_resume_from_checkpoint_and_record_once(fault_deployment)
     import torch
 
     import trainer
-    from samsweep.spec import StudySpec, TrialParams
+    from samsweep.core.spec import StudySpec, TrialParams
     from worker.trial_config import trial_config
 
     torch.set_num_threads(1)  # as the workers (SAMSWEEP_TORCH_THREADS=1)

@@ -125,7 +125,7 @@ def test_same_key_different_body_is_422_and_changes_nothing(api):
 def test_malformed_keys_are_422(key):
     from fastapi.testclient import TestClient
 
-    from samsweep.settings import Settings
+    from samsweep.core.settings import Settings
     from service.app import create_app
 
     with TestClient(create_app(Settings(state_dir="/nonexistent"))) as client:

@@ -14,9 +14,9 @@ from alembic import command
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.orm import Session
 
-from samsweep.db import JsonType, curves_for, make_engine
-from samsweep.migrate import alembic_config, migrate
-from samsweep.settings import Settings
+from samsweep.core.db import JsonType, curves_for, make_engine
+from samsweep.core.migrate import alembic_config, migrate
+from samsweep.core.settings import Settings
 
 SERVICE_TABLES = {
     "samsweep_studies",

@@ -9,7 +9,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from samsweep.settings import Settings
+from samsweep.core.settings import Settings
 from service.app import create_app
 
 

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from samsweep.settings import Settings
+from samsweep.core.settings import Settings
 from tests.conftest import digits_spec, free_port, wait_for, wait_study
 
 pytestmark = pytest.mark.e2e

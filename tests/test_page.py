@@ -22,9 +22,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from samsweep.db import Trial, TrialEpoch, session_factory
-from samsweep.migrate import migrate
-from samsweep.settings import Settings
+from samsweep.core.db import Trial, TrialEpoch, session_factory
+from samsweep.core.migrate import migrate
+from samsweep.core.settings import Settings
 from service.app import create_app
 from service.plots import KINDS, PNG_DPI
 from tests.conftest import SHARED_DATA, digits_spec

@@ -9,9 +9,9 @@ import pytest
 from scipy import stats
 
 import trainer
-from samsweep.report import TrialRecord, build_report
-from samsweep.spec import StudySpec
-from samsweep.states import TrialState
+from samsweep.core.report import TrialRecord, build_report
+from samsweep.core.spec import StudySpec
+from samsweep.core.states import TrialState
 from tests.conftest import digits_spec
 from worker.trial_config import trial_config
 
@@ -126,7 +126,7 @@ def test_selecting_on_test_is_said_plainly():
 
 
 def _record(rho: float, batch: int, seed: int, test: float) -> TrialRecord:
-    from samsweep.spec import TrialParams
+    from samsweep.core.spec import TrialParams
 
     params = TrialParams(
         rho=rho, batch_size=batch, base_optimizer="sgd",

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from samsweep.spec import StudySpec
+from samsweep.core.spec import StudySpec
 from tests.conftest import digits_spec
 
 

@@ -11,11 +11,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from samsweep.db import Study, Trial, session_factory, utcnow
-from samsweep.migrate import migrate
-from samsweep.settings import Settings
-from samsweep.spec import StudySpec
-from samsweep.states import TrialState
+from samsweep.core.db import Study, Trial, session_factory, utcnow
+from samsweep.core.migrate import migrate
+from samsweep.core.settings import Settings
+from samsweep.core.spec import StudySpec
+from samsweep.core.states import TrialState
 from service.studies import enqueue_pending
 from service.sweeper import requeue_stale
 from tests.conftest import digits_spec
@@ -118,8 +118,8 @@ def test_a_broker_restart_while_the_api_was_down_resends_the_queued_trials(
 
     import redis
 
-    from samsweep.db import Meta
-    from samsweep.queue import broker_identity, make_celery
+    from samsweep.core.db import Meta
+    from samsweep.core.queue import broker_identity, make_celery
     from service.sweeper import BROKER_IDENTITY, sweep_once
 
     queue = f"samsweep-test-{uuid.uuid4().hex[:8]}"

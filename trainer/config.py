@@ -1,6 +1,6 @@
 """The trainer's input and output: plain dataclasses, no framework types.
 
-:class:`TrialConfig` has the study spec's shape and names (``samsweep.spec``):
+:class:`TrialConfig` has the study spec's shape and names (``samsweep.core.spec``):
 sections ``dataset``, ``model``, ``train`` and ``sharpness`` with the spec's fields
 and defaults, then one value of each grid axis (``rho``, ``batch_size``,
 ``base_optimizer``, ``sam_variant``, ``m``) and the ``seed``, then how to execute

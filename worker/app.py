@@ -4,7 +4,7 @@ torch is imported lazily inside the task, so the parent process that forks or
 spawns pool children never initializes CUDA.
 """
 
-from samsweep.queue import make_celery
-from samsweep.settings import get_settings
+from samsweep.core.queue import make_celery
+from samsweep.core.settings import get_settings
 
 app = make_celery(get_settings(), include=["worker.tasks"])

@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from samsweep.db import Study, Trial, curves_for, new_id, put_epochs, rows_updated, utcnow
-from samsweep.spec import StudySpec, TrialParams
-from samsweep.states import TrialState
+from samsweep.core.db import Study, Trial, curves_for, new_id, put_epochs, rows_updated, utcnow
+from samsweep.core.spec import StudySpec, TrialParams
+from samsweep.core.states import TrialState
 from worker.retry import with_db_retry
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def write_claimed(
     """Write to the trial only while we still hold the claim; False if we lost it.
 
     `epochs` are per-epoch records to insert or replace, `drop_epochs` epochs whose
-    rows to delete (samsweep.db.put_epochs). They are written in the transaction whose
+    rows to delete (samsweep.core.db.put_epochs). They are written in the transaction whose
     UPDATE of the trial row found our token, so only while we hold the claim: on
     PostgreSQL that UPDATE locks the row until the commit, and a re-queue (which
     changes the token) waits for it; on SQLite writers take turns."""

@@ -24,8 +24,8 @@ import optuna
 import plotly.graph_objects as go
 from optuna_dashboard import save_plotly_graph_object
 
-from samsweep import optuna_store
-from samsweep.spec import TrialParams
+from samsweep.core import optuna_store
+from samsweep.core.spec import TrialParams
 
 MAX_POINTS = 200
 MAX_FIGURES = 200  # Optuna trial numbers below this get a figure

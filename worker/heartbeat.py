@@ -9,7 +9,7 @@ import threading
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from samsweep.db import utcnow
+from samsweep.core.db import utcnow
 from worker.claim import Claim, write_claimed
 
 log = logging.getLogger(__name__)

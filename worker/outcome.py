@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from samsweep.states import TrialState
+from samsweep.core.states import TrialState
 
 
 class Outcome(enum.StrEnum):

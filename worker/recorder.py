@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from samsweep import optuna_store
-from samsweep.db import utcnow
+from samsweep.core import optuna_store
+from samsweep.core.db import utcnow
 from trainer import EpochMetrics, TrialResult
 from worker.claim import Claim, finish, study_cancelled, write_claimed
 from worker.dashboard import save_learning_curves

@@ -14,10 +14,10 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 import trainer
-from samsweep import optuna_store
-from samsweep.db import session_factory
-from samsweep.settings import Settings
-from samsweep.states import TrialState
+from samsweep.core import optuna_store
+from samsweep.core.db import session_factory
+from samsweep.core.settings import Settings
+from samsweep.core.states import TrialState
 from worker.claim import Claim, claim, finish, write_claimed
 from worker.device import is_out_of_memory, resolve_device
 from worker.heartbeat import Heartbeat

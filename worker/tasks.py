@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from samsweep.settings import get_settings
-from samsweep.tasks import RUN_TRIAL
+from samsweep.core.settings import get_settings
+from samsweep.core.tasks import RUN_TRIAL
 from worker.app import app
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from samsweep.catalog import contained_dataset_dir
-from samsweep.spec import StudySpec, TrialParams
+from samsweep.core.admission import contained_dataset_dir
+from samsweep.core.spec import StudySpec, TrialParams
 from trainer import DatasetConfig, ModelConfig, SharpnessConfig, TrainConfig, TrialConfig
 
 

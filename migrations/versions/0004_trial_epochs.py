@@ -3,7 +3,7 @@
 The worker rewrote the whole `samsweep_trials.curves` array on every epoch, so an
 epoch's write grew with the epochs before it: at epoch 10 000, 215 ms and half a
 megabyte of database log for one epoch, ~18 minutes and 2.4 GB for the trial. Each
-epoch is now one row, appended (samsweep.db.TrialEpoch). The upgrade moves every
+epoch is now one row, appended (samsweep.core.db.TrialEpoch). The upgrade moves every
 existing array into rows and drops the column; the downgrade puts the arrays back.
 
 Dropping a column on SQLite is `ALTER TABLE ... DROP COLUMN` (SQLite 3.35+), not a

@@ -23,7 +23,7 @@ from samsweep.cli.processes import (
 )
 from samsweep.cli.run import Interrupted, Run, Signals, say
 from samsweep.cli.studies import add_commands, add_connection, server_and_token
-from samsweep.settings import get_settings, redact
+from samsweep.core.settings import get_settings, redact
 
 
 def _use_state_dir(state_dir: Path | None) -> None:
@@ -33,7 +33,7 @@ def _use_state_dir(state_dir: Path | None) -> None:
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
-    from samsweep.migrate import migrate
+    from samsweep.core.migrate import migrate
 
     settings = get_settings()
     migrate(settings)
@@ -79,8 +79,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     """API + one local worker on the embedded default (or whatever SAMSWEEP_* says)."""
     import uvicorn
 
-    from samsweep.migrate import migrate
-    from samsweep.queue import declare_queue, make_celery
+    from samsweep.core.migrate import migrate
+    from samsweep.core.queue import declare_queue, make_celery
     from service.app import create_app
     from service.server import uvicorn_options
 

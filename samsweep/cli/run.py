@@ -95,7 +95,7 @@ def say(message: str) -> None:
 
 def follow_study(api: Client, study_id: str, poll: float = 1.0) -> None:
     """Show the study's progress until it is complete or cancelled."""
-    from samsweep.client.tables import ProgressView
+    from samsweep.cli.tables import ProgressView
 
     with ProgressView() as view:
         api.wait(study_id, poll=poll, on_progress=view.update)
@@ -104,7 +104,7 @@ def follow_study(api: Client, study_id: str, poll: float = 1.0) -> None:
 def results(api: Client, study_id: str, seconds: float, embedded: bool = False) -> int:
     """Print the trials, the report, the best cell and the study's page; 1 when nothing
     completed. `embedded`: the server stops with this command, so say how to reopen it."""
-    from samsweep.client.tables import (
+    from samsweep.cli.tables import (
         best_lines,
         console,
         report_renderables,

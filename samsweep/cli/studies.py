@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from samsweep.cli.run import say
-from samsweep.settings import get_settings, reveal
+from samsweep.core.settings import get_settings, reveal
 
 if TYPE_CHECKING:
     from samsweep.client import Client
@@ -80,7 +80,7 @@ def _calling(command: Callable[..., int]) -> Callable[..., int]:
 
 
 def _print(*renderables: Any) -> None:
-    from samsweep.client.tables import console
+    from samsweep.cli.tables import console
 
     out = console()
     for r in renderables:
@@ -90,7 +90,7 @@ def _print(*renderables: Any) -> None:
 @_calling
 def cmd_studies(args: argparse.Namespace, client: Client) -> int:
     """The studies, newest first."""
-    from samsweep.client.tables import studies_table
+    from samsweep.cli.tables import studies_table
 
     studies = client.studies()
     if not studies:
@@ -103,7 +103,7 @@ def cmd_studies(args: argparse.Namespace, client: Client) -> int:
 @_calling
 def cmd_status(args: argparse.Namespace, client: Client) -> int:
     """A study's status and counts; with --watch a live progress bar until it finishes."""
-    from samsweep.client.tables import ProgressView, study_lines
+    from samsweep.cli.tables import ProgressView, study_lines
 
     if args.watch:
         with ProgressView() as view:
@@ -117,7 +117,7 @@ def cmd_status(args: argparse.Namespace, client: Client) -> int:
 @_calling
 def cmd_report(args: argparse.Namespace, client: Client) -> int:
     """The generalization-gap report as tables."""
-    from samsweep.client.tables import report_renderables
+    from samsweep.cli.tables import report_renderables
 
     _print(*report_renderables(client.report(args.study_id)))
     _print(f"page: {client.page_url(args.study_id)}")
@@ -127,7 +127,7 @@ def cmd_report(args: argparse.Namespace, client: Client) -> int:
 @_calling
 def cmd_best(args: argparse.Namespace, client: Client) -> int:
     """The best cell by its mean over seeds, and the single best trial."""
-    from samsweep.client.tables import best_lines
+    from samsweep.cli.tables import best_lines
 
     best = client.best(args.study_id)
     _print(*best_lines(best))
@@ -137,7 +137,7 @@ def cmd_best(args: argparse.Namespace, client: Client) -> int:
 @_calling
 def cmd_trials(args: argparse.Namespace, client: Client) -> int:
     """Every trial of a study."""
-    from samsweep.client.tables import trials_table
+    from samsweep.cli.tables import trials_table
 
     _print(trials_table(client.trials(args.study_id, curves=False)))
     return 0

@@ -1,8 +1,8 @@
 """The client side of samsweep: `Client`, the API over HTTP (typed answers, typed
 errors), and a spec file checked locally. The terminal's tables and progress bar are
-`samsweep.client.tables` (rich), imported by the CLI, not here.
+`samsweep.cli.tables` (rich), imported by the CLI, not here.
 
-It sits above the core (it uses `samsweep.spec` and `samsweep.report`) and below the
+It sits above the core (it uses `samsweep.core.spec` and `samsweep.core.report`) and below the
 CLI; importing it loads neither the API nor the worker, nor torch, FastAPI or Celery
 (pyproject.toml's import-linter contracts, tests/test_layering.py).
 """

@@ -6,7 +6,7 @@ scripts call it through.
     with Client("http://127.0.0.1:8000", token) as api:
         study = api.submit(spec)
         api.wait(study.id)
-        report = api.report(study.id)        # samsweep.report.Report
+        report = api.report(study.id)        # samsweep.core.report.Report
         df = report.to_dataframe()           # with pandas installed
 
 Every error answer of the API becomes an `ApiError` (a subclass per status: NotFound,
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import httpx
 
 from samsweep.client.models import Best, StudyCreated, StudyDetail, StudySummary, Trial, Trials
-from samsweep.ids import is_study_id
-from samsweep.report import Report
+from samsweep.core.ids import is_study_id
+from samsweep.core.report import Report
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 PAGE = 1000  # the API's largest page
@@ -265,12 +265,12 @@ class Client:
 
     @_answers
     def report(self, study_id: str) -> Report:
-        """The generalization-gap report (samsweep.report.Report; `.to_dataframe()`)."""
+        """The generalization-gap report (samsweep.core.report.Report; `.to_dataframe()`)."""
         return Report.model_validate(self._get(f"/studies/{_checked(study_id)}/report").json())
 
     @_answers
     def report_csv(self, study_id: str) -> str:
-        """The report as CSV text (one line per row, samsweep.report.CSV_COLUMNS)."""
+        """The report as CSV text (one line per row, samsweep.core.report.CSV_COLUMNS)."""
         r = self._get(f"/studies/{_checked(study_id)}/report", params={"format": "csv"})
         if not r.headers.get("content-type", "").startswith("text/csv"):
             raise TypeError(f"a {r.headers.get('content-type', 'untyped')} answer, not text/csv")

@@ -2,7 +2,7 @@
 
 They mirror the API's response schemas (service/schemas.py, which the client may not
 import) and keep fields they do not name (`extra="allow"`), so a newer API with more
-fields still parses. The report is the core's own model, `samsweep.report.Report`.
+fields still parses. The report is the core's own model, `samsweep.core.report.Report`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from samsweep.report import Stat, require_pandas
-from samsweep.states import StudyStatus
+from samsweep.core.report import Stat, require_pandas
+from samsweep.core.states import StudyStatus
 
 
 class _Answer(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from samsweep.spec import StudySpec
+from samsweep.core.spec import StudySpec
 
 
 class SpecError(ValueError):

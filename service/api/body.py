@@ -28,7 +28,7 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from samsweep.spec import StudySpec
+from samsweep.core.spec import StudySpec
 from service.api.deps import WriteOwner
 from service.api.offload import limiter
 from service.errors import Busy

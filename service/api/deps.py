@@ -21,8 +21,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from samsweep.db import session_factory
-from samsweep.settings import Settings, reveal
+from samsweep.core.db import session_factory
+from samsweep.core.settings import Settings, reveal
 from service.auth import owner_for
 from service.cache import VersionedCache
 

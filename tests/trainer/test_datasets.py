@@ -20,9 +20,9 @@ from trainer.data import (
     _read_cifar_batch,
     flip_labels,
     load_dataset,
-    restricted_load,
     train_size,
 )
+from trainer.unpickle import restricted_load
 
 CIFAR_SUBSET = Path("/work/shared/data/cifar10-subset")
 needs_cifar = pytest.mark.skipif(not CIFAR_SUBSET.is_dir(), reason="shared CIFAR-10 subset absent")

@@ -4,11 +4,11 @@ RUNNING for the sweeper to call "worker lost"."""
 
 from __future__ import annotations
 
-from samsweep.db import Study, Trial, session_factory
-from samsweep.migrate import migrate
-from samsweep.settings import Settings
-from samsweep.spec import StudySpec
-from samsweep.states import TrialState
+from samsweep.core.db import Study, Trial, session_factory
+from samsweep.core.migrate import migrate
+from samsweep.core.settings import Settings
+from samsweep.core.spec import StudySpec
+from samsweep.core.states import TrialState
 from tests.conftest import digits_spec
 from worker.claim import claim
 

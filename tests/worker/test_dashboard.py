@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from samsweep.spec import TrialParams
+from samsweep.core.spec import TrialParams
 from worker.dashboard import MAX_POINTS, learning_curves, sampled
 
 PARAMS = TrialParams(rho=0.05, batch_size=16, base_optimizer="sgd", seed=3)

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 import trainer
-from samsweep.spec import StudySpec
+from samsweep.core.spec import StudySpec
 from tests.conftest import digits_spec
 from tests.test_data_root import BATCHES, write_cifar10
 from worker.outcome import public_error, public_text

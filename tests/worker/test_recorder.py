@@ -15,12 +15,12 @@ from sqlalchemy import event, select, update
 from sqlalchemy.engine import Engine
 
 import worker.claim
-from samsweep import optuna_store
-from samsweep.db import Study, Trial, curves_for, session_factory, utcnow
-from samsweep.migrate import migrate
-from samsweep.settings import Settings
-from samsweep.spec import StudySpec
-from samsweep.states import TrialState
+from samsweep.core import optuna_store
+from samsweep.core.db import Study, Trial, curves_for, session_factory, utcnow
+from samsweep.core.migrate import migrate
+from samsweep.core.settings import Settings
+from samsweep.core.spec import StudySpec
+from samsweep.core.states import TrialState
 from tests.conftest import digits_spec
 from trainer import EpochMetrics, TrialResult
 from worker.claim import claim, write_claimed
@@ -66,7 +66,7 @@ def row(sessions) -> Trial:
 
 
 def curves(sessions) -> list[dict]:
-    """The trial's curves as every reader assembles them (samsweep.db.curves_for)."""
+    """The trial's curves as every reader assembles them (samsweep.core.db.curves_for)."""
     with sessions() as s:
         (trial_id,) = s.scalars(select(Trial.id)).all()
         return curves_for(s, [trial_id])[trial_id]

@@ -8,12 +8,12 @@ import pytest
 from sqlalchemy import select, update
 
 import trainer
-from samsweep import optuna_store
-from samsweep.db import Trial, session_factory
-from samsweep.migrate import migrate
-from samsweep.settings import Settings
-from samsweep.spec import StudySpec
-from samsweep.states import TrialState
+from samsweep.core import optuna_store
+from samsweep.core.db import Trial, session_factory
+from samsweep.core.migrate import migrate
+from samsweep.core.settings import Settings
+from samsweep.core.spec import StudySpec
+from samsweep.core.states import TrialState
 from service.studies import insert_study
 from tests.conftest import SHARED_DATA, digits_spec
 from worker.outcome import Outcome

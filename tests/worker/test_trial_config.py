@@ -9,8 +9,8 @@ import typing
 import pytest
 
 import trainer
-from samsweep import spec as s
-from samsweep.spec import StudySpec, TrialParams
+from samsweep.core import spec as s
+from samsweep.core.spec import StudySpec, TrialParams
 from tests.conftest import digits_spec
 from trainer import augment, config, data, models, schedule, steps
 from worker.trial_config import trial_config

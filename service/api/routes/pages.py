@@ -26,8 +26,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
-from samsweep.db import Trial
-from samsweep.states import FINISHED_STATES, StudyStatus, TrialState
+from samsweep.core.db import Trial
+from samsweep.core.states import FINISHED_STATES, StudyStatus, TrialState
 from service import studies
 from service.api.deps import DbDep, ReadOwner
 from service.errors import NotFound, responses

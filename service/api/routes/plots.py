@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from samsweep.db import Study, Trial, curves_for
+from samsweep.core.db import Study, Trial, curves_for
 from service import plots, studies
 from service.api.conditional import NotModified, etag, not_modified, validators
 from service.api.deps import CacheDep, DbDep, ReadOwner

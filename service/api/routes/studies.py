@@ -18,9 +18,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from samsweep import report as reports
-from samsweep.db import Study, Trial, curves_for
-from samsweep.states import FINISHED_STATES, StudyStatus
+from samsweep.core import report as reports
+from samsweep.core.db import Study, Trial, curves_for
+from samsweep.core.states import FINISHED_STATES, StudyStatus
 from service import studies
 from service.api.body import OPENAPI_BODY, SpecBody
 from service.api.conditional import NotModified, cached_json, etag, not_modified, validators

@@ -12,25 +12,25 @@ containment check before every trial. What is decided where:
   never outside it. Each file must be a regular file (a FIFO or a device is
   refused before anyone opens it). Every OSError / ValueError of path handling (a
   NUL byte, a name too long, a symlink loop, a missing or unreadable file) becomes
-  `SpecError("dataset.path", ...)`, never another exception, and what a refusal says
+  `AdmissionError("dataset.path", ...)`, never another exception, and what a refusal says
   never depends on anything outside the root: a directory that resolves outside,
   does not exist, cannot be read or is not a directory gets one text
   (`NOT_A_DIRECTORY`), a data file likewise (`NOT_A_FILE`), so the API cannot be
   used to map the host's files. Only what lies inside the root (which official file
   is missing, which is not a pickle) is described.
-- **File structure (API, `check_spec`).** Each file is opened by its resolved path
+- **File structure (API, `check_admission`).** Each file is opened by its resolved path
   without following a final symlink, must still be the regular file that was
   checked and, where `/proc/self/fd` exists, must be open at a path under the root;
   then it is parsed with `pickletools.genops`, which reads opcodes and executes
   nothing: a truncated or malformed pickle is refused here. Which globals it names
   and what it would build (keys, shapes, labels) is NOT judged here.
-- **Batch size (API, `check_spec`).** Built-in datasets: exactly, against their
+- **Batch size (API, `check_admission`).** Built-in datasets: exactly, against their
   known sizes. File datasets: against a bound that is certain without executing
   anything: every image row is 3072 bytes of uint8 data that must be in the file
   (the worker's loader builds arrays only from bytes in the file), so a file of
   S bytes holds at most S // 3072 rows. A batch size above that bound, less the
   validation split, is refused with 422; anything at or below it is accepted.
-- **Other certain failures (API, `check_spec`).** What the trainer would refuse in
+- **Other certain failures (API, `check_admission`).** What the trainer would refuse in
   every trial, from the same sizes: a validation split of no example (round(f · n) is
   0, exact or for every n up to the bound), a file too small to hold one image, and
   resnet18 on 8×8 images with a training chunk of one example (BatchNorm on its 1×1
@@ -41,7 +41,7 @@ containment check before every trial. What is decided where:
   fails with it; the exact row count, and so a batch size between the real size
   and the bound, is known only there.
 
-`tests/test_catalog.py` checks the sizes against what the trainer actually loads.
+`tests/test_admission.py` checks the sizes against what the trainer actually loads.
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, cast
 
-from samsweep.spec import StudySpec
+from samsweep.core.spec import StudySpec
 
 # Training examples before the validation split, and image sides; must match
-# trainer/data.py (tests/test_catalog.py checks both against what it loads).
+# trainer/data.py (tests/test_admission.py checks both against what it loads).
 BUILTIN_TRAIN_SIZES = {"digits": 1437, "synthetic": 512}
 IMAGE_SIZES = {"digits": 8, "synthetic": 8, "cifar10": 32, "cifar100": 32}
 # Models whose last feature map is 1x1 on images of this side: train-mode BatchNorm
@@ -66,7 +66,7 @@ IMAGE_SIZES = {"digits": 8, "synthetic": 8, "cifar10": 32, "cifar100": 32}
 # value per channel when training"). resnet18 halves 8 three times (trainer/models.py).
 ONE_BY_ONE = {("resnet18", 8)}
 ROW_BYTES = 3 * 32 * 32  # one CIFAR image: R, G, B planes of 32×32 uint8
-MAX_PATH_CHARS = 1024  # as samsweep.spec allows; refused before the OS sees it
+MAX_PATH_CHARS = 1024  # as samsweep.core.spec allows; refused before the OS sees it
 # The official files take 2-4 opcodes per row (label, filename, memo); a file with
 # far more for its size is not one, and parsing it must not take the API's CPU.
 OPS_PER_ROW, OPS_BASE = 16, 10_000
@@ -102,7 +102,7 @@ FILE_FORMATS = {
 
 
 @dataclass
-class SpecError(Exception):
+class AdmissionError(Exception):
     """A spec that is valid JSON but cannot run here; `field` is dotted (search.batch_size)."""
 
     field: str
@@ -159,7 +159,7 @@ def _inside(root: Path, candidate: Path) -> tuple[Path, os.stat_result] | None:
 
 
 def dataset_files(data_dir: Path, name: str, path: str) -> DatasetFiles:
-    """Resolve a file dataset's directory and files; SpecError("dataset.path") if refused.
+    """Resolve a file dataset's directory and files; AdmissionError("dataset.path") if refused.
 
     `path` is relative to the data root (an absolute path must also lie under it). The
     directory is `path` itself, or `path/<official dirname>` when that is a directory.
@@ -170,8 +170,8 @@ def dataset_files(data_dir: Path, name: str, path: str) -> DatasetFiles:
     fmt = FILE_FORMATS[name]
     where = _shown(path)
 
-    def refuse(message: str) -> SpecError:
-        return SpecError("dataset.path", f"{where}: {message}")
+    def refuse(message: str) -> AdmissionError:
+        return AdmissionError("dataset.path", f"{where}: {message}")
 
     if not isinstance(path, str) or not path:
         raise refuse("a directory under the data root is required")
@@ -223,7 +223,7 @@ def dataset_files(data_dir: Path, name: str, path: str) -> DatasetFiles:
 
 def contained_dataset_dir(data_dir: Path, name: str, path: str) -> Path:
     """The fully resolved directory of a file dataset, its every file checked to be a
-    regular file inside the data root (see the module docstring); else SpecError."""
+    regular file inside the data root (see the module docstring); else AdmissionError."""
     return dataset_files(data_dir, name, path).directory
 
 
@@ -293,12 +293,12 @@ def _parse(root: Path, file: Path, identity: tuple[int, ...]) -> None:
 
 def check_files(files: DatasetFiles, path: str) -> None:
     """Every file of the dataset is a complete pickle: parsed by pickletools, which
-    executes nothing. SpecError("dataset.path") naming the file otherwise."""
+    executes nothing. AdmissionError("dataset.path") naming the file otherwise."""
     for file, shown, st in zip(files.files, files.shown, files.stats, strict=True):
         try:
             _parse(files.root, file, _identity(st))
         except Exception as e:  # hostile input: whatever the parser raises is a refusal
-            raise SpecError(
+            raise AdmissionError(
                 "dataset.path",
                 f"{_shown(path)}: {shown} is not a complete pickle (the official python "
                 f"format): {_reason(e)}",
@@ -332,7 +332,7 @@ def train_size(spec: StudySpec, data_dir: Path) -> TrainSize:
     check_files(files, ds.path or "")
     for shown, st in zip(files.shown, files.stats, strict=True):
         if st.st_size < ROW_BYTES:  # the trainer refuses a file that holds no images
-            raise SpecError(
+            raise AdmissionError(
                 "dataset.path",
                 f"{_shown(ds.path or '')}: {shown} holds no images: it has {st.st_size} "
                 f"bytes and one image takes {ROW_BYTES}",
@@ -360,7 +360,7 @@ def _check_split(spec: StudySpec, size: TrainSize) -> None:
     vf, n = spec.dataset.val_fraction, size.before_split
     if vf > 0 and round(vf * n) == 0:  # for a bound on n: certain for every n below it
         what = f"{n} training examples" if size.exact else f"at most {n} training examples"
-        raise SpecError(
+        raise AdmissionError(
             "dataset.val_fraction",
             f"{vf} of {what} holds out none (round({vf} x {n}) = 0): the validation split "
             f"would be empty; hold out at least one example (more than {0.5 / n:.3g})",
@@ -375,8 +375,8 @@ def _check_batchnorm(spec: StudySpec, size: TrainSize) -> None:
         return
     s, n = spec.search, size.n
 
-    def refuse(field: str, cut: str) -> SpecError:
-        return SpecError(
+    def refuse(field: str, cut: str) -> AdmissionError:
+        return AdmissionError(
             field,
             f"{cut} trains on a chunk of one example ({n} training examples): "
             f"{spec.model.name} on {side}x{side} images ends on a 1x1 feature map, where "
@@ -393,10 +393,10 @@ def _check_batchnorm(spec: StudySpec, size: TrainSize) -> None:
                 raise refuse(f"search.m.{j}", f"batch size {b} with m = {m}")
 
 
-def check_spec(spec: StudySpec, data_dir: Path, max_grid_trials: int) -> None:
-    """Raise SpecError naming the field if this spec cannot run on this deployment."""
+def check_admission(spec: StudySpec, data_dir: Path, max_grid_trials: int) -> None:
+    """Raise AdmissionError naming the field if this spec cannot run on this deployment."""
     if spec.n_trials > max_grid_trials:
-        raise SpecError(
+        raise AdmissionError(
             "search",
             f"the grid has {spec.n_trials} trials (cells x seeds); "
             f"this deployment accepts at most {max_grid_trials}",
@@ -411,7 +411,7 @@ def check_spec(spec: StudySpec, data_dir: Path, max_grid_trials: int) -> None:
                 else f"at most {size.n} examples: its training files hold {size.data_bytes} "
                 f"bytes, {ROW_BYTES} per image"
             )
-            raise SpecError(
+            raise AdmissionError(
                 f"search.batch_size.{i}",
                 f"batch size {b} is larger than the training set ({what})",
             )

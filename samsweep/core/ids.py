@@ -1,4 +1,4 @@
-"""What a study id looks like: 32 lowercase hex digits (samsweep.db.new_id, a UUID4's
+"""What a study id looks like: 32 lowercase hex digits (samsweep.core.db.new_id, a UUID4's
 hex). The API checks an id against it before any query; the client checks one before
 it puts it in a URL, so no id can reach another path, query or host."""
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from celery import Celery
 
-from samsweep.settings import Settings
-from samsweep.tasks import RUN_TRIAL
+from samsweep.core.settings import Settings
+from samsweep.core.tasks import RUN_TRIAL
 
 if TYPE_CHECKING:
     from kombu import Producer

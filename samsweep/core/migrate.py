@@ -8,7 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from samsweep.settings import Settings
+from samsweep.core.settings import Settings
 
 
 def alembic_config(database_url: str) -> Config:
@@ -22,7 +22,7 @@ def alembic_config(database_url: str) -> Config:
 
 
 def migrate(settings: Settings) -> None:
-    from samsweep import optuna_store
+    from samsweep.core import optuna_store
 
     if settings.resolved_database_url.startswith("sqlite"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)

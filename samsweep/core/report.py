@@ -33,8 +33,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 from scipy import stats
 
-from samsweep.spec import StudySpec, TrialParams
-from samsweep.states import TrialState
+from samsweep.core.spec import StudySpec, TrialParams
+from samsweep.core.states import TrialState
 
 # The per-trial metrics the rows aggregate, in the order tables show them.
 METRICS = (

@@ -2,7 +2,7 @@
 
 The database is the source of truth for every trial's state: the broker only
 carries ids, and a task re-reads (and claims) its trial row before training.
-Optuna's tables live elsewhere (samsweep.optuna_store).
+Optuna's tables live elsewhere (samsweep.core.optuna_store).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.types import TypeDecorator
 
-from samsweep.states import TrialState
+from samsweep.core.states import TrialState
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 

@@ -19,9 +19,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 from sqlalchemy import text
 
-from samsweep.db import engine_for
-from samsweep.settings import OPTUNA_SCHEMA, Settings
-from samsweep.spec import StudySpec, TrialParams
+from samsweep.core.db import engine_for
+from samsweep.core.settings import OPTUNA_SCHEMA, Settings
+from samsweep.core.spec import StudySpec, TrialParams
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from samsweep.client.models import Best, StudyDetail, StudySummary, Trial
-from samsweep.report import Group, Report, Row, Stat
+from samsweep.core.report import Group, Report, Row, Stat
 
 # Not a terminal and no COLUMNS: wide enough that a report row stays on one line.
 LOG_WIDTH = 200

@@ -1,7 +1,7 @@
 """The study spec (docs/DESIGN.md §2): one pydantic model shared by the API and the workers.
 
 This module imports pydantic and the standard library only. Checks that need the
-deployment (data root, training-set size, grid maximum) live in `samsweep.catalog`.
+deployment (data root, training-set size, grid maximum) live in `samsweep.core.admission`.
 Unknown fields are refused rather than ignored, and types are strict (a boolean or a
 string is never a number, a float never an integer; JSON's 1 is a valid float), so a
 typo never silently changes a study. Every list and string is bounded, and the grid's
@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 # The longest grid axis and seed list. The grid is their product, refused above the
-# deployment's SAMSWEEP_MAX_GRID_TRIALS (samsweep.catalog) before anything is built.
+# deployment's SAMSWEEP_MAX_GRID_TRIALS (samsweep.core.admission) before anything is built.
 MAX_AXIS = 100
 MAX_BATCH = 1_000_000
 
