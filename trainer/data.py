@@ -26,7 +26,8 @@ cifar100 the number of rows of ``train``'s fine labels (50 000).
 CIFAR's official "python version" files are pickles, and unpickling runs whatever a
 file names. They are read by a restricted unpickler (``trainer/unpickle.py``) that
 builds only dicts, lists, tuples, bytes, str, numbers and numpy arrays, then checked:
-a dict with ``b"data"`` of N×3072 uint8 rows and N integer labels in [0, num_classes). Any failure is a ``DatasetError`` whose message names the file.
+a dict with ``b"data"`` of N×3072 uint8 rows and N integer labels in [0, num_classes).
+Any failure is a ``DatasetError`` whose message names the file.
 """
 
 from __future__ import annotations
