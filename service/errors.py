@@ -17,7 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service.schemas import ErrorResponse
+from samsweep.core.wire import ErrorResponse
 
 log = logging.getLogger(__name__)
 

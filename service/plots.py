@@ -1,7 +1,7 @@
 """The study's plots, drawn on the server with matplotlib (Agg, no display), as SVG or PNG.
 
-Each plot takes the report (samsweep.core.report.Report) and/or the trials as the API serves
-them (dicts with number, params, state, metrics, curves) and returns the file's bytes:
+Each plot takes the report (samsweep.core.report.Report) and/or the trials as typed records
+(samsweep.core.report.TrialRecord, with curves where drawn) and returns the file's bytes:
 
 - ``rho``: test accuracy against ρ, one line per batch size (and base optimizer, SAM
   variant, m when there are several), error bars = sample std over seeds. The x axis is
@@ -46,7 +46,14 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.typing import RcKeyType  # noqa: E402
 
-from samsweep.core.report import Group, Report, Row, best_cell  # noqa: E402
+from samsweep.core.report import (  # noqa: E402
+    Group,
+    Report,
+    TrialRecord,
+    best_cell,
+    complete_trials,
+)
+from samsweep.core.states import TrialState  # noqa: E402
 
 KINDS = ("rho", "gap", "heatmap", "sharpness", "curves")
 FORMATS = {"svg": "image/svg+xml", "png": "image/png"}
@@ -80,7 +87,7 @@ def render(
     kind: str,
     fmt: str,
     report: Report,
-    trials: Sequence[dict[str, Any]],
+    trials: Sequence[TrialRecord],
     objective: str = "test_accuracy",
     trial: int | None = None,
 ) -> bytes:
@@ -94,7 +101,7 @@ def render(
         fig = Figure(figsize=(6.4, 4.2), layout="constrained")
         if kind == "curves":
             _curves(fig, report, trials, objective, trial)
-        elif not any(t.get("state") == "COMPLETE" for t in trials):
+        elif not any(t.state == TrialState.COMPLETE for t in trials):
             _message(fig, NO_TRIALS)
         elif (reason := too_large(kind, report, trials)) is not None:
             _message(fig, reason)
@@ -118,7 +125,7 @@ def _message(fig: Figure, text: str) -> None:
 READ_INSTEAD = "every number is in the report:\nGET /studies/{id}/report?format=csv"
 
 
-def too_large(kind: str, report: Report, trials: Sequence[dict[str, Any]]) -> str | None:
+def too_large(kind: str, report: Report, trials: Sequence[TrialRecord]) -> str | None:
     """Why this plot of this study would be unreadable (and slow) to draw, or None."""
     groups = len(report.groups)
     if kind in ("rho", "gap") and groups > MAX_GROUPS:
@@ -137,8 +144,8 @@ def too_large(kind: str, report: Report, trials: Sequence[dict[str, Any]]) -> st
                 f"{MAX_CELLS} cells);\n{READ_INSTEAD}"
             )
     if kind == "sharpness":
-        rhos = {t["params"]["rho"] for t in trials if t.get("state") == "COMPLETE"}
-        sizes = {t["params"]["batch_size"] for t in trials if t.get("state") == "COMPLETE"}
+        done = [t.params for t in trials if t.state == TrialState.COMPLETE]
+        rhos, sizes = {p.rho for p in done}, {p.batch_size for p in done}
         if len(rhos) + len(sizes) > MAX_LEGEND:
             return (
                 f"{len(rhos)} ρ values and {len(sizes)} batch sizes:\n"
@@ -176,7 +183,7 @@ def _label(report: Report, g: Group) -> str:
     return ", ".join(parts)
 
 
-def _rho(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
+def _rho(fig: Figure, report: Report, trials: Sequence[TrialRecord]) -> None:
     ax = fig.add_subplot()
     sam_rhos = sorted({r.rho for g in report.groups for r in g.rows if r.rho > 0})
     for i, g in enumerate(report.groups):
@@ -215,7 +222,7 @@ def _rho(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
     ax.legend(loc="best", fontsize=8)
 
 
-def _gap(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
+def _gap(fig: Figure, report: Report, trials: Sequence[TrialRecord]) -> None:
     ax = fig.add_subplot()
     bars: list[tuple[str, float | str, str, str]] = [
         ("baseline train", 0.0, "train_accuracy", "#9ecae1"),
@@ -246,7 +253,7 @@ def _gap(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
     ax.legend(loc="upper center", fontsize=8, ncol=4)
 
 
-def _heatmap(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
+def _heatmap(fig: Figure, report: Report, trials: Sequence[TrialRecord]) -> None:
     panels: dict[tuple, list[Group]] = {}
     for g in report.groups:
         panels.setdefault((g.base_optimizer, g.sam_variant, g.m), []).append(g)
@@ -278,12 +285,12 @@ def _heatmap(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> N
     fig.suptitle("Mean test accuracy over ρ × batch size")
 
 
-def _sharpness(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) -> None:
+def _sharpness(fig: Figure, report: Report, trials: Sequence[TrialRecord]) -> None:
     points = [
-        (t["params"]["rho"], t["params"]["batch_size"], m["sharpness"], m["test_accuracy"])
+        (t.params.rho, t.params.batch_size, m["sharpness"], m["test_accuracy"])
         for t in trials
-        if t.get("state") == "COMPLETE"
-        and (m := t.get("metrics") or {}).get("sharpness") is not None
+        if t.state == TrialState.COMPLETE
+        and (m := t.metrics or {}).get("sharpness") is not None
         and m.get("test_accuracy") is not None
     ]
     if not points:
@@ -315,27 +322,25 @@ def _sharpness(fig: Figure, report: Report, trials: Sequence[dict[str, Any]]) ->
 def _curves(
     fig: Figure,
     report: Report,
-    trials: Sequence[dict[str, Any]],
+    trials: Sequence[TrialRecord],
     objective: str,
     number: int | None,
 ) -> None:
     if number is not None:
-        chosen = [t for t in trials if t["number"] == number]
+        chosen = [t for t in trials if t.number == number]
         if not chosen:
             raise UnknownTrial(f"no trial {number} in this study")
-        p = chosen[0]["params"]
-        title = f"Trial {number} ({chosen[0]['state']}): " + _params_text(p)
+        p = chosen[0].params
+        title = f"Trial {number} ({chosen[0].state}): {p.cell.label}, seed {p.seed}"
     else:
-        found = best_cell_trials(report, trials, objective)
+        found = best_cell(report, objective)
         if found is None:
             _message(fig, NO_TRIALS)
             return
-        row, group, chosen = found
-        cell = {k: v for k, v in chosen[0]["params"].items() if k != "seed"} if chosen else {}
-        title = f"Best cell by {objective} ({len(chosen)} seeds): " + _params_text(
-            cell or {"rho": row.rho, "batch_size": group.batch_size}
-        )
-    if not any(t.get("curves") for t in chosen):
+        cell = found[0].cell(found[1])
+        chosen = complete_trials(cell, trials)
+        title = f"Best cell by {objective} ({len(chosen)} seeds): {cell.label}"
+    if not any(t.curves for t in chosen):
         _message(fig, "no epochs recorded yet")
         return
     ax = fig.add_subplot()
@@ -344,7 +349,7 @@ def _curves(
     for key, name, color in series:
         labelled = False
         for t in chosen:
-            epochs = [(e["epoch"], e[key]) for e in t.get("curves") or [] if e.get(key) is not None]
+            epochs = [(e["epoch"], e[key]) for e in t.curves or [] if e.get(key) is not None]
             if not epochs:
                 continue
             xs, ys = zip(*_thin(epochs), strict=True)
@@ -358,36 +363,3 @@ def _curves(
     ax.set_title(title, fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="lower right", fontsize=8)
-
-
-def best_cell_trials(
-    report: Report, trials: Sequence[dict[str, Any]], objective: str
-) -> tuple[Row, Group, list[dict[str, Any]]] | None:
-    """The best cell by the mean `objective` (as /best selects it) and its complete
-    trials; None without a complete trial."""
-    found = best_cell(report, objective)
-    if found is None:
-        return None
-    group, row = found
-    kind = None if row.baseline else (group.sam_variant, group.m)
-    chosen = [
-        t
-        for t in trials
-        if t.get("state") == "COMPLETE"
-        and t["params"]["rho"] == row.rho
-        and t["params"]["batch_size"] == group.batch_size
-        and t["params"]["base_optimizer"] == group.base_optimizer
-        and (kind is None or (t["params"].get("sam_variant"), t["params"].get("m")) == kind)
-    ]
-    return row, group, chosen
-
-
-def _params_text(p: dict[str, Any]) -> str:
-    parts = [f"ρ={p['rho']:g}", f"bs={p['batch_size']}"]
-    if p.get("base_optimizer"):
-        parts.append(str(p["base_optimizer"]))
-    if p.get("rho") and p.get("sam_variant"):
-        parts.append(str(p["sam_variant"]) + ("" if p.get("m") is None else f" m={p['m']}"))
-    if "seed" in p:
-        parts.append(f"seed {p['seed']}")
-    return ", ".join(parts)

@@ -1,4 +1,6 @@
-"""Study operations behind the routes: create (rows, Optuna study, tasks) and reads."""
+"""The writes behind the routes: create a study (its rows, its Optuna study, quotas and
+Idempotency-Key) and cancel one. The reads are service/reads.py; sending the new
+study's trials to the broker, service/dispatch.py."""
 
 from __future__ import annotations
 
@@ -6,15 +8,9 @@ import hashlib
 import json
 import logging
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
-from celery import Celery
-from pydantic import ValidationError
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -22,20 +18,15 @@ from sqlalchemy.orm import Session
 from samsweep.core import optuna_store
 from samsweep.core.admission import AdmissionError, check_admission
 from samsweep.core.db import IdempotencyKey, Study, Trial, new_id, utcnow
-from samsweep.core.ids import STUDY_ID
-from samsweep.core.queue import enqueue_trial
-from samsweep.core.report import Report, TrialRecord, build_report
 from samsweep.core.settings import Settings
-from samsweep.core.spec import StudySpec, TrialParams
-from samsweep.core.states import FINISHED_STATES, StudyStatus, TrialState
-from service.cache import VersionedCache
+from samsweep.core.spec import StudySpec
+from samsweep.core.states import TrialState
 from service.errors import (
     Busy,
     Conflict,
     IdempotencyMismatch,
     InvalidSpec,
     LimitExceeded,
-    NotFound,
 )
 
 log = logging.getLogger(__name__)
@@ -220,63 +211,6 @@ def check_quota(session: Session, settings: Settings, owner: str | None, n_trial
         )
 
 
-# One sender at a time per API process (the create's background send and the sweeper),
-# so a trial is not sent twice by one API; several API replicas may still overlap, and
-# the worker's claim makes such a duplicate harmless.
-_sending = threading.Lock()
-
-
-def enqueue_pending(
-    session: Session, celery: Celery, queue: str, study_id: str | None = None, batch: int = 500
-) -> int:
-    """Send a task for every QUEUED trial never handed to the broker; returns how many.
-
-    The database is the source of truth: a trial is marked sent (`enqueued_at`) only
-    after the broker took it, so a broker outage, or this process dying mid-send,
-    leaves the rest unmarked for a later call (the API's sweeper) and loses nothing; at
-    worst a trial is sent twice, which the worker's claim absorbs. Batches go over one
-    broker connection.
-    """
-    pending = (Trial.state == TrialState.QUEUED, Trial.enqueued_at.is_(None))
-    scope = () if study_id is None else (Trial.study_id == study_id,)
-    sent = 0
-    with _sending:
-        while True:
-            ids = session.scalars(
-                select(Trial.id).where(*pending, *scope).order_by(Trial.id).limit(batch)
-            ).all()
-            session.rollback()  # no transaction (or pooled connection) held while sending
-            if not ids:
-                return sent
-            done: list[int] = []
-            try:
-                with celery.producer_or_acquire() as producer:
-                    for trial_id in ids:
-                        enqueue_trial(celery, queue, trial_id, producer=producer)
-                        done.append(trial_id)
-            except Exception as e:  # broker unreachable: the unsent stay unmarked
-                log.warning("could not enqueue %d trial(s): %s", len(ids) - len(done), e)
-            if done:
-                session.execute(
-                    update(Trial)
-                    .where(Trial.id.in_(done), Trial.enqueued_at.is_(None))
-                    .values(enqueued_at=utcnow()),
-                    execution_options={"synchronize_session": False},
-                )
-                session.commit()
-            sent += len(done)
-            if len(done) < len(ids):
-                return sent
-
-
-def get_study(session: Session, study_id: str, owner: str | None = None) -> Study:
-    """The study, or 404; an id that cannot be one (NUL, 5 kB, ...) never reaches the DB."""
-    study = session.get(Study, study_id) if STUDY_ID.fullmatch(study_id) else None
-    if study is None or (owner is not None and study.owner != owner):
-        raise NotFound(f"no study with id {study_id[:64]!r}")
-    return study
-
-
 def cancel_study(session: Session, study: Study) -> None:
     """Mark the study cancelled and its QUEUED trials CANCELLED, in one transaction.
 
@@ -297,160 +231,3 @@ def cancel_study(session: Session, study: Study) -> None:
     )
     session.commit()
     session.refresh(study)
-
-
-def state_counts(session: Session, study_id: str) -> dict[str, int]:
-    return state_counts_many(session, [study_id])[study_id]
-
-
-def state_counts_many(session: Session, study_ids: list[str]) -> dict[str, dict[str, int]]:
-    """Trials per state for each study, every state present (0 if none): one query."""
-    counts = {sid: Counter({s.value: 0 for s in TrialState}) for sid in study_ids}
-    rows = session.execute(
-        select(Trial.study_id, Trial.state, func.count())
-        .where(Trial.study_id.in_(study_ids))
-        .group_by(Trial.study_id, Trial.state)
-    )
-    for sid, state, n in rows:
-        counts[sid][state] = n
-    return {sid: dict(c) for sid, c in counts.items()}
-
-
-def study_status(study: Study, counts: dict[str, int]) -> StudyStatus:
-    finished = sum(counts[s] for s in FINISHED_STATES)
-    if study.cancelled_at is not None and finished == study.n_trials:
-        return StudyStatus.CANCELLED
-    if finished == study.n_trials:
-        return StudyStatus.COMPLETE
-    if counts[TrialState.RUNNING] or finished:
-        return StudyStatus.RUNNING
-    return StudyStatus.QUEUED
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A study's trials at one moment: counts per state (every state present), the first
-    start and last finish, and two digests that reads are cached and ETagged on:
-
-    - `results` changes whenever the report can: a trial is claimed, re-queued, finishes
-      (with its metrics or error) or is cancelled, the study is cancelled, its stored
-      spec is rewritten (by a migration, say). Reports, /best and every plot but the
-      curves are keyed on it, so a running study's epochs do not churn them.
-    - `version` changes on those and on every epoch recorded or heartbeat: the worker
-      writes `heartbeat_at` with each epoch's row (a resumed attempt re-recording an
-      earlier epoch included), so its maximum moves whenever curves can have changed.
-      The curves plot is keyed on it.
-    """
-
-    counts: dict[str, int]
-    timings: dict[str, Any]
-    results: str
-    version: str
-
-
-def snapshot(session: Session, study: Study) -> Snapshot:
-    """One grouped query over the study's trials (their (study_id, number) index)."""
-    counts = {s.value: 0 for s in TrialState}
-    started = last = None
-    results = hashlib.sha256(f"{study.id}|{study.cancelled_at}|".encode())
-    results.update(json.dumps(study.spec, sort_keys=True).encode())  # bounded: a few KB
-    rows = session.execute(
-        select(
-            Trial.state,
-            func.count(),
-            func.min(Trial.started_at),
-            func.max(Trial.finished_at),
-            func.coalesce(func.sum(Trial.attempts), 0),
-            func.coalesce(func.sum(Trial.epoch), 0),
-            func.max(Trial.heartbeat_at),
-        )
-        .where(Trial.study_id == study.id)
-        .group_by(Trial.state)
-        .order_by(Trial.state)
-    )
-    live = []
-    for state, n, first, final, attempts, epochs, beat in rows:
-        counts[state] = n
-        started = first if started is None or (first and first < started) else started
-        last = final if last is None or (final and final > last) else last
-        results.update(f"|{state}:{n}:{final}:{attempts}".encode())
-        live.append(f"|{epochs}:{beat}")
-    version = hashlib.sha256(results.digest() + "".join(live).encode())
-    timings = {"created_at": study.created_at, "started_at": started, "last_finished_at": last}
-    return Snapshot(counts, timings, results.hexdigest()[:32], version.hexdigest()[:32])
-
-
-def best_trial(session: Session, study_id: str) -> Trial | None:
-    # A complete trial always has its value; were one without, PostgreSQL's DESC puts
-    # NULL first, so the filter keeps it from being "best".
-    return session.scalar(
-        select(Trial)
-        .where(
-            Trial.study_id == study_id,
-            Trial.state == TrialState.COMPLETE,
-            Trial.value.is_not(None),
-        )
-        .order_by(Trial.value.desc(), Trial.number)
-        .limit(1)
-    )
-
-
-def list_studies(
-    session: Session, limit: int, offset: int, owner: str | None = None
-) -> tuple[list[Study], int]:
-    query = select(Study)
-    count = select(func.count()).select_from(Study)
-    if owner is not None:
-        query, count = query.where(Study.owner == owner), count.where(Study.owner == owner)
-    rows = session.scalars(
-        query.order_by(Study.created_at.desc(), Study.id).limit(limit).offset(offset)
-    )
-    return list(rows), session.scalar(count) or 0
-
-
-def elapsed_seconds(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None:
-        return None
-    return ((end or utcnow()) - start).total_seconds()
-
-
-def stored_spec(study: Study) -> StudySpec:
-    """The study's spec as stored; a spec stored before a stricter rule is a 409 naming
-    the rule, never a 500."""
-    try:
-        return StudySpec.model_validate(study.spec)
-    except ValidationError as e:
-        raise Conflict(f"the stored spec no longer validates: {e}".splitlines()[0]) from e
-
-
-def study_report(
-    session: Session, study: Study, version: str | None = None, cache: VersionedCache | None = None
-) -> Report:
-    """The generalization-gap report (samsweep.core.report) over every trial of the study;
-    with a version and a cache, built once per study version."""
-    if version is None or cache is None:
-        return _build_report(session, study)
-    return cache.get_or_compute(
-        (study.id, version, "report"), lambda: _build_report(session, study)
-    )
-
-
-def _build_report(session: Session, study: Study) -> Report:
-    rows = session.execute(
-        select(Trial.params, Trial.state, Trial.metrics, Trial.error)
-        .where(Trial.study_id == study.id)
-        .order_by(Trial.number)
-    )
-    return build_report(stored_spec(study), [trial_record(*row) for row in rows])
-
-
-def trial_record(
-    params: dict[str, Any], state: str, metrics: dict[str, Any] | None, error: str | None
-) -> TrialRecord:
-    """A stored trial as the report reads it; params stored before a stricter rule are a
-    409 naming the rule, as a stale spec is (stored_spec), never a 500."""
-    try:
-        parsed = TrialParams.model_validate(params)
-    except ValidationError as e:
-        raise Conflict(f"a stored trial no longer validates: {e}".splitlines()[0]) from e
-    return TrialRecord(parsed, TrialState(state), metrics, error)

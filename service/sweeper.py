@@ -20,7 +20,7 @@ from samsweep.core.db import Meta, Study, Trial, rows_updated, session_factory, 
 from samsweep.core.queue import broker_identity
 from samsweep.core.settings import Settings
 from samsweep.core.states import TrialState
-from service.studies import enqueue_pending
+from service.dispatch import enqueue_pending
 
 log = logging.getLogger(__name__)
 BROKER_IDENTITY = "broker_identity"

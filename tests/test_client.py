@@ -193,7 +193,7 @@ def test_a_submission_is_retried_with_one_idempotency_key(monkeypatch):
         keys.append(request.headers.get("Idempotency-Key"))
         if len(keys) == 1:
             raise httpx.ReadTimeout("lost", request=request)
-        body = {"id": "s9", "name": "x", "n_trials": 4, "links": {
+        body = {"id": "s9", "name": "x", "n_trials": 4, "replayed": True, "links": {
             "self": "/studies/s9", "trials": "t", "best": "b", "report": "r"}}  # fmt: skip
         return httpx.Response(200, json=body)
 

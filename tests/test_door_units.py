@@ -60,7 +60,7 @@ def test_the_cache_is_bounded_in_bytes_and_a_failed_computation_is_not_kept():
 
 def _finished(spec: dict) -> tuple:
     study = StudySpec.model_validate(spec)
-    trials, records = [], []
+    records = []
     from samsweep.core.report import TrialRecord
     from samsweep.core.states import TrialState
 
@@ -68,10 +68,8 @@ def _finished(spec: dict) -> tuple:
         m = {"train_accuracy": 0.9, "test_accuracy": 0.8 + p.rho, "gap": 0.1,
              "val_accuracy": None, "sharpness": 0.1, "hessian_max_eig": 1.0,
              "wall_seconds": 1.0, "passes": 1}  # fmt: skip
-        trials.append({"number": i, "params": p.model_dump(), "state": "COMPLETE",
-                       "metrics": m, "curves": None})  # fmt: skip
-        records.append(TrialRecord(p, TrialState.COMPLETE, m, None))
-    return build_report(study, records), trials
+        records.append(TrialRecord(p, TrialState.COMPLETE, m, None, number=i))
+    return build_report(study, records), records
 
 
 def test_renders_of_one_plot_are_shared_and_bounded():

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from samsweep.core.spec import StudySpec
+from samsweep.core.spec import Cell, StudySpec
 from tests.conftest import digits_spec
 
 
@@ -99,3 +99,21 @@ def test_the_objective_defaults_to_validation_when_there_is_a_split():
     assert StudySpec.model_validate(raw).objective == "val_accuracy"
     raw["objective"] = "test_accuracy"  # still possible, and then said plainly (report)
     assert StudySpec.model_validate(raw).objective == "test_accuracy"
+
+
+# A grid cell is one type (samsweep.core.spec.Cell): its key is what the trials table
+# stores (it must never change for existing rows), its label and method are how the
+# report's tables, the plots and the dashboard name it.
+def test_a_cell_keys_and_names_itself_once():
+    spec = StudySpec.model_validate(digits_spec(rho=[0.0, 0.05], batch_size=[128], seeds=[0, 1]))
+    base, sam = spec.trials()[0].cell, spec.trials()[2].cell
+    assert base.key == "rho=0.0|batch_size=128|base_optimizer=sgd|sam_variant=None|m=None"
+    assert sam.key == "rho=0.05|batch_size=128|base_optimizer=sgd|sam_variant=sam|m=None"
+    assert {t.cell for t in spec.trials()} == {base, sam}  # the seeds share their cell
+    assert (base.label, base.method) == ("ρ=0, batch 128, sgd", "rho 0")
+    assert (sam.label, sam.method) == ("ρ=0.05, batch 128, sgd, sam", "sam 0.05")
+    msam = Cell(rho=1.0, batch_size=512, base_optimizer="adamw", sam_variant="asam", m=32)
+    assert (msam.label, msam.method) == ("ρ=1, batch 512, adamw, asam m=32", "asam 1 m=32")
+    # as the API serves a trial's params: the seed and a newer API's fields are not axes
+    served = {**spec.trials()[3].model_dump(), "lr": 0.1}
+    assert Cell.from_params(served) == sam

@@ -16,7 +16,7 @@ from samsweep.core.migrate import migrate
 from samsweep.core.settings import Settings
 from samsweep.core.spec import StudySpec
 from samsweep.core.states import TrialState
-from service.studies import enqueue_pending
+from service.dispatch import enqueue_pending
 from service.sweeper import requeue_stale
 from tests.conftest import digits_spec
 

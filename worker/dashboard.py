@@ -49,10 +49,7 @@ def sampled(curves: list[dict[str, Any]], limit: int = MAX_POINTS) -> list[dict[
 
 
 def title(trial_number: int, params: TrialParams, objective: str) -> str:
-    cell = f"ρ={params.rho:g}, batch {params.batch_size}, {params.base_optimizer}"
-    if params.rho > 0 and params.sam_variant:
-        cell += f", {params.sam_variant}" + (f" m={params.m}" if params.m else "")
-    return f"Trial {trial_number}: {cell}, seed {params.seed} (objective {objective})"
+    return f"Trial {trial_number}: {params.cell.label}, seed {params.seed} (objective {objective})"
 
 
 def learning_curves(

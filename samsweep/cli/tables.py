@@ -19,8 +19,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from samsweep.client.models import Best, StudyDetail, StudySummary, Trial
 from samsweep.core.report import Group, Report, Row, Stat
+from samsweep.core.spec import Cell
+from samsweep.core.wire import Best, StudyDetail, StudySummary
+from samsweep.core.wire import TrialPublic as Trial
 
 # Not a terminal and no COLUMNS: wide enough that a report row stays on one line.
 LOG_WIDTH = 200
@@ -122,18 +124,8 @@ def stat_text(metric: str, s: Stat) -> str:
 
 
 def method(params: dict[str, Any]) -> str:
-    """'rho 0' for the base optimizer alone, else e.g. 'sam 0.05', 'asam 1 m=32'."""
-    if params["rho"] == 0:
-        return "rho 0"
-    m = params.get("m")
-    return f"{params.get('sam_variant') or 'sam'} {params['rho']:g}" + (f" m={m}" if m else "")
-
-
-def group_title(g: Group) -> str:
-    kind = g.sam_variant or "sam"
-    if g.m:
-        kind += f" m={g.m}"
-    return f"{g.base_optimizer}, batch {g.batch_size}, {kind}"
+    """The trial's cell within its optimizer and batch size (`Cell.method`)."""
+    return Cell.from_params(params).method
 
 
 def _table(title: str | None = None) -> Table:
@@ -221,7 +213,7 @@ def _done(row: Row) -> str:
 
 
 def group_table(report: Report, g: Group) -> Table:
-    t = _table(group_title(g))
+    t = _table(g.title)
     t.add_column("rho", justify="right")
     t.add_column("")
     t.add_column("seeds", justify="right")
@@ -320,7 +312,7 @@ def best_lines(best: Best) -> list[str]:
         counts = ", ".join(f"{v} {k.lower()}" for k, v in best.counts.items() if v)
         out.append(f"no complete trial yet ({counts})")
     else:
-        kind = method({"rho": c.rho, "sam_variant": c.sam_variant, "m": c.m})
+        kind = c.cell.method
         m = c.metrics
         out.append(
             f"best cell by mean {best.objective} over {c.n} seed{'s' if c.n != 1 else ''}:"

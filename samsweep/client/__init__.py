@@ -2,9 +2,11 @@
 errors), and a spec file checked locally. The terminal's tables and progress bar are
 `samsweep.cli.tables` (rich), imported by the CLI, not here.
 
-It sits above the core (it uses `samsweep.core.spec` and `samsweep.core.report`) and below the
-CLI; importing it loads neither the API nor the worker, nor torch, FastAPI or Celery
-(pyproject.toml's import-linter contracts, tests/test_layering.py).
+Its answers are the API's own models (`samsweep.core.wire`, which keep fields they do not
+name, so a newer API still parses); the report is `samsweep.core.report.Report`. It sits
+above the core and below the CLI; importing it loads neither the API nor the worker,
+nor torch, FastAPI or Celery (pyproject.toml's import-linter contracts,
+tests/test_layering.py).
 """
 
 from samsweep.client.api import (
@@ -25,17 +27,17 @@ from samsweep.client.api import (
     is_up,
     wait_until_up,
 )
-from samsweep.client.models import (
+from samsweep.client.specfile import SpecError, load_spec
+from samsweep.core.wire import (
     Best,
     BestCell,
     BestTrial,
     StudyCreated,
     StudyDetail,
     StudySummary,
-    Trial,
     Trials,
 )
-from samsweep.client.specfile import SpecError, load_spec
+from samsweep.core.wire import TrialPublic as Trial
 
 __all__ = [
     "ApiError",

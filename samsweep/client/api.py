@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import httpx
 
-from samsweep.client.models import Best, StudyCreated, StudyDetail, StudySummary, Trial, Trials
 from samsweep.core.ids import is_study_id
 from samsweep.core.report import Report
+from samsweep.core.wire import Best, StudyCreated, StudyDetail, StudySummary, TrialPublic, Trials
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 PAGE = 1000  # the API's largest page
@@ -253,7 +253,7 @@ class Client:
                 params={"limit": PAGE, "offset": len(out), "curves": curves},
             ).json()
             items, total = _page(page, "trials")
-            out += [Trial.model_validate(t) for t in items]
+            out += [TrialPublic.model_validate(t) for t in items]
             if not items or len(out) >= total:
                 return out
 
@@ -292,7 +292,7 @@ class Client:
         r = self._request(
             "POST", "/studies", json=spec, headers={"Idempotency-Key": key}, retry=True
         )
-        return StudyCreated.model_validate({**r.json(), "replayed": r.status_code == 200})
+        return StudyCreated.model_validate(r.json())
 
     @_answers
     def cancel(self, study_id: str) -> StudyDetail:

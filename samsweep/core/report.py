@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from scipy import stats
 
-from samsweep.core.spec import StudySpec, TrialParams
+from samsweep.core.spec import Cell, StudySpec, TrialParams
 from samsweep.core.states import TrialState
 
 # The per-trial metrics the rows aggregate, in the order tables show them.
@@ -52,12 +52,15 @@ CONFIDENCE = 0.95
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """What the report needs of one trial (a row of the trials table)."""
+    """One trial as the report and the plots read it (a row of the trials table); the
+    curves (per-epoch metrics) only where a plot draws them."""
 
     params: TrialParams
     state: TrialState
     metrics: dict[str, Any] | None = None
     error: str | None = None
+    number: int = 0
+    curves: list[dict[str, Any]] | None = None
 
 
 class Stat(BaseModel):
@@ -98,6 +101,16 @@ class Group(BaseModel):
     rows: list[Row]
     selected_rho: float | None = Field(description="best SAM rho by the selection metric")
     gain: Gain | None
+
+    @property
+    def title(self) -> str:
+        """'sgd, batch 128, sam m=32'."""
+        kind = (self.sam_variant or "sam") + (f" m={self.m}" if self.m else "")
+        return f"{self.base_optimizer}, batch {self.batch_size}, {kind}"
+
+    def cell(self, row: Row) -> Cell:
+        """The grid cell of one of this group's rows (the baseline's has no SAM setting)."""
+        return _cell(row.rho, self.batch_size, self.base_optimizer, self.sam_variant, self.m)
 
 
 class LargeBatch(BaseModel):
@@ -248,12 +261,14 @@ def build_report(spec: StudySpec, trials: Iterable[TrialRecord]) -> Report:
     )
 
 
-def _key(rho: float, batch: int, opt: str, variant: str | None, m: int | None) -> str:
+def _cell(rho: float, batch: int, opt: str, variant: str | None, m: int | None) -> Cell:
     if rho == 0:
         variant, m = None, None
-    return TrialParams(
-        rho=rho, batch_size=batch, base_optimizer=opt, sam_variant=variant, m=m, seed=0
-    ).cell_key
+    return Cell(rho=rho, batch_size=batch, base_optimizer=opt, sam_variant=variant, m=m)
+
+
+def _key(rho: float, batch: int, opt: str, variant: str | None, m: int | None) -> str:
+    return _cell(rho, batch, opt, variant, m).key
 
 
 def _select(keys: list[str], rows: dict[str, Row], metric: str) -> str | None:
@@ -306,7 +321,8 @@ def _large_batch(groups: list[Group]) -> list[LargeBatch]:
 
 def best_cell(report: Report, metric: str) -> tuple[Group, Row] | None:
     """The grid cell (baseline or SAM) with the highest mean `metric` over seeds; ties go
-    to the earlier row (the smaller rho, the smaller batch size)."""
+    to the earlier row (the smaller rho, the smaller batch size). The one definition of
+    the best cell: /best, the curves plot and the index select with it."""
     best: tuple[float, Group, Row] | None = None
     for g in report.groups:
         for row in g.rows:
@@ -314,6 +330,11 @@ def best_cell(report: Report, metric: str) -> tuple[Group, Row] | None:
             if mean is not None and (best is None or mean > best[0]):
                 best = (mean, g, row)
     return None if best is None else (best[1], best[2])
+
+
+def complete_trials(cell: Cell, trials: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """The cell's complete trials (its seeds), in the order given."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.params.cell == cell]
 
 
 CSV_COLUMNS = (

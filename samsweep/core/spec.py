@@ -12,6 +12,7 @@ spec is refused in microseconds (tests/test_spec.py, tests/test_hostile.py).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -291,12 +292,63 @@ class StudySpec(_Strict):
         return trials
 
 
-class TrialParams(_Strict):
-    """One trial's point in the grid (one value per search axis) and its seed.
+class Cell(_Strict):
+    """A grid cell: one value per search axis, without the seed. Its trials, one per
+    seed, are the samples the report's mean and std are taken over. rho = 0 is the base
+    optimizer alone: its sam_variant and m are None.
 
-    A *grid cell* is the same point without the seed: its trials, one per seed, are
-    the samples the report's mean and std are taken over (``cell_key``).
+    `key` identifies it in the trials table (unique with the seed per study); `label`
+    and `method` are how the report's tables, the plots and the dashboard name it.
     """
+
+    rho: float
+    batch_size: int
+    base_optimizer: str
+    sam_variant: str | None = None
+    m: int | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Cell:
+        """The cell of a trial's params as the API serves them (a dict that may hold
+        more than the grid axes: a newer API's, or the seed)."""
+        return cls.model_validate({k: params.get(k) for k in _CELL_AXES}, strict=False)
+
+    @property
+    def key(self) -> str:
+        return (
+            f"rho={self.rho + 0.0!r}|batch_size={self.batch_size}"
+            f"|base_optimizer={self.base_optimizer}"
+            f"|sam_variant={self.sam_variant}|m={self.m}"
+        )
+
+    @property
+    def baseline(self) -> bool:
+        return self.rho == 0
+
+    @property
+    def method(self) -> str:
+        """Within its (optimizer, batch size): 'rho 0' for the base optimizer alone, else
+        e.g. 'sam 0.05', 'asam 1 m=32'."""
+        if self.baseline:
+            return "rho 0"
+        m = f" m={self.m}" if self.m else ""
+        return f"{self.sam_variant or 'sam'} {self.rho:g}{m}"
+
+    @property
+    def label(self) -> str:
+        """The whole cell: 'ρ=0.05, batch 128, sgd, sam m=32' ('ρ=0, batch 128, sgd')."""
+        text = f"ρ={self.rho:g}, batch {self.batch_size}, {self.base_optimizer}"
+        if not self.baseline and self.sam_variant:
+            text += f", {self.sam_variant}" + (f" m={self.m}" if self.m else "")
+        return text
+
+
+_CELL_AXES = tuple(Cell.model_fields)
+
+
+class TrialParams(_Strict):
+    """One trial's point in the grid (one value per search axis) and its seed; its
+    `cell` is the same point without the seed."""
 
     rho: float
     batch_size: int
@@ -306,10 +358,16 @@ class TrialParams(_Strict):
     seed: int
 
     @property
+    def cell(self) -> Cell:
+        return Cell(
+            rho=self.rho,
+            batch_size=self.batch_size,
+            base_optimizer=self.base_optimizer,
+            sam_variant=self.sam_variant,
+            m=self.m,
+        )
+
+    @property
     def cell_key(self) -> str:
         """Identifies the grid cell (without the seed); unique with the seed per study."""
-        return (
-            f"rho={self.rho + 0.0!r}|batch_size={self.batch_size}"
-            f"|base_optimizer={self.base_optimizer}"
-            f"|sam_variant={self.sam_variant}|m={self.m}"
-        )
+        return self.cell.key

@@ -24,7 +24,7 @@ FINISHED_STATES = (
 
 
 class StudyStatus(enum.StrEnum):
-    """A study's status, derived from its trials' states (service.studies.study_status)."""
+    """A study's status, derived from its trials' states (service.reads.study_status)."""
 
     QUEUED = "queued"  # no trial started yet
     RUNNING = "running"  # some trial running or finished, not all finished

@@ -6,9 +6,9 @@ import anyio
 from fastapi import APIRouter, Response
 from sqlalchemy import text
 
+from samsweep.core.wire import Health
 from service.api.deps import CeleryDep, DbDep
 from service.api.offload import limiter
-from service.schemas import Health
 
 router = APIRouter(tags=["health"])
 # /health's checks run in threads of their own, never queued behind the threadpool that

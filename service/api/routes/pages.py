@@ -17,21 +17,17 @@ sees exactly what the API shows that token's owner.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
-from pydantic import BaseModel, Field
-from sqlalchemy import func, select
 
-from samsweep.core.db import Trial
-from samsweep.core.states import FINISHED_STATES, StudyStatus, TrialState
-from service import studies
+from samsweep.core.ids import STUDY_ID
+from samsweep.core.wire import Overview, OverviewItem
+from service import reads
 from service.api.deps import DbDep, ReadOwner
 from service.errors import NotFound, responses
-from service.schemas import Progress
 
 router = APIRouter(tags=["pages"])
 
@@ -78,35 +74,13 @@ def study_page(study_id: str, request: Request, db: DbDep) -> HTMLResponse:
     """The study's page: progress, the report table, the plots, the trials, downloads;
     live while the study runs. With private studies the page asks for a token and
     shows nothing until the API accepts it."""
-    if not studies.STUDY_ID.fullmatch(study_id):
+    if not STUDY_ID.fullmatch(study_id):
         raise NotFound(f"no study with id {study_id[:64]!r}")
     name = None
     if not request.app.state.settings.private_studies:
         with db() as session:
-            name = studies.get_study(session, study_id).name
+            name = reads.get_study(session, study_id).name
     return _html(request, "study.html", study_id=study_id, name=name)
-
-
-class OverviewItem(BaseModel):
-    id: str
-    name: str
-    status: StudyStatus
-    n_trials: int
-    created_at: datetime
-    counts: dict[str, int]
-    progress: Progress
-    objective: str
-    best_mean: float | None = Field(
-        description="the best grid cell's mean objective over its complete seeds"
-    )
-    page: str
-
-
-class Overview(BaseModel):
-    items: list[OverviewItem]
-    total: int
-    limit: int
-    offset: int
 
 
 @router.get("/overview", response_model=Overview, responses=responses(401, 422, 503))
@@ -119,34 +93,18 @@ def overview(
     """The index's data: the studies, newest first, with counts per state, progress and
     the best cell's mean objective (the cell /best selects)."""
     with db() as session:
-        rows, total = studies.list_studies(session, limit, offset, owner)
+        rows, total = reads.list_studies(session, limit, offset, owner)
         ids = [s.id for s in rows]
-        counts = studies.state_counts_many(session, ids)
-        cells = session.execute(
-            select(Trial.study_id, func.avg(Trial.value))
-            .where(
-                Trial.study_id.in_(ids),
-                Trial.state == TrialState.COMPLETE,
-                Trial.value.is_not(None),
-            )
-            .group_by(Trial.study_id, Trial.cell_key)
-        ).all()
-    best: dict[str, float] = {}
-    for sid, mean in cells:
-        if mean is not None and (sid not in best or mean > best[sid]):
-            best[sid] = float(mean)
-    items = []
-    for s in rows:
-        c = counts[s.id]
-        finished = sum(c[x] for x in FINISHED_STATES)
-        items.append(
-            OverviewItem(
-                id=s.id, name=s.name, status=studies.study_status(s, c), n_trials=s.n_trials,
-                created_at=s.created_at, counts=c,
-                progress=Progress(total=s.n_trials, finished=finished,
-                                  fraction=finished / s.n_trials if s.n_trials else 0.0),
-                objective=str(s.spec.get("objective", "")), best_mean=best.get(s.id),
-                page=f"/studies/{s.id}/page",
-            )
-        )  # fmt: skip
+        counts = reads.state_counts_many(session, ids)
+        best = reads.best_means(session, ids)
+    items = [
+        OverviewItem(
+            id=s.id, name=s.name, status=reads.study_status(s, counts[s.id]),
+            n_trials=s.n_trials, created_at=s.created_at, counts=counts[s.id],
+            progress=reads.progress(s.n_trials, counts[s.id]),
+            objective=str(s.spec.get("objective", "")), best_mean=best.get(s.id),
+            page=f"/studies/{s.id}/page",
+        )
+        for s in rows
+    ]  # fmt: skip
     return Overview(items=items, total=total, limit=limit, offset=offset)

@@ -7,15 +7,14 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from samsweep.core.db import Study, Trial, curves_for
-from service import plots, studies
+from samsweep.core.db import Study
+from service import plots, reads
 from service.api.conditional import NotModified, etag, not_modified, validators
 from service.api.deps import CacheDep, DbDep, ReadOwner
 from service.cache import VersionedCache
-from service.errors import NotFound, responses
+from service.errors import responses
 from service.render import Renderer
 
 router = APIRouter(prefix="/studies", tags=["plots"])
@@ -33,36 +32,11 @@ def _inputs(
     trial: int | None,
     cache: VersionedCache,
 ) -> tuple[Any, ...]:
-    """What `plots.render` takes, read in one session: the report (cached per version),
-    the trials without their curves, and the curves of only the trials drawn."""
+    """What `plots.render` takes, read in one session: the report (cached per version)
+    and the trials, with only the curves drawn."""
     with db() as session:
-        report = studies.study_report(session, study, version, cache)
-        columns = (Trial.number, Trial.params, Trial.state, Trial.metrics)
-        query = select(*columns).where(Trial.study_id == study.id).order_by(Trial.number)
-        trials = [
-            {"number": r.number, "params": r.params, "state": r.state, "metrics": r.metrics,
-             "curves": None}
-            for r in session.execute(query)
-        ]  # fmt: skip
-        if kind == "curves":  # only the curves drawn: a study may hold thousands
-            if trial is not None:
-                if not any(t["number"] == trial for t in trials):
-                    raise NotFound(f"no trial {trial} in this study", field="trial")
-                wanted = [trial]
-            else:
-                found = plots.best_cell_trials(report, trials, report.objective)
-                wanted = [t["number"] for t in found[2]] if found else []
-            ids = dict(
-                session.execute(
-                    select(Trial.number, Trial.id).where(
-                        Trial.study_id == study.id, Trial.number.in_(wanted)
-                    )
-                ).all()
-            )
-            curves = curves_for(session, ids.values())
-            for t in trials:
-                if t["number"] in ids:
-                    t["curves"] = curves[ids[t["number"]]]
+        report = reads.study_report(session, study, version, cache)
+        trials = reads.plotted_trials(session, study, report, kind == "curves", trial)
     return kind, fmt, report, trials, report.objective, trial
 
 
@@ -112,10 +86,10 @@ async def plot(
     time budget (SAMSWEEP_PLOT_TIMEOUT_SECONDS)."""
     trial = trial if kind == "curves" else None  # only curves take a trial
 
-    def find() -> tuple[Study, studies.Snapshot]:
+    def find() -> tuple[Study, reads.Snapshot]:
         with db() as session:
-            study = studies.get_study(session, study_id, owner)
-            return study, studies.snapshot(session, study)
+            study = reads.get_study(session, study_id, owner)
+            return study, reads.snapshot(session, study)
 
     study, snap = await anyio.to_thread.run_sync(find)
     # Only the curves change with every epoch; the other plots with the results.

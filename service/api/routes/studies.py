@@ -12,28 +12,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from celery import Celery
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from samsweep.core import report as reports
-from samsweep.core.db import Study, Trial, curves_for
-from samsweep.core.states import FINISHED_STATES, StudyStatus
-from service import studies
-from service.api.body import OPENAPI_BODY, SpecBody
-from service.api.conditional import NotModified, cached_json, etag, not_modified, validators
-from service.api.deps import CacheDep, CeleryDep, DbDep, ReadOwner, SettingsDep, WriteOwner
-from service.api.offload import heavy
-from service.cache import VersionedCache
-from service.errors import responses
-from service.schemas import (
+from samsweep.core.db import Study, Trial
+from samsweep.core.states import StudyStatus
+from samsweep.core.wire import (
     Best,
     BestCell,
     BestTrial,
     Links,
-    Progress,
     StudyCreated,
     StudyDetail,
     StudyPage,
@@ -42,6 +32,14 @@ from service.schemas import (
     TrialList,
     TrialPublic,
 )
+from service import reads, studies
+from service.api.body import OPENAPI_BODY, SpecBody
+from service.api.conditional import NotModified, cached_json, etag, not_modified, validators
+from service.api.deps import CacheDep, CeleryDep, DbDep, ReadOwner, SettingsDep, WriteOwner
+from service.api.offload import heavy
+from service.cache import VersionedCache
+from service.dispatch import enqueue_study
+from service.errors import responses
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 # Visible ASCII, no spaces: a key is an opaque token (a UUID, say), never free text.
@@ -59,18 +57,11 @@ def _summary(study: Study, counts: dict[str, int]) -> StudySummary:
     return StudySummary(
         id=study.id,
         name=study.name,
-        status=studies.study_status(study, counts),
+        status=reads.study_status(study, counts),
         n_trials=study.n_trials,
         created_at=study.created_at,
         links=_links(study.id),
     )
-
-
-def _enqueue_study(db: sessionmaker[Session], celery: Celery, queue: str, study_id: str) -> None:
-    """After the 201 is sent: hand the new study's trials to the broker. If this fails
-    or the API dies first, the trials stay unsent and the sweeper sends them."""
-    with db() as session:
-        studies.enqueue_pending(session, celery, queue, study_id)
 
 
 @router.post(
@@ -108,12 +99,16 @@ def create_study(
             session, settings, spec, owner=owner, idempotency_key=idempotency_key
         )
     if created:
-        background.add_task(_enqueue_study, db, celery, settings.queue, study.id)
+        background.add_task(enqueue_study, db, celery, settings.queue, study.id)
     else:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/studies/{study.id}"
     return StudyCreated(
-        id=study.id, name=study.name, n_trials=study.n_trials, links=_links(study.id)
+        id=study.id,
+        name=study.name,
+        n_trials=study.n_trials,
+        links=_links(study.id),
+        replayed=not created,
     )
 
 
@@ -121,8 +116,8 @@ def create_study(
 def list_studies(db: DbDep, owner: ReadOwner, limit: Limit = 50, offset: Offset = 0) -> StudyPage:
     """The studies, newest first."""
     with db() as session:
-        rows, total = studies.list_studies(session, limit, offset, owner)
-        counts = studies.state_counts_many(session, [s.id for s in rows])
+        rows, total = reads.list_studies(session, limit, offset, owner)
+        counts = reads.state_counts_many(session, [s.id for s in rows])
     return StudyPage(
         items=[_summary(s, counts[s.id]) for s in rows], total=total, limit=limit, offset=offset
     )
@@ -132,7 +127,7 @@ def list_studies(db: DbDep, owner: ReadOwner, limit: Limit = 50, offset: Offset 
 def get_study(study_id: str, db: DbDep, owner: ReadOwner) -> StudyDetail:
     """Status, counts per trial state, progress, timings and the spec."""
     with db() as session:
-        return _detail(session, studies.get_study(session, study_id, owner))
+        return _detail(session, reads.get_study(session, study_id, owner))
 
 
 @router.post(
@@ -141,24 +136,22 @@ def get_study(study_id: str, db: DbDep, owner: ReadOwner) -> StudyDetail:
 def cancel_study(study_id: str, db: DbDep, owner: WriteOwner) -> StudyDetail:
     """Cancel: queued trials now, running ones at their next epoch; results stay."""
     with db() as session:
-        study = studies.get_study(session, study_id, owner)
+        study = reads.get_study(session, study_id, owner)
         studies.cancel_study(session, study)
         return _detail(session, study)
 
 
 def _detail(session: Session, study: Study) -> StudyDetail:
-    snap = studies.snapshot(session, study)
+    snap = reads.snapshot(session, study)
     counts, t = snap.counts, snap.timings
-    finished = sum(counts[s] for s in FINISHED_STATES)
-    end = t["last_finished_at"] if finished == study.n_trials else None
+    progress = reads.progress(study.n_trials, counts)
+    end = t["last_finished_at"] if progress.finished == study.n_trials else None
     return StudyDetail(
         **_summary(study, counts).model_dump(),
         optuna_study_name=study.optuna_study_name,
         counts=counts,
-        progress=Progress(
-            total=study.n_trials, finished=finished, fraction=finished / study.n_trials
-        ),
-        timings=Timings(**t, elapsed_seconds=studies.elapsed_seconds(t["started_at"], end)),
+        progress=progress,
+        timings=Timings(**t, elapsed_seconds=reads.elapsed_seconds(t["started_at"], end)),
         spec=study.spec,
     )
 
@@ -205,9 +198,8 @@ def _trials_page(
     budget: int,
 ) -> bytes:
     with db() as session:
-        study = studies.get_study(session, study_id, owner)
-        query = select(Trial).where(Trial.study_id == study.id).order_by(Trial.number)
-        rows = session.scalars(query.limit(limit).offset(offset)).all()
+        study = reads.get_study(session, study_id, owner)
+        rows = reads.trial_page(session, study, limit, offset)
         kept = _within(session, rows, budget) if curves else [_trial_public(t, None) for t in rows]
     end = offset + len(kept)
     more = end < study.n_trials and (len(kept) < len(rows) or len(rows) == limit)
@@ -232,7 +224,7 @@ def _within(session: Session, rows: Sequence[Trial], budget: int) -> list[TrialP
     used = 0
     for start in range(0, len(rows), _CURVES_BATCH):
         chunk = rows[start : start + _CURVES_BATCH]
-        found = curves_for(session, [t.id for t in chunk])
+        found = reads.curves_for(session, [t.id for t in chunk])
         for t in chunk:
             public = _trial_public(t, found.get(t.id, []))
             size = len(public.model_dump_json())
@@ -274,16 +266,16 @@ async def _versioned(
     owner: str | None,
     cache: VersionedCache,
     what: tuple[str, ...],
-    build: Callable[[Session, Study, studies.Snapshot, VersionedCache], bytes],
+    build: Callable[[Session, Study, reads.Snapshot, VersionedCache], bytes],
 ) -> _Answer:
     """An answer derived from the study's trials: its version and a cache hit are looked
     up in the ordinary threadpool (one cheap query); only a miss is built, by `build`, in
     the threads for expensive work (service/api/offload.py), once per version."""
 
-    def look() -> tuple[Study, studies.Snapshot, bytes | None]:
+    def look() -> tuple[Study, reads.Snapshot, bytes | None]:
         with db() as session:
-            study = studies.get_study(session, study_id, owner)
-            snap = studies.snapshot(session, study)
+            study = reads.get_study(session, study_id, owner)
+            snap = reads.snapshot(session, study)
         return study, snap, cache.get((study.id, snap.results, *what))
 
     study, snap, body = await run_in_threadpool(look)
@@ -301,22 +293,18 @@ async def _versioned(
     return _Answer(study, tag, body)
 
 
-def _best(session: Session, study: Study, snap: studies.Snapshot, cache: VersionedCache) -> bytes:
+def _best(session: Session, study: Study, snap: reads.Snapshot, cache: VersionedCache) -> bytes:
     counts = snap.counts
-    status_ = studies.study_status(study, counts)
-    report = studies.study_report(session, study, snap.results, cache)
-    top = studies.best_trial(session, study.id)
+    status_ = reads.study_status(study, counts)
+    report = reads.study_report(session, study, snap.results, cache)
+    top = reads.best_trial(session, study.id)
     objective = report.objective
     found = reports.best_cell(report, objective)
     cell = None
     if found is not None:
         group, row = found
         cell = BestCell(
-            base_optimizer=group.base_optimizer,
-            batch_size=group.batch_size,
-            rho=row.rho,
-            sam_variant=None if row.baseline else group.sam_variant,
-            m=None if row.baseline else group.m,
+            **group.cell(row).model_dump(),
             n=len(row.seeds),
             seeds=row.seeds,
             objective=row.metrics[objective],
@@ -366,8 +354,8 @@ async def report(
     fraction of the large-batch drop SAM recovers. Unfinished cells are counted. Computed
     once per study version (see `ETag`)."""
 
-    def build(session: Session, study: Study, snap: studies.Snapshot, c: VersionedCache) -> bytes:
-        result = studies.study_report(session, study, snap.results, c)
+    def build(session: Session, study: Study, snap: reads.Snapshot, c: VersionedCache) -> bytes:
+        result = reads.study_report(session, study, snap.results, c)
         return result.model_dump_json().encode() if format == "json" else _csv(result)
 
     found = await _versioned(request, db, study_id, owner, cache, ("report", format), build)

@@ -1,63 +1,77 @@
-"""Response schemas (pydantic): what the API promises to return (and what /docs shows).
-Not to be confused with trainer/models.py, the networks."""
+"""The API's answers on the wire: one set of models, declared by the API (its response
+schemas, what /docs shows) and parsed into by the client (samsweep.client).
+
+Every model keeps fields it does not name (`extra="allow"`, so the schema says
+`additionalProperties: true`): a client parses the answers of a newer API that has added
+fields, and keeps them. The report is the core's own model (samsweep.core.report).
+Not to be confused with trainer/models.py, the networks.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from samsweep.core.report import Stat
+from samsweep.core.report import Stat, require_pandas
+from samsweep.core.spec import Cell
 from samsweep.core.states import StudyStatus
 
 
-class ErrorDetail(BaseModel):
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(_Wire):
     field: str
     message: str
 
 
-class ErrorInfo(BaseModel):
+class ErrorInfo(_Wire):
     code: str = Field(description="machine-readable: invalid_spec, not_found, unauthorized, ...")
     message: str
     field: str | None = Field(description="the dotted field at fault (search.rho.1), if any")
     details: list[ErrorDetail] = Field(description="every field error, for invalid_spec")
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(_Wire):
     """The one shape of every error answer."""
 
     error: ErrorInfo
 
 
-class Links(BaseModel):
+class Links(_Wire):
     self: str
     trials: str
     best: str
     report: str
 
 
-class StudyCreated(BaseModel):
+class StudyCreated(_Wire):
     id: str
     name: str
     n_trials: int
     links: Links
+    replayed: bool = Field(
+        False, description="an Idempotency-Key replay (status 200): no new study was made"
+    )
 
 
-class Progress(BaseModel):
+class Progress(_Wire):
     total: int
     finished: int
     fraction: float
 
 
-class Timings(BaseModel):
+class Timings(_Wire):
     created_at: datetime
     started_at: datetime | None
     last_finished_at: datetime | None
     elapsed_seconds: float | None
 
 
-class StudySummary(BaseModel):
+class StudySummary(_Wire):
     id: str
     name: str
     status: StudyStatus
@@ -66,7 +80,7 @@ class StudySummary(BaseModel):
     links: Links
 
 
-class StudyPage(BaseModel):
+class StudyPage(_Wire):
     items: list[StudySummary]
     total: int
     limit: int
@@ -80,8 +94,13 @@ class StudyDetail(StudySummary):
     timings: Timings
     spec: dict[str, Any]
 
+    @property
+    def finished(self) -> bool:
+        """Complete or cancelled: nothing more will run."""
+        return self.status.finished
 
-class TrialPublic(BaseModel):
+
+class TrialPublic(_Wire):
     number: int
     params: dict[str, Any]
     state: str
@@ -98,7 +117,30 @@ class TrialPublic(BaseModel):
     optuna_trial_number: int | None
 
 
-class TrialList(BaseModel):
+class Trials(list[TrialPublic]):
+    """Every trial of a study, in grid order (a list), with `to_dataframe()`: what the
+    client's `trials()` returns."""
+
+    def to_dataframe(self) -> Any:
+        """One row per trial: number, state, attempts, epoch, error, then each param and
+        each metric as a column (curves are left out). Needs pandas (`samsweep[pandas]`)."""
+        pd = require_pandas("Trials.to_dataframe()")
+        records = []
+        for t in self:
+            record: dict[str, Any] = {
+                "number": t.number,
+                "state": t.state,
+                "attempts": t.attempts,
+                "epoch": t.epoch,
+                "error": t.error,
+            }
+            record.update(t.params)
+            record.update(t.metrics or {})
+            records.append(record)
+        return pd.DataFrame.from_records(records)
+
+
+class TrialList(_Wire):
     study_id: str
     trials: list[TrialPublic]
     total: int
@@ -110,7 +152,7 @@ class TrialList(BaseModel):
     )
 
 
-class BestTrial(BaseModel):
+class BestTrial(_Wire):
     number: int
     params: dict[str, Any]
     value: float
@@ -118,7 +160,7 @@ class BestTrial(BaseModel):
     optuna_trial_number: int | None
 
 
-class BestCell(BaseModel):
+class BestCell(_Wire):
     """A grid cell (its trials over seeds), by its mean objective over seeds."""
 
     base_optimizer: str
@@ -131,8 +173,12 @@ class BestCell(BaseModel):
     objective: Stat = Field(description="the study's objective, mean ± std over seeds")
     metrics: dict[str, Stat]
 
+    @property
+    def cell(self) -> Cell:
+        return Cell.from_params(self.model_dump())
 
-class Best(BaseModel):
+
+class Best(_Wire):
     study_id: str
     objective: str = Field(description="what selected: the study's objective metric")
     selected_on_test: bool = Field(
@@ -146,7 +192,29 @@ class Best(BaseModel):
     best: BestTrial | None = Field(description="the single best trial (one seed): luckiest")
 
 
-class Health(BaseModel):
+class OverviewItem(_Wire):
+    id: str
+    name: str
+    status: StudyStatus
+    n_trials: int
+    created_at: datetime
+    counts: dict[str, int]
+    progress: Progress
+    objective: str
+    best_mean: float | None = Field(
+        description="the best grid cell's mean objective over its complete seeds"
+    )
+    page: str
+
+
+class Overview(_Wire):
+    items: list[OverviewItem]
+    total: int
+    limit: int
+    offset: int
+
+
+class Health(_Wire):
     status: str
     database: str
     broker: str
