@@ -20,7 +20,7 @@ SUBSET = SHARED_DATA / "cifar10-subset"
 needs_subset = pytest.mark.skipif(not SUBSET.is_dir(), reason="shared CIFAR-10 subset absent")
 
 
-# README "The study spec": batch size larger than the training set: exact for built-ins
+# docs/spec.md "Refused specs": batch size larger than the training set: exact for built-ins
 @pytest.mark.parametrize("val_fraction", [0.0, 0.1, 0.25])
 @pytest.mark.parametrize(
     "name,path", [("digits", None), ("synthetic", None), ("cifar10", "cifar10-subset")]
@@ -49,7 +49,7 @@ def test_check_spec_names_the_field():
     check_admission(StudySpec.model_validate(digits_spec(batch_size=(1437,))), SHARED_DATA, 100)
 
 
-# README "The study spec": for file datasets the API refuses a batch size that certainly
+# docs/spec.md "Refused specs": for file datasets the API refuses a batch size that certainly
 # exceeds the training set (3 072 bytes per image)
 @needs_subset
 @pytest.mark.parametrize("val_fraction", [0.0, 0.1])
@@ -72,7 +72,7 @@ def test_file_batch_size_is_refused_above_the_certain_bound_only(val_fraction):
     check_admission(spec(bound), SHARED_DATA, 100)
 
 
-# README "The study spec": dataset.augment is refused for digits
+# docs/spec.md "The study spec": dataset.augment is refused for digits
 @pytest.mark.parametrize("augment", ["crop_flip", "crop_flip_cutout"])
 @pytest.mark.parametrize("dataset", ["digits", "synthetic"])
 def test_flips_are_refused_where_the_trainer_refuses_them(dataset, augment):
@@ -84,7 +84,8 @@ def test_flips_are_refused_where_the_trainer_refuses_them(dataset, augment):
         StudySpec.model_validate(spec)
 
 
-# README "The study spec": what the trainer would refuse, the API refuses first -------
+# docs/spec.md "The spec as the trainer's config": what the trainer would refuse, the API refuses
+# first -------
 
 
 def _check(spec: dict, data_dir=SHARED_DATA) -> None:

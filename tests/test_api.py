@@ -9,7 +9,7 @@ import httpx
 from tests.conftest import REDIS, digits_spec, free_port, wait_for
 
 
-# README "The HTTP API": a replay with the same Idempotency-Key and body returns the first
+# docs/api.md "Calls": a replay with the same Idempotency-Key and body returns the first
 # study with 200; GET /studies is newest first, paginated
 def test_idempotency_key_returns_the_first_study(server_deployment):
     # (a different body under the same key, and concurrent replays: test_idempotency.py)
@@ -27,7 +27,7 @@ def test_idempotency_key_returns_the_first_study(server_deployment):
     assert [s["id"] for s in page["items"]] == [first.json()["id"]]
 
 
-# README "The HTTP API": a database outage is 503 with Retry-After, never 500; /health
+# docs/api.md "Errors and states": a database outage is 503 with Retry-After, never 500; /health
 # names the database
 def test_database_unreachable_is_503(deployment_factory):
     # A database that does not exist: every connection attempt is refused.
@@ -54,7 +54,7 @@ def test_database_unreachable_is_503(deployment_factory):
         assert r.headers["retry-after"] == "5"
 
 
-# README "The HTTP API": GET /health is 503 naming the dependency that does not answer.
+# docs/api.md "Calls": GET /health is 503 naming the dependency that does not answer.
 def test_broker_unreachable_is_503_naming_the_broker(deployment_factory, pg_url):
     d = deployment_factory(database_url=pg_url, broker_url=f"redis://127.0.0.1:{free_port()}/0")
     assert d.run("migrate").returncode == 0
@@ -72,7 +72,7 @@ def test_broker_unreachable_is_503_naming_the_broker(deployment_factory, pg_url)
     assert health.json()["broker"].startswith("unavailable") and health.json()["database"] == "ok"
 
 
-# README "The HTTP API": a body over SAMSWEEP_MAX_BODY_BYTES is 413 before any work
+# docs/api.md "Errors and states": a body over SAMSWEEP_MAX_BODY_BYTES is 413 before any work
 def test_oversized_body_is_413_before_any_work(deployment_factory, pg_url):
     d = deployment_factory(database_url=pg_url, broker_url=REDIS, max_body_bytes="2048")
     assert d.run("migrate").returncode == 0
@@ -94,7 +94,7 @@ def test_oversized_body_is_413_before_any_work(deployment_factory, pg_url):
     assert httpx.get(f"{api}/studies").json()["total"] == 0
 
 
-# README "The HTTP API": trials in grid order, paginated (500 by default, at most 1000),
+# docs/api.md "Calls": trials in grid order, paginated (500 by default, at most 1000),
 # curves only with `curves=true`
 def test_trials_are_paginated_and_curves_optional(server_deployment):
     api = server_deployment.start_api()
@@ -120,8 +120,8 @@ def test_trials_are_paginated_and_curves_optional(server_deployment):
     assert numbers == list(range(n))
 
 
-# README "The HTTP API": a trial's curves are the epochs recorded for it, in epoch order
-# (one row per epoch, assembled by samsweep.core.db.curves_for), [] before its first epoch;
+# docs/DESIGN.md §4 "Per-epoch records": a trial's curves are the epochs recorded for it, in epoch
+# order (one row per epoch, assembled by samsweep.core.db.curves_for), [] before its first epoch;
 # the curves plot draws them
 def test_trials_carry_their_recorded_epochs_in_order(server_deployment, pg_url):
     from sqlalchemy import select
@@ -150,7 +150,7 @@ def test_trials_carry_their_recorded_epochs_in_order(server_deployment, pg_url):
     assert plot.status_code == 200 and plot.headers["content-type"].startswith("image/svg")
 
 
-# README "The report": a study whose stored spec no longer validates is a 409 naming why
+# docs/report.md "The report": a study whose stored spec no longer validates is a 409 naming why
 # on /report and /best, never a 500; a new study's report counts its queued cells
 def test_report_of_a_queued_study_and_of_a_stale_spec(server_deployment):
     from sqlalchemy import create_engine, text
@@ -175,7 +175,7 @@ def test_report_of_a_queued_study_and_of_a_stale_spec(server_deployment):
         assert "no longer validates" in r.json()["error"]["message"]
 
 
-# README "The HTTP API": a pool that stayed busy for its whole timeout is 503 with
+# docs/api.md "Errors and states": a pool that stayed busy for its whole timeout is 503 with
 # Retry-After, never 500 (in process: the pool's size and timeout are not settings, so the
 # test makes them one connection and half a second, and holds that connection itself)
 def test_a_pool_busy_for_its_whole_timeout_is_503(pg_url, monkeypatch):

@@ -111,7 +111,7 @@ BAD_SPECS = [
 ]
 
 
-# README "The study spec": a spec that cannot run is 422 naming the field (unknown fields,
+# docs/spec.md "Refused specs": a spec that cannot run is 422 naming the field (unknown fields,
 # empty or duplicate lists, unknown dataset/model/optimizer, grid above the maximum, ...)
 @pytest.mark.parametrize("case,spec,field", BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
 def test_bad_spec_is_422_naming_the_field(api, case, spec, field):
@@ -123,7 +123,7 @@ def test_bad_spec_is_422_naming_the_field(api, case, spec, field):
     assert error["message"].startswith(f"{field}:") or field in error["message"]
 
 
-# README "The study spec": negative or non-finite rho is 422
+# docs/spec.md "Refused specs": negative or non-finite rho is 422
 @pytest.mark.parametrize(
     "raw,field",
     [
@@ -140,7 +140,7 @@ def test_non_finite_rho_is_422(api, raw, field):
     assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
 
 
-# README "The HTTP API": malformed JSON is 4xx
+# docs/api.md "Errors and states": malformed JSON is 4xx
 @pytest.mark.parametrize(
     "body", ["{not json", "[]", "null", '"a string"', "", '{"name": 3}'], ids=repr
 )
@@ -151,7 +151,7 @@ def test_malformed_body_is_422_never_500(api, body):
     assert set(r.json()["error"]) == {"code", "message", "field", "details"}
 
 
-# README "The HTTP API": an unknown id is 404
+# docs/api.md "Errors and states": an unknown id is 404
 @pytest.mark.parametrize("suffix", ["", "/trials", "/best"])
 def test_unknown_study_is_404(api, suffix):
     url, _ = api
@@ -159,7 +159,7 @@ def test_unknown_study_is_404(api, suffix):
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
-# README "The study spec": a refused spec creates nothing (no row, no Optuna study, no task)
+# docs/spec.md "Refused specs": a refused spec creates nothing (no row, no Optuna study, no task)
 def test_refused_specs_created_nothing(api):
     """Runs after the cases above (file order): nothing reached any store."""
     _, d = api
@@ -173,7 +173,7 @@ def test_refused_specs_created_nothing(api):
     assert redis.Redis.from_url(REDIS).llen(d.env["SAMSWEEP_QUEUE"]) == 0
 
 
-# README "The HTTP API": OpenAPI at /openapi.json, Swagger UI at /docs
+# docs/api.md "Errors and states": OpenAPI at /openapi.json, Swagger UI at /docs
 def test_openapi_and_docs_are_served(api):
     url, _ = api
     schema = httpx.get(f"{url}/openapi.json").json()

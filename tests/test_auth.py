@@ -22,8 +22,8 @@ def api(server_deployment):
     return d.start_api()
 
 
-# README "Credentials": with tokens every write needs a bearer token, else 401 and nothing
-# changes
+# docs/credentials.md "Tokens and owners": with tokens every write needs a bearer token, else 401
+# and nothing changes
 def test_writes_need_a_valid_token_and_refusals_change_nothing(api):
     for headers in ({}, _auth("wrong-token-but-long-enough"), {"Authorization": ALICE}):
         r = httpx.post(f"{api}/studies", json=digits_spec(), headers=headers)
@@ -38,7 +38,7 @@ def test_writes_need_a_valid_token_and_refusals_change_nothing(api):
     assert detail["status"] != "cancelled" and detail["counts"]["CANCELLED"] == 0
 
 
-# README "Credentials": `samsweep run` sends SAMSWEEP_API_TOKEN
+# docs/credentials.md "Tokens and owners": `samsweep run` sends SAMSWEEP_API_TOKEN
 def test_samsweep_run_sends_its_token(api, server_deployment, tmp_path):
     import json
 
@@ -55,8 +55,9 @@ def test_samsweep_run_sends_its_token(api, server_deployment, tmp_path):
     assert httpx.get(f"{api}/studies/{study}", headers=_auth(ALICE)).status_code == 404
 
 
-# README "Credentials": a study belongs to its creator; with SAMSWEEP_PRIVATE_STUDIES reads
-# need a token and each owner sees only their own studies (others' ids answer 404)
+# docs/credentials.md "Tokens and owners": a study belongs to its creator; with
+# SAMSWEEP_PRIVATE_STUDIES reads need a token and each owner sees only their own studies (others'
+# ids answer 404)
 def test_each_owner_sees_only_their_studies(api):
     mine = httpx.post(f"{api}/studies", json=digits_spec(), headers=_auth(ALICE)).json()["id"]
     theirs = httpx.post(f"{api}/studies", json=digits_spec(), headers=_auth(BOB)).json()["id"]
@@ -74,7 +75,7 @@ def test_each_owner_sees_only_their_studies(api):
     assert a["id"] != b["id"]
 
 
-# README "Credentials": a malformed SAMSWEEP_API_TOKENS stops the API at start-up
+# docs/credentials.md "Tokens and owners": a malformed SAMSWEEP_API_TOKENS stops the API at start-up
 @pytest.mark.parametrize(
     "tokens", ["alice:too-short", "no-colon-0123456789abcdef", ":0123456789abcdef"]
 )
@@ -134,8 +135,8 @@ def test_the_bearer_scheme_is_case_insensitive(private_app):
     assert r.status_code == 200, r.text
 
 
-# README "Credentials": tokens are compared as SHA-256 digests with `hmac.compare_digest`
-# against every configured token (docs/DESIGN.md §5: in constant time, whichever matched)
+# docs/credentials.md "Tokens and owners": tokens are compared as SHA-256 digests with
+# `hmac.compare_digest` (in constant time) against every configured token (whichever matched)
 @pytest.mark.parametrize(
     ("presented", "owner"),
     [(ALICE, "alice"), (BOB, "bob"), ("mallory-token-0000000000", None)],

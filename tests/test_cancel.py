@@ -11,7 +11,7 @@ from tests.conftest import digits_spec, wait_for, wait_study
 pytestmark = pytest.mark.e2e  # a real API and worker train a study
 
 
-# README "The HTTP API": cancel: queued trials CANCELLED at once, running ones stop at their
+# docs/api.md "Calls": cancel: queued trials CANCELLED at once, running ones stop at their
 # next epoch boundary, finished results stay, status becomes `cancelled`
 def test_cancel_mid_study(server_deployment):
     d = server_deployment

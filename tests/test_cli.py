@@ -29,7 +29,7 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-# README "The CLI": `samsweep up`: the worker never outlives it (SIGTERM)
+# docs/cli.md "The CLI": `samsweep up`: the worker never outlives it (SIGTERM)
 @pytest.mark.e2e
 def test_up_stops_its_worker_on_sigterm(deployment_factory):
     d = deployment_factory()
@@ -79,7 +79,7 @@ SYNTAX_ERRORS = [
 ]
 
 
-# README "The CLI": a spec that cannot be parsed: `file:line:col: ...`, exit 2
+# docs/cli.md "The CLI": a spec that cannot be parsed: `file:line:col: ...`, exit 2
 @pytest.mark.parametrize(("name", "text", "where", "phrase"), SYNTAX_ERRORS)
 def test_a_syntax_error_names_the_file_line_and_column(tmp_path, capsys, name, text, where, phrase):
     path = tmp_path / name
@@ -105,7 +105,7 @@ def _invalid(suffix: str) -> str:
     )
 
 
-# README "The CLI": a spec that cannot be validated: one line per error, exit 2
+# docs/cli.md "The CLI": a spec that cannot be validated: one line per error, exit 2
 @pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json"])
 def test_an_invalid_spec_lists_each_error_by_field(tmp_path, capsys, suffix):
     path = tmp_path / f"spec{suffix}"
@@ -143,7 +143,7 @@ def _mkdir(path):
     return path
 
 
-# README "The CLI": a spec that cannot be read is refused before anything starts
+# docs/cli.md "The CLI": a spec that cannot be read is refused before anything starts
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -182,7 +182,7 @@ def test_a_parse_error_from_the_real_command_has_no_traceback(tmp_path):
     assert not (tmp_path / ".samsweep").exists()
 
 
-# README "The CLI": `--no-follow` needs an API that is already up
+# docs/cli.md "The CLI": `--no-follow` needs an API that is already up
 def test_no_follow_never_starts_a_server_it_would_stop_at_once(tmp_path, monkeypatch, capsys):
     """It would submit, stop the server, and leave the study for the next `samsweep up`."""
     monkeypatch.setenv("SAMSWEEP_API_URL", f"http://127.0.0.1:{free_port()}")
@@ -194,7 +194,7 @@ def test_no_follow_never_starts_a_server_it_would_stop_at_once(tmp_path, monkeyp
     assert not (tmp_path / "st" / "up.log").exists()
 
 
-# README "Two commands": `make demo` submits examples/digits-label-noise.yaml
+# README.md "A first study and its report": `make demo` submits examples/digits-label-noise.yaml
 def test_the_example_spec_loads():
     from samsweep.client import load_spec
 
@@ -204,7 +204,7 @@ def test_the_example_spec_loads():
 # --- optuna-url -------------------------------------------------------------------------
 
 
-# README "The CLI": `optuna-url` on SQLite: the absolute path of optuna.sqlite
+# docs/cli.md "The CLI": `optuna-url` on SQLite: the absolute path of optuna.sqlite
 def test_optuna_url_sqlite_is_an_absolute_path(tmp_path, capsys):
     assert main(["optuna-url", "--state-dir", str(tmp_path / "st")]) == 0
     out, err = capsys.readouterr()
@@ -212,7 +212,7 @@ def test_optuna_url_sqlite_is_an_absolute_path(tmp_path, capsys):
     assert "does not exist yet" in err
 
 
-# README "The CLI": `optuna-url` prints the password as *** unless --show-password
+# docs/cli.md "The CLI": `optuna-url` prints the password as *** unless --show-password
 def test_optuna_url_postgres_hides_the_password_unless_asked(monkeypatch, capsys):
     monkeypatch.setenv("SAMSWEEP_DATABASE_URL", "postgresql+psycopg://bob:s%40cr3t@db:5432/sam")
     get_settings.cache_clear()
@@ -246,7 +246,7 @@ def test_redact(url, shown):
     assert redact(url) == shown
 
 
-# README "The CLI": Ctrl-C: exit 130, no traceback
+# docs/cli.md "The CLI": Ctrl-C: exit 130, no traceback
 def test_ctrl_c_in_a_command_is_exit_130_without_traceback(monkeypatch):
     import samsweep.cli.commands as cli
 
@@ -257,7 +257,7 @@ def test_ctrl_c_in_a_command_is_exit_130_without_traceback(monkeypatch):
     assert main(["migrate"]) == 130
 
 
-# README "The CLI": on Linux the kernel sends the worker SIGTERM when `up` dies
+# docs/cli.md "The CLI": on Linux the kernel sends the worker SIGTERM when `up` dies
 def test_parent_death_signal_is_set_in_the_child(tmp_path):
     """The preexec_fn really sets PR_SET_PDEATHSIG (read back with PR_GET_PDEATHSIG)."""
     if not sys.platform.startswith("linux"):
@@ -278,7 +278,7 @@ def test_parent_death_signal_is_set_in_the_child(tmp_path):
     assert int(out) == signal.SIGTERM
 
 
-# README "The study spec": `samsweep run` reads YAML 1.2 floats (`lr: 1e-3` is a number,
+# docs/spec.md "The study spec": `samsweep run` reads YAML 1.2 floats (`lr: 1e-3` is a number,
 # `rho: [yes]` is 422)
 def test_yaml_exponents_are_numbers_and_yes_is_not(tmp_path):
     """PyYAML reads YAML 1.1, where `1e-3` is a string; the strict spec would refuse the
@@ -309,7 +309,7 @@ def test_optuna_sqlite_file_sits_beside_the_database_even_with_odd_characters(mo
         _ = get_settings().resolved_optuna_url
 
 
-# README "The CLI": no traceback for bad input; a one-line reason and its exit code --------
+# docs/cli.md "Exit codes": no traceback for bad input; a one-line reason and its exit code --------
 # Each case runs in-process through `main` (what the entry point calls; an escaping
 # exception fails the test) and a representative few through the real entry point,
 # `python -m samsweep.cli`, as a subprocess.

@@ -158,7 +158,7 @@ def _study_rows(state: Path, study_id: str) -> tuple[object, dict[str, int]]:
     return cancelled_at, states
 
 
-# README "The CLI": Ctrl-C with the server it started cancels the study (the running trial
+# docs/cli.md "The CLI": Ctrl-C with the server it started cancels the study (the running trial
 # stops at its epoch's end), then stops the server; exit 130, no traceback
 def test_ctrl_c_cancels_the_study_of_the_embedded_server(deployment_factory, tmp_path, reaper):
     d = deployment_factory()
@@ -192,7 +192,7 @@ def test_ctrl_c_cancels_the_study_of_the_embedded_server(deployment_factory, tmp
     assert not states.get("QUEUED") and not states.get("RUNNING"), states
 
 
-# README "The CLI": Ctrl-C again stops at once
+# docs/cli.md "The CLI": Ctrl-C again stops at once
 def test_a_second_ctrl_c_during_the_clean_up_stops_at_once(deployment_factory, tmp_path, reaper):
     d = deployment_factory()
     run, api, study_id, tree = _embedded_run(d, tmp_path, reaper)
@@ -217,7 +217,7 @@ def test_a_second_ctrl_c_during_the_clean_up_stops_at_once(deployment_factory, t
     assert cancelled_at is not None
 
 
-# README "The CLI": on an API it did not start, Ctrl-C leaves the study running and prints
+# docs/cli.md "The CLI": on an API it did not start, Ctrl-C leaves the study running and prints
 # the `curl` line that cancels it
 def test_ctrl_c_leaves_a_study_on_an_api_it_did_not_start(deployment_factory, tmp_path, reaper):
     """No worker: the study stays queued, `run` follows it until interrupted."""
@@ -250,7 +250,7 @@ def test_ctrl_c_leaves_a_study_on_an_api_it_did_not_start(deployment_factory, tm
     assert httpx.get(f"{api}/health", timeout=5).status_code == 200  # not stopped either
 
 
-# README "The CLI": `samsweep up`: the worker never outlives it, SIGKILL included
+# docs/cli.md "The CLI": `samsweep up`: the worker never outlives it, SIGKILL included
 def test_sigkill_of_up_stops_its_worker(deployment_factory, reaper):
     d = deployment_factory()
     port = free_port()
@@ -270,7 +270,7 @@ def test_sigkill_of_up_stops_its_worker(deployment_factory, reaper):
     assert not alive, f"outlived a SIGKILLed `samsweep up`: {_describe(alive)}\n{d.logs()}"
 
 
-# README "The CLI": the `up` that `samsweep run` starts is bound to `run` the same way
+# docs/cli.md "The CLI": the `up` that `samsweep run` starts is bound to `run` the same way
 def test_sigkill_of_run_stops_the_embedded_server(deployment_factory, tmp_path, reaper):
     """While a trial trains: the server's warm shutdown is bounded by `up`'s grace."""
     d = deployment_factory()
@@ -317,7 +317,7 @@ def _optuna_url_sees_the_study(d: Deployment) -> str:
     return url
 
 
-# README "The CLI": `optuna-url` on PostgreSQL adds ?options=-csearch_path%3Doptuna
+# docs/cli.md "The CLI": `optuna-url` on PostgreSQL adds ?options=-csearch_path%3Doptuna
 def test_optuna_url_on_postgresql_reaches_optunas_schema(server_deployment):
     d = server_deployment
     url = _optuna_url_sees_the_study(d)
@@ -338,7 +338,7 @@ def test_optuna_url_on_sqlite(deployment_factory, tmp_path):
     assert url == f"sqlite:///{(tmp_path / 'state').resolve()}/optuna.sqlite"
 
 
-# README "The CLI": `samsweep worker` — prefork children are spawned, never forked, so CUDA
+# docs/cli.md "The CLI": `samsweep worker` — prefork children are spawned, never forked, so CUDA
 # is never initialized in a process that forks (docs/DESIGN.md §7)
 def test_worker_pool_children_are_spawned_not_forked(server_deployment):
     d = server_deployment

@@ -30,14 +30,15 @@ def _ok(f: FinishedStudy, *args: str, timeout: float = 120) -> str:
     return result.stdout
 
 
-# README "The CLI": `samsweep studies` lists them, newest first
+# docs/cli.md "Existing studies, from the terminal": `samsweep studies` lists them, newest first
 def test_studies_lists_the_study(finished_study):
     out = _ok(finished_study, "studies")
     line = next(line for line in out.splitlines() if finished_study.study_id in line)
     assert "digits-test" in line and "complete" in line and " 8 " in line, out
 
 
-# README "The CLI": `samsweep status ID`: status, counts and the page URL
+# docs/cli.md "Existing studies, from the terminal": `samsweep status ID`: status, counts and the
+# page URL
 def test_status_of_a_finished_study(finished_study):
     f = finished_study
     out = _ok(f, "status", f.study_id)
@@ -46,8 +47,9 @@ def test_status_of_a_finished_study(finished_study):
     assert f"page: {f.api}/studies/{f.study_id}/page" in out, out
 
 
-# README "The CLI": `samsweep report ID`: per group baseline and each rho, mean ± std,
-# the selected rho, SAM's gain with its interval, the large-batch table, what selected
+# docs/cli.md "Existing studies, from the terminal": `samsweep report ID`: per group baseline and
+# each rho, mean ± std, the selected rho, SAM's gain with its interval, the large-batch table, what
+# selected
 def test_report_prints_the_tables(finished_study):
     f = finished_study
     out = _ok(f, "report", f.study_id)
@@ -74,7 +76,8 @@ def test_report_prints_the_tables(finished_study):
     assert f"page: {f.api}/studies/{f.study_id}/page" in out
 
 
-# README "The CLI": `samsweep best ID`: the best cell by its mean over seeds
+# docs/cli.md "Existing studies, from the terminal": `samsweep best ID`: the best cell by its mean
+# over seeds
 def test_best_prints_the_cell_and_the_trial(finished_study):
     f = finished_study
     out = _ok(f, "best", f.study_id)
@@ -85,7 +88,7 @@ def test_best_prints_the_cell_and_the_trial(finished_study):
     assert "(the single best trial)" in out and "warning" not in out
 
 
-# README "The CLI": `samsweep trials ID`: one row per trial
+# docs/cli.md "Existing studies, from the terminal": `samsweep trials ID`: one row per trial
 def test_trials_lists_every_trial(finished_study):
     f = finished_study
     out = _ok(f, "trials", f.study_id)
@@ -93,7 +96,8 @@ def test_trials_lists_every_trial(finished_study):
     assert "sam 0.05" in out and "rho 0" in out
 
 
-# README "The CLI": `samsweep export ID --format csv|json` is the API's /report
+# docs/cli.md "Existing studies, from the terminal": `samsweep export ID --format csv|json` is the
+# API's /report
 def test_export_csv_and_json_match_the_report(finished_study, tmp_path):
     f = finished_study
     report = httpx.get(f"{f.api}/studies/{f.study_id}/report").json()
@@ -112,7 +116,8 @@ def test_export_csv_and_json_match_the_report(finished_study, tmp_path):
     assert json.loads(path.read_text()) == report
 
 
-# README "The CLI": an unknown id is the API's own message on one line, exit 1
+# docs/cli.md "Existing studies, from the terminal": an unknown id is the API's own message on one
+# line, exit 1
 @pytest.mark.parametrize("command", ["status", "report", "best", "trials", "export", "cancel"])
 def test_an_unknown_study_is_one_line_and_exit_1(finished_study, command):
     f = finished_study
@@ -137,7 +142,8 @@ def test_no_server_is_one_line_and_exit_1(finished_study):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-# README "The CLI": `submit` checks the spec locally (exit 2); the API's 422 is exit 1
+# docs/cli.md "Existing studies, from the terminal": `submit` checks the spec locally (exit 2); the
+# API's 422 is exit 1
 def test_submit_refusals(finished_study, tmp_path):
     f = finished_study
     bad = tmp_path / "bad.yaml"
@@ -153,8 +159,8 @@ def test_submit_refusals(finished_study, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-# README "The CLI": `submit` returns at once with the id and the page; `status --watch`
-# follows it to the end; `cancel` cancels one
+# docs/cli.md "Existing studies, from the terminal": `submit` returns at once with the id and the
+# page; `status --watch` follows it to the end; `cancel` cancels one
 def test_submit_watch_and_cancel(finished_study, tmp_path):
     f = finished_study
     path = tmp_path / "spec.json"
@@ -183,8 +189,8 @@ def test_submit_watch_and_cancel(finished_study, tmp_path):
     assert detail["counts"]["QUEUED"] == 0
 
 
-# README "The CLI": --token (or SAMSWEEP_API_TOKEN) for an API with tokens; without one
-# a write is the API's 401, one line, exit 1
+# docs/cli.md "Existing studies, from the terminal": --token (or SAMSWEEP_API_TOKEN) for an API with
+# tokens; without one a write is the API's 401, one line, exit 1
 def test_token_flag_and_env(finished_study, tmp_path):
     f = finished_study
     token = "t" * 24
@@ -206,8 +212,9 @@ def test_token_flag_and_env(finished_study, tmp_path):
         d.stop()
 
 
-# README "The CLI": user text (a study's name) is printed as text, never as rich markup;
-# a name like "[/b]" once raised MarkupError (a traceback) in `samsweep studies`
+# docs/cli.md "Existing studies, from the terminal": user text (a study's name) is printed as text,
+# never as rich markup; a name like "[/b]" once raised MarkupError (a traceback) in `samsweep
+# studies`
 def test_a_study_name_that_looks_like_markup_is_printed_verbatim(finished_study, tmp_path):
     f = finished_study
     name = "x [/b] y [red]z"

@@ -30,7 +30,7 @@ UNKNOWN = "0" * 32  # well-formed, and no study has it
 # --- against a running API ---------------------------------------------------------------
 
 
-# README "Python client": report() is samsweep.core.report.Report, equal to the API's JSON
+# docs/cli.md "Python client": report() is samsweep.core.report.Report, equal to the API's JSON
 @pytest.mark.e2e
 def test_report_is_the_core_model_equal_to_the_json(finished_study):
     f = finished_study
@@ -52,7 +52,7 @@ def test_report_is_the_core_model_equal_to_the_json(finished_study):
     assert df["selected"].sum() == 2  # one selected rho per batch size
 
 
-# README "Python client": studies(), study(), trials() (every page), best(), typed
+# docs/cli.md "Python client": studies(), study(), trials() (every page), best(), typed
 @pytest.mark.e2e
 def test_typed_answers(finished_study):
     f = finished_study
@@ -81,7 +81,7 @@ def test_typed_answers(finished_study):
     assert (df["state"] == "COMPLETE").all()
 
 
-# README "Python client": an API error is a typed exception with the API's code
+# docs/cli.md "Python client": an API error is a typed exception with the API's code
 @pytest.mark.e2e
 def test_api_errors_are_typed(finished_study, tmp_path):
     f = finished_study
@@ -105,7 +105,7 @@ def test_api_errors_are_typed(finished_study, tmp_path):
     assert invalid.value.details and invalid.value.details[0]["field"] == "tyop"
 
 
-# README "Python client": the same Idempotency-Key submits one study
+# docs/cli.md "Python client": the same Idempotency-Key submits one study
 @pytest.mark.e2e
 def test_submit_with_an_idempotency_key_and_cancel(finished_study):
     f = finished_study
@@ -234,7 +234,8 @@ def test_to_dataframe_without_pandas_says_what_to_install(monkeypatch):
         report.to_dataframe()
 
 
-# README "The CLI": the report says which metric selected rho, and warns when it was test
+# docs/cli.md "Existing studies, from the terminal": the report says which metric selected rho, and
+# warns when it was test
 def test_the_report_warns_when_rho_was_selected_on_the_test_set():
     from samsweep.cli.tables import selection_lines
 

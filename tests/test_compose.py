@@ -39,13 +39,13 @@ def resolved(compose) -> dict:
     return interpolate_tree(compose, DOTENV)
 
 
-# README "Production": tests/test_compose.py checks the Compose schema
+# docs/deploy.md "How the compose file is tested": tests/test_compose.py checks the Compose schema
 def test_valid_against_compose_schema(compose):
     schema = json.loads((ROOT / "tests/data/compose_spec.json").read_text())
     jsonschema.Draft201909Validator(schema).validate(compose)
 
 
-# README "Production": the six services; every one has a healthcheck or a depends_on
+# docs/deploy.md "Production": the six services; every one has a healthcheck or a depends_on
 # condition
 def test_services_and_dependencies(compose):
     s = compose["services"]
@@ -63,7 +63,7 @@ def test_services_and_dependencies(compose):
     assert "8000/health" in " ".join(s["api"]["healthcheck"]["test"])
 
 
-# README "Production": worker `--concurrency 1`, one NVIDIA GPU reserved
+# docs/deploy.md "Production": worker `--concurrency 1`, one NVIDIA GPU reserved
 def test_worker_gets_one_gpu_and_one_slot(compose):
     w = compose["services"]["worker"]
     (device,) = w["deploy"]["resources"]["reservations"]["devices"]
@@ -72,7 +72,7 @@ def test_worker_gets_one_gpu_and_one_slot(compose):
     assert w["environment"]["SAMSWEEP_DEVICE"] == "cuda"
 
 
-# README "Production": POSTGRES_PASSWORD and SAMSWEEP_DASHBOARD_DB_PASSWORD are required:
+# docs/deploy.md "Production": POSTGRES_PASSWORD and SAMSWEEP_DASHBOARD_DB_PASSWORD are required:
 # nothing ships a default secret; the dashboard reads the workers' storage
 def test_no_default_secret_and_shared_settings(compose):
     text = (ROOT / "docker-compose.yml").read_text()
@@ -123,7 +123,7 @@ def _samsweep_commands(compose) -> list[list[str]]:
     return [c for c in cmds if c[0] == "samsweep"]
 
 
-# README "Production": every command parses
+# docs/deploy.md "How the compose file is tested": every command parses
 def test_every_samsweep_command_parses(compose):
     cmds = _samsweep_commands(compose)
     assert {c[1] for c in cmds} == {"migrate", "api", "worker"}
@@ -133,7 +133,7 @@ def test_every_samsweep_command_parses(compose):
         assert args.func.__name__ == f"cmd_{cmd[1]}", shlex.join(cmd)
 
 
-# README "Production": the API image has no torch
+# docs/deploy.md "Production": the API image has no torch
 def test_api_image_never_installs_torch():
     dockerfile = (ROOT / "Dockerfile").read_text()
     api_stage = dockerfile.split("FROM base AS api", 1)[1].split("FROM ", 1)[0]
@@ -184,7 +184,8 @@ def _volume_at(service: dict, path: Path) -> tuple[str, str, bool] | None:
     return max(under, key=lambda m: len(m[1]), default=None)
 
 
-# README "Production": every path a service reads is on a declared volume
+# docs/deploy.md "How the compose file is tested": every path a service reads is on a declared
+# volume
 def test_every_path_a_service_uses_is_on_a_declared_volume(resolved):
     """Finding 7's class: a path setting with no volume is the container's own layer,
     empty in a new container and invisible to every other one."""
@@ -204,7 +205,7 @@ def test_every_path_a_service_uses_is_on_a_declared_volume(resolved):
             assert not named or source in resolved["volumes"], (name, source)
 
 
-# README "Production": SAMSWEEP_DATA_HOST_DIR is mounted read-only at /data in the API and
+# docs/deploy.md "Production": SAMSWEEP_DATA_HOST_DIR is mounted read-only at /data in the API and
 # the workers
 def test_api_and_workers_read_the_same_data_read_only(resolved):
     s = resolved["services"]
@@ -219,7 +220,7 @@ def test_api_and_workers_read_the_same_data_read_only(resolved):
     assert len(seen) == 1  # the API accepts exactly what the workers will train on
 
 
-# README "Production": checkpoints on the named volume `checkpoints` outlive the container
+# docs/deploy.md "Production": checkpoints on the named volume `checkpoints` outlive the container
 def test_checkpoints_outlive_the_worker_container_and_can_be_shared(compose):
     worker = interpolate_tree(compose, DOTENV)["services"]["worker"]
     ckpt = _settings(worker["environment"]).resolved_checkpoint_dir
@@ -233,7 +234,7 @@ def test_checkpoints_outlive_the_worker_container_and_can_be_shared(compose):
     assert _volume_at(worker, ckpt)[0] == "/mnt/nfs/samsweep-checkpoints"
 
 
-# README "Production": SAMSWEEP_API_TOKENS unset -> compose refuses to start; set empty on
+# docs/deploy.md "Production": SAMSWEEP_API_TOKENS unset -> compose refuses to start; set empty on
 # purpose -> the API runs open
 def test_tokens_in_dotenv_reach_the_api(compose):
     api = interpolate_tree(compose, DOTENV)["services"]["api"]["environment"]
@@ -258,7 +259,7 @@ def test_tokens_in_dotenv_reach_the_api(compose):
     assert Settings(_env_file=None, api_tokens=api["SAMSWEEP_API_TOKENS"]).tokens()
 
 
-# README "Production": optuna-dashboard is published on 127.0.0.1:8080 only
+# docs/deploy.md "Production": optuna-dashboard is published on 127.0.0.1:8080 only
 def test_only_the_api_is_published_beyond_loopback(compose, resolved):
     """The dashboard has no authentication and can delete studies: loopback only."""
     published = {

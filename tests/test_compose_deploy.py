@@ -117,9 +117,9 @@ def checkpoint_dir(c: Container) -> Path:
     return path if path.is_absolute() else c.cwd / path
 
 
-# README "Production": the emulated compose: tokens reach the API (401 without), a CIFAR-10
-# study trains, a SIGKILLed worker is resumed from the checkpoint volume, the dashboard
-# answers on 127.0.0.1 only, nothing is written into the read-only data mount
+# docs/deploy.md "How the compose file is tested": the emulated compose: tokens reach the API (401
+# without), a CIFAR-10 study trains, a SIGKILLed worker is resumed from the checkpoint volume, the
+# dashboard answers on 127.0.0.1 only, nothing is written into the read-only data mount
 def test_compose_up_trains_cifar_resumes_a_killed_worker_and_keeps_the_dashboard_local(
     emulate,
 ):
@@ -196,7 +196,7 @@ def test_compose_up_trains_cifar_resumes_a_killed_worker_and_keeps_the_dashboard
     print("\n[compose emulation] " + "; ".join(f"{k}: {v:.1f}s" for k, v in timings.items()))
 
 
-# README "Production": on the file as it was before, the emulation fails
+# docs/deploy.md "How the compose file is tested": on the file as it was before, the emulation fails
 def test_the_emulation_catches_finding_7(emulate):
     """The file before the fix, as far as the API and the dashboard go: the API with no
     data volume and no tokens, the dashboard on every interface. Each defect shows."""

@@ -119,7 +119,7 @@ ESCAPES = [
 ]
 
 
-# README "The study spec": a dataset path whose directory, official subdirectory or any
+# docs/spec.md "Refused specs": a dataset path whose directory, official subdirectory or any
 # data file resolves outside the data root is refused (a symlink at any level)
 @pytest.mark.parametrize("path,reason", ESCAPES, ids=[e[0] for e in ESCAPES])
 def test_escaping_symlinks_are_refused_at_every_level(tree, path, reason):
@@ -191,7 +191,7 @@ def test_hostile_paths_are_a_spec_error_never_another_exception(tree, case, path
     assert str(root) not in str(error)  # nor the server's own paths
 
 
-# README "The study spec": a data file that is not a regular file is refused
+# docs/spec.md "Refused specs": a data file that is not a regular file is refused
 def test_loops_files_fifos_and_missing_files_are_refused(tree):
     root, _ = tree
     (root / "loop").symlink_to(root / "loop")
@@ -226,7 +226,7 @@ def test_a_missing_data_root_is_a_spec_error(tmp_path):
     assert "data root" in error.message
 
 
-# README "The study spec": nothing about the host leaks. One table of what may lie
+# docs/spec.md "Refused specs": nothing about the host leaks. One table of what may lie
 # outside the data root: every entry gives the same refusal, byte for byte.
 def _outside_states(tmp_path: Path) -> dict[str, Path]:
     """Targets outside the root, each in another state; /proc and /dev where present."""
@@ -299,7 +299,7 @@ def test_an_unusable_data_root_says_so_and_nothing_more(tmp_path, caplog):
     assert "no-root" in caplog.text  # the reason is in the API's log
 
 
-# README "The study spec": a data file that is not a complete pickle is refused
+# docs/spec.md "Refused specs": a data file that is not a complete pickle is refused
 @pytest.mark.parametrize(
     "damage,reason",
     [
@@ -342,7 +342,7 @@ def test_a_file_swapped_after_the_check_is_refused_when_read(tree, tmp_path):
     assert "changed" in refusal(check_files, files, "good").message
 
 
-# README "Dataset files are never trusted": workers check containment again on the
+# docs/spec.md "Dataset files are never trusted": workers check containment again on the
 # resolved path of every file just before training
 def test_the_worker_refuses_a_file_swapped_after_the_api_accepted(tree):
     """trial_config resolves through the same check: an escape made later is refused."""
@@ -415,7 +415,7 @@ def _plain_load_in_a_subprocess(file: Path) -> None:
     subprocess.run([sys.executable, "-c", code, str(file)], capture_output=True, timeout=60)
 
 
-# README "Dataset files are never trusted": the API never unpickles (pickletools only);
+# docs/spec.md "Dataset files are never trusted": the API never unpickles (pickletools only);
 # workers use a restricted unpickler
 @pytest.mark.parametrize("how,where", CRAFTED)
 def test_a_crafted_pickle_runs_in_neither_the_catalog_nor_the_trainer(tree, tmp_path, how, where):
@@ -467,7 +467,7 @@ def data_root_deployment(deployment_factory, pg_url, redis_url, tmp_path):
     return d, root, pg_url
 
 
-# README "The door": a crafted pickle must not execute in any process
+# docs/api.md "The door": a crafted pickle must not execute in any process
 @pytest.mark.e2e
 @needs_subset
 def test_no_process_runs_a_crafted_pickle_or_reads_outside_the_root(data_root_deployment, tmp_path):

@@ -217,7 +217,7 @@ async def _attack(door: Door) -> list[httpx.Response]:
         return await asyncio.gather(*(client.get(p) for p in plots + pages), *posts)
 
 
-# README "The door": /health and a small read answer in their normal time while plots,
+# docs/api.md "The door": /health and a small read answer in their normal time while plots,
 # large bodies and large pages are requested at once; nothing is a 500; memory bounded
 def test_health_answers_while_plots_bodies_and_pages_are_hammered(door, tmp_path):
     rss = door.api.memory_info().rss
@@ -251,7 +251,7 @@ def test_health_answers_while_plots_bodies_and_pages_are_hammered(door, tmp_path
     assert peak[0] - rss < 300 * 2**20, (peak[0] - rss) / 2**20
 
 
-# README "The door": a plot or report of a study that has not changed is not recomputed,
+# docs/api.md "The door": a plot or report of a study that has not changed is not recomputed,
 # and its ETag lets a client skip it (304); it changes when a trial finishes
 def test_unchanged_answers_are_revalidated_not_recomputed(door, tmp_path):
     with _api(tmp_path) as (d, url, db_url):
@@ -277,7 +277,7 @@ def test_unchanged_answers_are_revalidated_not_recomputed(door, tmp_path):
             assert r.status_code == 200 and r.headers["etag"] != tags[path], path
 
 
-# README "The door": beyond the drawing processes and their queue, a plot request gets a
+# docs/api.md "The door": beyond the drawing processes and their queue, a plot request gets a
 # fast 503 with Retry-After; once the drawings are done it is drawn
 def test_plots_beyond_the_bound_are_503_with_retry_after(tmp_path):
     with _api(tmp_path, plot_workers="1", plot_queue="0") as (d, url, db_url):
@@ -297,7 +297,7 @@ def test_plots_beyond_the_bound_are_503_with_retry_after(tmp_path):
             assert httpx.get(url + path, timeout=60).status_code == 200
 
 
-# README "The door": a plot not drawn within SAMSWEEP_PLOT_TIMEOUT_SECONDS is stopped and
+# docs/api.md "The door": a plot not drawn within SAMSWEEP_PLOT_TIMEOUT_SECONDS is stopped and
 # refused with a 422 naming the budget; asking again is answered at once
 def test_a_plot_over_its_time_budget_is_refused_and_stays_refused(tmp_path):
     with _api(tmp_path, plot_workers="1", plot_timeout_seconds="0.02") as (d, url, db_url):
@@ -317,7 +317,7 @@ def test_a_plot_over_its_time_budget_is_refused_and_stays_refused(tmp_path):
         )  # the pool replaced its stopped process  # fmt: skip
 
 
-# README "Plots": a grid too large to draw readably gets a figure that says where the
+# docs/report.md "Plots": a grid too large to draw readably gets a figure that says where the
 # numbers are, not a minutes-long render (the legal 1 500-trial grid)
 def test_plots_of_a_1500_trial_grid_are_drawn_or_summarized(door):
     for kind, summarized in [("rho", True), ("gap", True), ("heatmap", False),
@@ -327,7 +327,7 @@ def test_plots_of_a_1500_trial_grid_are_drawn_or_summarized(door):
         assert (b"every number is in the report" in r.content) == summarized, kind
 
 
-# README "The door": without a token a POST is refused before its body is read: the 401
+# docs/api.md "The door": without a token a POST is refused before its body is read: the 401
 # comes back while the body is still being sent
 def test_a_write_without_a_token_is_refused_before_its_body_is_read(door):
     host, port = door.url.removeprefix("http://").split(":")
@@ -340,7 +340,7 @@ def test_a_write_without_a_token_is_refused_before_its_body_is_read(door):
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
 
 
-# README "The door": a body of 90 000 unknown keys is refused as it is parsed, with a
+# docs/api.md "The door": a body of 90 000 unknown keys is refused as it is parsed, with a
 # small answer naming the problem
 def test_a_body_of_90000_keys_gets_a_small_422(door):
     r = httpx.post(
@@ -356,7 +356,7 @@ def test_a_body_of_90000_keys_gets_a_small_422(door):
     assert "(and 39 more errors" in error["message"]
 
 
-# README "The HTTP API": with curves, a page of trials ends before SAMSWEEP_MAX_PAGE_BYTES;
+# docs/api.md "Calls": with curves, a page of trials ends before SAMSWEEP_MAX_PAGE_BYTES;
 # next_offset walks them all, and the client reads every page
 def test_pages_with_curves_are_bounded_in_bytes(door):
     seen, offset, pages = [], 0, 0
@@ -383,7 +383,7 @@ def test_pages_with_curves_are_bounded_in_bytes(door):
     assert all(len(t.curves or []) == EPOCHS for t in trials)
 
 
-# README "The door": one owner's unfinished studies are capped (429 naming the setting,
+# docs/api.md "The door": one owner's unfinished studies are capped (429 naming the setting,
 # nothing created), concurrent POSTs cannot all slip past the check, another owner is not
 # affected, and cancelling frees a place
 def test_one_owner_cannot_exhaust_the_service(door):
@@ -441,7 +441,7 @@ def _trickle(url: str, data: bytes, every: float, limit: float) -> float:
     return time.monotonic() - t
 
 
-# README "The door": a client trickling its headers or its body is cut off at the
+# docs/api.md "The door": a client trickling its headers or its body is cut off at the
 # deadline, and beyond SAMSWEEP_MAX_CONNECTIONS open connections the API answers 503
 def test_slow_clients_are_cut_off_and_connections_are_bounded(tmp_path):
     with _api(
@@ -469,8 +469,8 @@ def test_slow_clients_are_cut_off_and_connections_are_bounded(tmp_path):
         )  # fmt: skip
 
 
-# README "Production": compose's Redis has a memory cap and `noeviction`: when it is full
-# the API's sends fail, those trials stay unsent in the database (the source of truth),
+# docs/api.md "How the API holds up": compose's Redis has a memory cap and `noeviction`: when it is
+# full the API's sends fail, those trials stay unsent in the database (the source of truth),
 # nothing already queued is dropped, and the sweeper sends the rest once there is room
 def test_a_full_redis_refuses_new_tasks_and_loses_none(tmp_path):
     import yaml
@@ -526,7 +526,7 @@ def test_a_full_redis_refuses_new_tasks_and_loses_none(tmp_path):
         server.wait(timeout=10)
 
 
-# README "The door": requests abandoned by their clients are dropped when their turn
+# docs/api.md "The door": requests abandoned by their clients are dropped when their turn
 # comes, not computed for nobody; and SIGTERM stops the API within its grace period
 # however many are still queued (it did not stop in 30 s after a 500-client run)
 def test_abandoned_requests_are_dropped_and_sigterm_is_heard(tmp_path):
@@ -553,7 +553,7 @@ def test_abandoned_requests_are_dropped_and_sigterm_is_heard(tmp_path):
         assert time.monotonic() - t < 20
 
 
-# README "The door": an Idempotency-Key retry racing its own first request gets that
+# docs/api.md "The door": an Idempotency-Key retry racing its own first request gets that
 # study (201 once, 200 after), never a 429 from the limit the first one just filled
 def test_retries_of_one_create_are_never_refused_by_the_limit_they_fill(tmp_path):
     with _api(tmp_path, max_studies_per_owner="1") as (d, url, db_url):

@@ -77,7 +77,7 @@ def _check_complete_study(api: str, study_id: str, optuna_url: str, n: int) -> d
     return best
 
 
-# README "The report": /report over the study's real trials (mean ± std over seeds per
+# docs/report.md "The report": /report over the study's real trials (mean ± std over seeds per
 # cell, counts), the same as CSV, and /best's cell is the best mean over seeds
 def _check_report(api: str, study_id: str, trials: list[dict], best: dict) -> None:
     import csv
@@ -117,7 +117,7 @@ def _check_report(api: str, study_id: str, trials: list[dict], best: dict) -> No
     assert cell["objective"]["mean"] == max(means.values())
 
 
-# README intro and "The HTTP API": POST -> workers -> Optuna -> /best; the same numbers
+# README intro and docs/api.md "Calls": POST -> workers -> Optuna -> /best; the same numbers
 # on the Optuna trial (value, metrics as user attributes, per-epoch intermediate values),
 # study named <name>-<id>, grid axes as params, the seed a user attribute
 def test_postgres_redis_end_to_end(server_deployment):
@@ -143,8 +143,9 @@ def test_postgres_redis_end_to_end(server_deployment):
     assert listed["total"] == 1 and listed["items"][0]["status"] == "complete"
 
 
-# README "Two commands" and "The CLI": `samsweep run` with no API starts `samsweep up`
-# (SQLite files and the embedded broker under the state dir) and prints trials and best
+# README.md "A first study and its report" and docs/cli.md "The CLI": `samsweep run` with no API
+# starts `samsweep up` (SQLite files and the embedded broker under the state dir) and prints trials
+# and best
 def test_embedded_default_through_samsweep_run(deployment_factory, tmp_path: Path):
     """`samsweep run` with no servers: it starts `samsweep up` (SQLite files and the
     embedded broker under the state directory), follows the study and prints it."""
@@ -187,8 +188,8 @@ def test_embedded_default_through_samsweep_run(deployment_factory, tmp_path: Pat
     assert f"test {100 * max(f.value for f in frozen):.2f}%" in best_line
 
 
-# README "Faults": every task delivered twice, two workers racing: 0 lost, 0 trained twice
-# (a second delivery finds the row claimed and returns without training)
+# docs/faults.md "The fault contract": every task delivered twice, two workers racing: 0 lost, 0
+# trained twice (a second delivery finds the row claimed and returns without training)
 def test_two_workers_every_task_delivered_twice(server_deployment):
     """Two workers race over one study whose every task is sent twice: each cell is
     trained exactly once and Optuna holds exactly one COMPLETE trial per cell."""

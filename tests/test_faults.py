@@ -1,4 +1,4 @@
-"""The fault contract (docs/DESIGN.md §5), each fault injected into real processes: Celery
+"""The fault contract (docs/faults.md), each fault injected into real processes: Celery
 workers on Redis, PostgreSQL, uvicorn. Nothing is mocked: workers are SIGKILLed,
 Redis is killed and restarted empty, PostgreSQL refuses connections for a while."""
 
@@ -78,8 +78,8 @@ def fault_deployment(server_deployment, tmp_path: Path) -> Deployment:
     return server_deployment
 
 
-# README "Faults": a worker SIGKILLed mid-trial, twice, is resumed from its checkpoint and
-# equals an uninterrupted run; the next worker FAILs the dead attempt's Optuna trial
+# docs/faults.md "The fault contract": a worker SIGKILLed mid-trial, twice, is resumed from its
+# checkpoint and equals an uninterrupted run; the next worker FAILs the dead attempt's Optuna trial
 def test_killed_workers_resume_from_checkpoint_and_record_once(fault_deployment):
     """SIGKILL the worker mid-trial, twice: each time the trial is detected dead by its
     heartbeat, re-run from its last checkpoint by the next worker, and recorded once,
@@ -141,7 +141,8 @@ def test_killed_workers_resume_from_checkpoint_and_record_once(fault_deployment)
     assert trainer.fit(config).test_accuracy == t["metrics"]["test_accuracy"]
 
 
-# README "Faults": a worker SIGKILLed with one attempt allowed -> FAILED `worker lost`
+# docs/faults.md "The fault contract": a worker SIGKILLed with one attempt allowed -> FAILED `worker
+# lost`
 def test_attempts_are_bounded(fault_deployment):
     """With one attempt allowed, a killed worker's trial FAILs with the reason, and the
     rest of the study goes on."""
@@ -183,7 +184,8 @@ def start_redis(port: int, tmp: Path) -> subprocess.Popen:
     return proc
 
 
-# README "Faults": Redis killed and restarted empty loses no trial (re-sent on a new run_id)
+# docs/faults.md "The fault contract": Redis killed and restarted empty loses no trial (re-sent on a
+# new run_id)
 def test_broker_restarted_empty_loses_nothing(server_deployment, tmp_path: Path):
     """Kill the broker while trials are queued and one is running, start it empty: the
     database re-sends every unfinished trial and the study completes, each cell once."""
@@ -239,8 +241,9 @@ def _set_connections(db_url: str, allowed: bool) -> None:
     admin.dispose()
 
 
-# README "Faults": PostgreSQL refusing connections for 8 s (API answers 503): nothing lost;
-# README "How a trial runs": every database write retries with backoff
+# docs/faults.md "The fault contract": PostgreSQL refusing connections for 8 s (API answers 503):
+# nothing lost;
+# docs/faults.md "What must hold": every database write retries with backoff
 def test_database_outage_is_survived(server_deployment):
     """PostgreSQL refuses every connection for 8 s mid-study: the API answers 503 (not
     500) meanwhile, workers retry with backoff, and nothing is lost or duplicated."""
@@ -279,7 +282,8 @@ def test_database_outage_is_survived(server_deployment):
     assert "database unavailable" in "".join(p.log_path.read_text() for p in d.procs[1:])
 
 
-# README "Faults": a trial longer than a 2 s visibility timeout is not trained twice
+# docs/faults.md "The fault contract": a trial longer than a 2 s visibility timeout is not trained
+# twice
 def test_trial_longer_than_visibility_timeout_is_not_run_twice(server_deployment):
     """Redis re-delivers a task unacked for longer than its visibility timeout; the
     second delivery finds the trial claimed and does not train it again."""
@@ -303,7 +307,8 @@ def test_trial_longer_than_visibility_timeout_is_not_run_twice(server_deployment
     assert logs.count(": 'skipped'") >= 1, "Redis should have re-delivered the long task"
 
 
-# README "Faults": loss -> inf fails the trial at once (`diverged`); the study goes on
+# docs/faults.md "The fault contract": loss -> inf fails the trial at once (`diverged`); the study
+# goes on
 def test_diverged_trials_fail_with_reason_and_the_study_goes_on(server_deployment):
     d = server_deployment
     api = d.start_api()
@@ -322,7 +327,7 @@ def test_diverged_trials_fail_with_reason_and_the_study_goes_on(server_deploymen
     assert httpx.get(f"{api}/studies/{study}/best").json()["best"] is None
 
 
-# README "Faults": the API SIGKILLed and restarted mid-study loses nothing
+# docs/faults.md "The fault contract": the API SIGKILLed and restarted mid-study loses nothing
 def test_api_restart_loses_nothing(server_deployment):
     d = server_deployment
     port = free_port()
@@ -364,8 +369,8 @@ def _epochs(d: Deployment, study: str) -> int:
     return sum(t["epoch"] or 0 for t in trial_rows(d.env["SAMSWEEP_DATABASE_URL"], study))
 
 
-# README "Faults" and "Production": an Optuna study deleted under a running study ->
-# its trials FAILED once, `error: KeyError: ...`, never `worker lost`
+# docs/faults.md "The fault contract" and docs/deploy.md "Production": an Optuna study deleted under
+# a running study -> its trials FAILED once, `error: KeyError: ...`, never `worker lost`
 def test_a_deleted_optuna_study_fails_its_trials_with_the_real_reason(fault_deployment):
     """optuna-dashboard can DELETE a study under a running samsweep study. The worker is
     alive: its trials must fail once, with the exception that stopped them (the missing
@@ -398,11 +403,12 @@ def test_a_deleted_optuna_study_fails_its_trials_with_the_real_reason(fault_depl
         assert t["error"].startswith("error: KeyError:"), t["error"]
 
 
-# README "Faults": an allocation failure is INFEASIBLE, not retried; the study goes on
+# docs/faults.md "The fault contract": an allocation failure is INFEASIBLE, not retried; the study
+# goes on
 def test_out_of_memory_cell_is_infeasible_and_not_retried(server_deployment):
     """A worker limited to 3 GiB of address space: batch 4096 fails to allocate (the real
     CPU allocator error), its cell is INFEASIBLE at once, and batch 32 still trains.
-    (Restored: it backs the README's 'allocation failure (INFEASIBLE)' row.)"""
+    (Restored: it backs docs/faults.md's 'allocation failure (INFEASIBLE)' row.)"""
     d = server_deployment
     api = d.start_api()
     d.start_worker(memory_limit=3 * 2**30)
@@ -421,8 +427,8 @@ def test_out_of_memory_cell_is_infeasible_and_not_retried(server_deployment):
     assert states == ["COMPLETE", "FAIL"]
 
 
-# README "Faults": worker stopped after its study was cancelled -> the stale trial is
-# CANCELLED, not re-run (the sweep's rule on its own: tests/test_sweeper.py)
+# docs/faults.md "The fault contract": worker stopped after its study was cancelled -> the stale
+# trial is CANCELLED, not re-run (the sweep's rule on its own: tests/test_sweeper.py)
 def test_a_worker_stopped_after_its_study_was_cancelled_leaves_it_cancelled(fault_deployment):
     """Freeze the worker mid-trial (so it never reaches the epoch boundary where it would
     see the cancel), cancel the study, SIGKILL the worker and start another: the sweeper

@@ -94,7 +94,7 @@ def test_the_full_spec_is_valid(live):
     assert r.status_code == 201, r.text
 
 
-# README "The study spec" and "The door": a boolean or a string is never a number
+# docs/spec.md "The study spec" and docs/api.md "The door": a boolean or a string is never a number
 @pytest.mark.parametrize("field", FLOATS + INTS)
 @pytest.mark.parametrize("value", [True, False, "0.1", "1", None, [1], {"x": 1}], ids=repr)
 def test_a_number_must_be_a_number(live, field, value):
@@ -107,7 +107,7 @@ def test_a_number_must_be_a_number(live, field, value):
     assert r.json()["error"]["field"] == field, r.text
 
 
-# README "The study spec": a float is never an integer (`epochs: 2.0` is 422)
+# docs/spec.md "The study spec": a float is never an integer (`epochs: 2.0` is 422)
 @pytest.mark.parametrize("field", INTS)
 def test_a_float_is_not_an_integer(live, field):
     url, *_ = live
@@ -115,7 +115,7 @@ def test_a_float_is_not_an_integer(live, field):
     assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
 
 
-# README "The study spec": values no training survives (lr above 10, batch sizes above
+# docs/spec.md "Refused specs": values no training survives (lr above 10, batch sizes above
 # 10^6) are refused
 @pytest.mark.parametrize(
     "field,value",
@@ -142,7 +142,7 @@ def _grid(n_rho: int, n_batch: int, n_seeds: int) -> dict:
     )
 
 
-# README "The door": grids of 10^9 trials in 17 KB and lists of 100 000 values are 422 in
+# docs/api.md "The door": grids of 10^9 trials in 17 KB and lists of 100 000 values are 422 in
 # milliseconds; "The study spec": a grid above SAMSWEEP_MAX_GRID_TRIALS is refused
 @pytest.mark.parametrize(
     "body,field",
@@ -161,8 +161,8 @@ def test_huge_grids_are_refused_quickly(live, body, field):
     assert seconds < SLOW, seconds
 
 
-# README "The study spec" and "The door": strings are bounded and printable (no NUL,
-# control, format or line-separator characters; 5 000-character names and paths)
+# docs/spec.md "The study spec" and docs/api.md "The door": strings are bounded and printable (no
+# NUL, control, format or line-separator characters; 5 000-character names and paths)
 @pytest.mark.parametrize(
     "field,value",
     [
@@ -189,7 +189,8 @@ def test_hostile_strings_are_422(live, field, value):
     assert seconds < SLOW
 
 
-# README "The HTTP API" and "The door": malformed or too deeply nested JSON is 4xx
+# docs/api.md "Errors and states" and docs/api.md "The door": malformed or too deeply nested JSON is
+# 4xx
 @pytest.mark.parametrize(
     "body",
     [
@@ -209,7 +210,7 @@ def test_malformed_and_deep_bodies_are_4xx(live, body):
     assert seconds < SLOW
 
 
-# README "The HTTP API": an id that cannot be an id (NUL, 5 000 characters) is 404
+# docs/api.md "Errors and states": an id that cannot be an id (NUL, 5 000 characters) is 404
 @pytest.mark.parametrize(
     "path",
     ["%00", "x" * 5000, "%E2%98%83", "..%2F..%2Fetc", "0" * 32 + "%00", "'%20OR%201=1--"],
@@ -233,7 +234,7 @@ def test_hostile_queries_are_422(live, query):
     assert r.status_code == 422, r.text
 
 
-# README "The door": other clients are answered meanwhile
+# docs/api.md "The door": other clients are answered meanwhile
 def test_other_clients_are_answered_during_hostile_requests(live):
     """Eight 1e9-trial bodies at once; /health keeps answering meanwhile."""
     url, *_ = live
@@ -257,7 +258,7 @@ def test_other_clients_are_answered_during_hostile_requests(live):
     assert codes == [422] * 8 and slowest < SLOW, (codes, slowest)
 
 
-# README "The door": API memory bounded; refusals change nothing
+# docs/api.md "The door": API memory bounded; refusals change nothing
 def test_refusals_changed_nothing_and_memory_stayed_bounded(live):
     """Runs last (file order): only the one valid study exists; the API did not balloon."""
     url, d, db_url, api, rss_before = live
@@ -279,7 +280,7 @@ def _duplicated(where: str) -> str:
     return body.replace('"search": {', '"search": {"rho": [0.5], ', 1)
 
 
-# README "The study spec": a key given twice is refused (not "last wins")
+# docs/spec.md "The study spec": a key given twice is refused (not "last wins")
 @pytest.mark.parametrize("where,key", [("top-level", "name"), ("nested", "rho")])
 def test_duplicate_keys_are_refused_not_last_wins(live, where, key):
     url, *_ = live
@@ -289,7 +290,7 @@ def test_duplicate_keys_are_refused_not_last_wins(live, where, key):
     assert error["field"] == "body" and f"duplicate key '{key}'" in error["message"], error
 
 
-# README "The door": nothing about the host leaks -----------------------------------
+# docs/api.md "The door": nothing about the host leaks -----------------------------------
 
 
 def _raw_get(url: str, path: str, host: str | None = None) -> tuple[int, dict[str, str], bytes]:

@@ -56,7 +56,7 @@ def _studies(d) -> int:
     return n
 
 
-# README "The door": 20 concurrent creates with one Idempotency-Key: one study (open API)
+# docs/api.md "The door": 20 concurrent creates with one Idempotency-Key: one study (open API)
 @pytest.mark.e2e
 def test_concurrent_replays_create_one_study_open_api(api):
     url = api.start_api()
@@ -68,7 +68,7 @@ def test_concurrent_replays_create_one_study_open_api(api):
     assert _studies(api) == 1
 
 
-# README "The door": ... with tokens: one study per owner
+# docs/api.md "The door": ... with tokens: one study per owner
 @pytest.mark.e2e
 def test_concurrent_replays_per_owner_with_tokens(deployment_factory, pg_url):
     d = deployment_factory(
@@ -92,7 +92,7 @@ def test_concurrent_replays_per_owner_with_tokens(deployment_factory, pg_url):
     assert len(set().union(*by_owner.values())) == 2 and _studies(d) == 2
 
 
-# README "The HTTP API": the same key with another body is 422 `idempotency_key_reused`
+# docs/api.md "Calls": the same key with another body is 422 `idempotency_key_reused`
 @pytest.mark.e2e
 def test_same_key_different_body_is_422_and_changes_nothing(api):
     url = api.start_api()
@@ -120,7 +120,7 @@ def test_same_key_different_body_is_422_and_changes_nothing(api):
     assert _studies(api) == 2
 
 
-# README "The HTTP API": an Idempotency-Key is visible ASCII, at most 200 characters
+# docs/api.md "Calls": an Idempotency-Key is visible ASCII, at most 200 characters
 @pytest.mark.parametrize("key", ["has space", "nul\x01", "é", "x" * 201])
 def test_malformed_keys_are_422(key):
     from fastapi.testclient import TestClient

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# README "Layout and layering": the import-linter contracts in pyproject.toml hold
+# docs/DESIGN.md §6: the import-linter contracts in pyproject.toml hold
 def test_import_contracts_hold():
     """The contracts in pyproject.toml ([tool.importlinter]): each layer imports only what
     it may, counting imports inside functions and indirect chains; the CLI, the
@@ -29,7 +29,7 @@ def test_import_contracts_hold():
 # Lazy imports (the worker imports torch inside the task, so the process that spawns
 # pool children never initializes CUDA) are what these check: what importing a layer
 # really loads, in a fresh interpreter.
-# README "Layout and layering": each layer imported in a fresh interpreter loads nothing
+# docs/DESIGN.md §6: each layer imported in a fresh interpreter loads nothing
 # forbidden (the API never imports torch)
 @pytest.mark.parametrize(
     "module,absent",
@@ -51,7 +51,7 @@ def test_importing_a_layer_loads_nothing_forbidden(module, absent):
     assert out.stdout.strip() == "[]", f"{module} loaded {out.stdout.strip()}"
 
 
-# README "Python client": `from samsweep import Client` loads neither the API nor the
+# docs/cli.md "Python client": `from samsweep import Client` loads neither the API nor the
 # worker (nor torch, FastAPI, Celery); `import samsweep` alone loads not even the client
 def test_the_client_import_is_light():
     absent = ["service", "worker", "trainer", "torch", "fastapi", "starlette", "celery", "uvicorn"]

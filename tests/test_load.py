@@ -26,7 +26,7 @@ async def _burst(url: str, paths: list[str]) -> list[int]:
     return [r.status_code for r in responses]
 
 
-# README "The door": 200 concurrent readers, more than the pool's connections and the
+# docs/api.md "The door": 200 concurrent readers, more than the pool's connections and the
 # threadpool's threads: all answered, the sweeper keeps sweeping
 @pytest.mark.e2e
 def test_more_concurrent_readers_than_connections_are_all_answered(deployment_factory, pg_url):

@@ -40,7 +40,7 @@ def _tables(url: str, schema: str | None = None) -> set[str]:
     return names
 
 
-# README "The CLI": `samsweep migrate` runs the service's migrations, then Optuna's
+# docs/cli.md "The CLI": `samsweep migrate` runs the service's migrations, then Optuna's
 def test_migrate_twice_then_no_drift(settings):
     migrate(settings)
     migrate(settings)  # idempotent: the compose migration job may run on every start
@@ -127,7 +127,7 @@ def test_curves_arrays_move_to_epoch_rows_and_back(settings):
     engine.dispose()
 
 
-# README "Production": the dashboard's role may only read Optuna's schema: its DELETE fails
+# docs/deploy.md "Production": the dashboard's role may only read Optuna's schema: its DELETE fails
 # and the study stays; it cannot read the service's tables
 def test_dashboard_role_reads_optuna_and_changes_nothing(pg_url):
     """optuna-dashboard has no authentication and a DELETE button: its role may read

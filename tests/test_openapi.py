@@ -39,7 +39,7 @@ EXPECTED = {
 }
 
 
-# README "The HTTP API": the schema documents the error shape for every status a route
+# docs/api.md "Errors and states": the schema documents the error shape for every status a route
 # can answer (401, 404, 409, 413, 422, 503)
 @pytest.mark.parametrize("method,path", list(EXPECTED), ids=lambda x: str(x))
 def test_error_statuses_are_documented_with_the_error_shape(schema, method, path):
@@ -54,7 +54,8 @@ def test_error_statuses_are_documented_with_the_error_shape(schema, method, path
     assert set(error["properties"]) == {"code", "message", "field", "details"}
 
 
-# README "The HTTP API": errors always have the shape {"error": {code, message, field, ...}}
+# docs/api.md "Errors and states": errors always have the shape {"error": {code, message, field,
+# ...}}
 def test_the_real_422_has_the_documented_shape(client, schema):
     r = client.post("/studies", json={"name": "x"})
     assert r.status_code == 422
@@ -62,14 +63,14 @@ def test_the_real_422_has_the_documented_shape(client, schema):
     assert set(r.json()) == {"error"} and set(r.json()["error"]) == set(documented)
 
 
-# README "The HTTP API": the schema documents the bearer scheme
+# docs/api.md "Errors and states": the schema documents the bearer scheme
 def test_bearer_scheme_is_declared(schema):
     schemes = schema["components"]["securitySchemes"]
     assert any(s.get("type") == "http" and s.get("scheme") == "bearer" for s in schemes.values())
     assert schema["paths"]["/studies"]["post"]["security"]
 
 
-# README "The HTTP API": /docs is served by the API itself: it works on an offline cluster
+# docs/api.md "Errors and states": /docs is served by the API itself: it works on an offline cluster
 def test_docs_load_nothing_remote(client):
     page = client.get("/docs")
     assert page.status_code == 200

@@ -45,8 +45,8 @@ def _drop_role(db_url: str, role: str) -> None:
     engine.dispose()
 
 
-# README "optuna-dashboard": the same storage in optuna-dashboard shows the study by its
-# name, the objective by name, the grid as params, and per trial a figure of train,
+# docs/report.md "optuna-dashboard, side by side": the same storage in optuna-dashboard shows the
+# study by its name, the objective by name, the grid as params, and per trial a figure of train,
 # validation and test accuracy per epoch (beside the objective's intermediate values)
 def test_optuna_dashboard_reads_the_study_through_its_json_api(server_deployment, tmp_path):
     d = server_deployment

@@ -76,7 +76,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-# README "Plots": every kind as SVG (the default) and PNG at 200 dpi, from the report and
+# docs/report.md "Plots": every kind as SVG (the default) and PNG at 200 dpi, from the report and
 # the trials; ?trial=N draws one trial's curves
 def test_every_plot_kind_as_svg_and_png(client):
     sid = client.post("/studies", json=digits_spec(seeds=(0, 1))).json()["id"]
@@ -97,7 +97,7 @@ def test_every_plot_kind_as_svg_and_png(client):
     assert b"Best cell" in client.get(f"/studies/{sid}/plots/curves").content
 
 
-# README "Plots": a study with no complete trial yet gets a figure saying so, never a 500
+# docs/report.md "Plots": a study with no complete trial yet gets a figure saying so, never a 500
 def test_no_complete_trials_yet_is_a_figure(client):
     sid = client.post("/studies", json=digits_spec()).json()["id"]
     for kind in KINDS:
@@ -110,7 +110,7 @@ def test_no_complete_trials_yet_is_a_figure(client):
     assert r.status_code == 200 and b"no epochs recorded yet" in r.content
 
 
-# README "Plots": grids with the baseline only, SAM only, or half finished still draw
+# docs/report.md "Plots": grids with the baseline only, SAM only, or half finished still draw
 def test_plots_of_odd_and_partial_grids(client):
     for rho, every in (((0.0,), 1), ((0.05, 0.1), 1), ((0.0, 0.05, 0.1), 3)):
         spec = digits_spec(rho=rho, batch_size=(16, 64, 256))
@@ -121,7 +121,7 @@ def test_plots_of_odd_and_partial_grids(client):
             assert r.status_code == 200 and r.content.startswith(b"<?xml"), (rho, kind)
 
 
-# README "Plots": an unknown kind is a 422 naming the kinds; an unknown trial or study a 404
+# docs/report.md "Plots": an unknown kind is a 422 naming the kinds; an unknown trial or study a 404
 def test_plot_errors(client):
     sid = client.post("/studies", json=digits_spec()).json()["id"]
     r = client.get(f"/studies/{sid}/plots/violin")
@@ -135,7 +135,7 @@ def test_plot_errors(client):
     assert client.get("/studies/not-an-id/page").status_code == 404
 
 
-# README "The study page": without the sharpness measurement the plot says so
+# docs/report.md "The study page and the index": without the sharpness measurement the plot says so
 def test_sharpness_plot_without_measurements(client):
     sid = client.post("/studies", json=digits_spec()).json()["id"]
     _finish_all(client, sid, sharpness=False)
@@ -143,8 +143,8 @@ def test_sharpness_plot_without_measurements(client):
     assert r.status_code == 200 and b"no sharpness measured" in r.content
 
 
-# README "The study page": user text is escaped; the page loads only its own origin's
-# files, under a Content-Security-Policy that forbids anything else
+# docs/report.md "The study page and the index": user text is escaped; the page loads only its own
+# origin's files, under a Content-Security-Policy that forbids anything else
 def test_page_escapes_and_loads_only_local_files(client):
     name = "<script>alert(1)</script> & \"'"
     sid = client.post("/studies", json=digits_spec(name=name)).json()["id"]
@@ -167,8 +167,8 @@ def test_page_escapes_and_loads_only_local_files(client):
     assert client.get("/overview").json()["items"][0]["best_mean"] == pytest.approx(best)
 
 
-# README "The study page": with private studies the HTML holds nothing of any study; the
-# page's fetches carry the token, and each owner sees only their own studies
+# docs/credentials.md "Tokens on the page": with private studies the HTML holds nothing of any
+# study; the page's fetches carry the token, and each owner sees only their own studies
 def test_private_studies_page_holds_no_data(tmp_path):
     with _client(tmp_path, api_tokens=TOKENS, private_studies=True) as c:
         alice = {"Authorization": "Bearer alice-token-0123456789"}
@@ -250,9 +250,9 @@ def _images_loaded(page) -> None:
     )
 
 
-# README "The study page": a real Chromium on a real uvicorn and Celery worker: the page
-# loads nothing beyond loopback, shows the report table and the plots, and trials that
-# finish while it is open appear without a reload; the index links to it
+# docs/report.md "The study page and the index": a real Chromium on a real uvicorn and Celery
+# worker: the page loads nothing beyond loopback, shows the report table and the plots, and trials
+# that finish while it is open appear without a reload; the index links to it
 @pytest.mark.e2e
 def test_study_page_live_in_a_real_browser(server_deployment, browser, tmp_path):
     d = server_deployment
@@ -335,8 +335,8 @@ def test_study_page_live_in_a_real_browser(server_deployment, browser, tmp_path)
     context.close()
 
 
-# README "The study page": with private studies the page asks for a token, keeps it in
-# the tab's sessionStorage, sends it on every fetch (plots as blobs) and shows another
+# docs/credentials.md "Tokens on the page": with private studies the page asks for a token, keeps it
+# in the tab's sessionStorage, sends it on every fetch (plots as blobs) and shows another
 # owner's study as not found
 @pytest.mark.e2e
 def test_private_study_page_asks_for_a_token(deployment_factory, pg_url, redis_url, browser):

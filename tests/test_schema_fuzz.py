@@ -62,7 +62,7 @@ def _state(d: Deployment, engine) -> tuple[int, ...]:
 
 # Driven through schemathesis's Hypothesis strategies: its pytest plugin does not
 # load under pytest 9 ('Function' object has no attribute '_nodeid').
-# README "The door": schemathesis over the OpenAPI schema: no 5xx, refusals change nothing
+# docs/api.md "The door": schemathesis over the OpenAPI schema: no 5xx, refusals change nothing
 @pytest.mark.parametrize("mode", list(schemathesis.GenerationMode), ids=lambda m: m.value)
 def test_no_server_error_and_refusals_change_nothing(live, mode):
     d, engine = live
@@ -148,7 +148,7 @@ def hostile_specs(draw):
     return path, _replace(BASE, path, draw(HOSTILE))
 
 
-# README "The door": hostile mutations of a valid spec, with response-time and memory bounds
+# docs/api.md "The door": hostile mutations of a valid spec, with response-time and memory bounds
 def test_hostile_mutations_are_refused_quickly_without_harm(live):
     d, engine = live
     api = psutil.Process(d.procs[0].pid)

@@ -19,7 +19,7 @@ def _spec(**search) -> StudySpec:
     return StudySpec.model_validate(spec)
 
 
-# README "The study spec": the grid is the product of the lists, times `seeds`
+# docs/spec.md "The study spec": the grid is the product of the lists, times `seeds`
 def test_grid_is_the_product_times_seeds_in_a_fixed_order():
     spec = StudySpec.model_validate(digits_spec(rho=(0.05, 0.1), batch_size=(16, 64), seeds=(0, 1)))
     trials = spec.trials()
@@ -30,7 +30,7 @@ def test_grid_is_the_product_times_seeds_in_a_fixed_order():
     assert len({(c.cell_key, c.seed) for c in trials}) == 8
 
 
-# README "The study spec": rho = 0 appears once per optimizer and batch size
+# docs/spec.md "The study spec": rho = 0 appears once per optimizer and batch size
 def test_baseline_is_one_cell_whatever_the_sam_variants_and_m():
     spec = _spec(rho=[0.0, 0.05], batch_size=[16], sam_variant=["sam", "asam"], m=[None, 8])
     trials = spec.trials()
@@ -48,14 +48,14 @@ def test_spec_round_trips_through_json():
     assert again == spec and again.trials() == spec.trials()
 
 
-# README "The study spec": negative or non-finite rho is refused
+# docs/spec.md "Refused specs": negative or non-finite rho is refused
 @pytest.mark.parametrize("rho", [float("nan"), float("inf"), -0.01, 10.5])
 def test_rho_must_be_finite_and_in_range(rho):
     with pytest.raises(ValidationError, match="search.rho.0|rho"):
         _spec(rho=[rho])
 
 
-# README "The study spec": the grid's size is computed from the list lengths
+# docs/spec.md "The study spec": the grid's size is computed from the list lengths
 @settings(max_examples=200, deadline=None, derandomize=True, database=None)
 @given(
     rho=st.lists(st.sampled_from([0.0, 0.01, 0.05, 0.1, 0.5]), min_size=1, unique=True),
@@ -72,7 +72,7 @@ def test_n_trials_from_list_lengths_equals_the_built_grid(rho, batch, variants, 
     assert spec.n_trials == len(spec.trials())
 
 
-# README "The study spec": ... before anything is built
+# docs/spec.md "The study spec": ... before anything is built
 def test_a_huge_grid_is_counted_without_being_built():
     spec = _spec(rho=[0.001 * i for i in range(100)], batch_size=list(range(1, 101)))
     spec = spec.model_copy(update={"seeds": list(range(100))})
@@ -80,7 +80,7 @@ def test_a_huge_grid_is_counted_without_being_built():
     assert spec.n_trials == 100 * 100 * 100
 
 
-# README "The study spec": JSON's `1` is a valid float; every list holds at most 100 values.
+# docs/spec.md "The study spec": JSON's `1` is a valid float; every list holds at most 100 values.
 def test_a_json_integer_is_a_float_and_a_list_holds_at_most_100_values():
     body = digits_spec()
     body["train"]["lr"] = 1
@@ -90,7 +90,7 @@ def test_a_json_integer_is_a_float_and_a_list_holds_at_most_100_values():
         _spec(batch_size=list(range(1, 102)))
 
 
-# README "The study spec": the objective defaults to val_accuracy when there is a split
+# docs/spec.md "The study spec": the objective defaults to val_accuracy when there is a split
 def test_the_objective_defaults_to_validation_when_there_is_a_split():
     raw = digits_spec()
     del raw["objective"]

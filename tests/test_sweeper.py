@@ -51,7 +51,7 @@ def _running(session, number: int, beat_age: float, attempts: int) -> Trial:
     return t
 
 
-# README "How a trial runs": the sweeper returns a trial whose worker stopped heartbeating
+# docs/faults.md "What must hold": the sweeper returns a trial whose worker stopped heartbeating
 # to the queue, up to SAMSWEEP_MAX_ATTEMPTS runs, then FAILs it with the reason
 def test_requeue_stale_trials(session):
     alive = _running(session, 0, beat_age=2, attempts=1)
@@ -66,8 +66,8 @@ def test_requeue_stale_trials(session):
     assert exhausted.error.startswith("worker lost: no heartbeat for 30s after 3 attempts")
 
 
-# README "Faults": a worker stopped after its study was cancelled -> the stale trial is
-# CANCELLED, not re-run
+# docs/faults.md "The fault contract": a worker stopped after its study was cancelled -> the stale
+# trial is CANCELLED, not re-run
 def test_a_stale_trial_of_a_cancelled_study_is_cancelled_not_requeued(session):
     dead = _running(session, 1, beat_age=120, attempts=1)
     session.get(Study, "s1").cancelled_at = utcnow()
@@ -95,8 +95,8 @@ class _RecordingCelery:
         self.sent.append(args[0])
 
 
-# README "The HTTP API" (POST /studies) and "How a trial runs": the trials reach the broker
-# after the answer; any QUEUED trial the broker never received is sent by the sweeper
+# docs/api.md "Calls" (POST /studies) and docs/faults.md "What must hold": the trials reach the
+# broker after the answer; any QUEUED trial the broker never received is sent by the sweeper
 def test_enqueue_pending_sends_each_trial_once_and_survives_a_broker_outage(session):
     down = _RecordingCelery(fail_after=1)
     assert enqueue_pending(session, down, "q") == 1
@@ -108,9 +108,9 @@ def test_enqueue_pending_sends_each_trial_once_and_survives_a_broker_outage(sess
     assert sorted(down.sent + up.sent) == sorted(t.id for t in session.scalars(select(Trial)))
 
 
-# README "How a trial runs": the sweeper re-sends every QUEUED trial when Redis's run_id
+# docs/faults.md "What must hold": the sweeper re-sends every QUEUED trial when Redis's run_id
 # changes (a restart that may have lost the queue; the id is kept in the database, so a
-# restart while the API was down counts: docs/DESIGN.md §5 "Sweeper")
+# restart while the API was down counts: docs/faults.md "What must hold", "Sweeper")
 def test_a_broker_restart_while_the_api_was_down_resends_the_queued_trials(
     session, pg_url, redis_url
 ):

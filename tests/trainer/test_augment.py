@@ -24,7 +24,7 @@ def ramp(n: int, size: int = 32) -> torch.Tensor:
     return (rows + 10_000 * torch.arange(n).view(n, 1, 1)).float().unsqueeze(1).repeat(1, 3, 1, 1)
 
 
-# README "The study spec": crop_flip: 4-pixel padded random crop
+# docs/spec.md "The study spec": crop_flip: 4-pixel padded random crop
 def test_crop_is_a_shifted_window_with_zero_padding() -> None:
     x = ramp(64)
     out = random_crop(x, 4, torch.Generator().manual_seed(0))
@@ -45,7 +45,7 @@ def test_crop_is_a_shifted_window_with_zero_padding() -> None:
     assert len(shifts) > 20  # offsets are drawn per image
 
 
-# README "The study spec": crop_flip: horizontal flip
+# docs/spec.md "The study spec": crop_flip: horizontal flip
 def test_flip_mirrors_about_half_the_images() -> None:
     x = ramp(200)
     out = random_flip(x, torch.Generator().manual_seed(0))
@@ -55,7 +55,7 @@ def test_flip_mirrors_about_half_the_images() -> None:
     assert 70 < sum(flipped) < 130
 
 
-# README "The study spec": crop_flip_cutout: + 16x16 cutout
+# docs/spec.md "The study spec": crop_flip_cutout: + 16x16 cutout
 def test_cutout_zeroes_one_clipped_square_per_image() -> None:
     x = torch.ones(500, 3, 32, 32)
     out = cutout(x, 16, torch.Generator().manual_seed(0))
@@ -83,7 +83,7 @@ def test_same_seed_same_batch_and_generator_independent_of_the_shuffle_one() -> 
     assert not torch.equal(augment_generator(3, "cpu").get_state(), shuffle.get_state())
 
 
-# README "The study spec": augment is refused for digits (a flipped digit is another symbol)
+# docs/spec.md "The study spec": augment is refused for digits (a flipped digit is another symbol)
 @pytest.mark.parametrize("dataset", ["digits", "synthetic"])
 def test_flip_is_refused_where_it_changes_the_class(dataset: str) -> None:
     with pytest.raises(ValueError, match="flips"):

@@ -18,7 +18,7 @@ def batchnorm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-# README "What the trainer guarantees": BatchNorm running statistics are updated only by
+# docs/DESIGN.md §1 "What the trainer guarantees": BatchNorm running statistics are updated only by
 # the unperturbed pass
 def test_sam_step_updates_running_stats_exactly_like_one_forward() -> None:
     torch.manual_seed(0)

@@ -70,7 +70,7 @@ def stop_at(epoch: int):
     return on_epoch
 
 
-# README "What the trainer guarantees": a run resumed from its checkpoint (model,
+# docs/DESIGN.md §1 "What the trainer guarantees": a run resumed from its checkpoint (model,
 # base-optimizer state, scheduler, every RNG) ends bitwise equal to an uninterrupted one
 def test_resumed_run_equals_the_uninterrupted_one_exactly(
     tmp_path: Path, fake_cifar100: Path
@@ -126,7 +126,7 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
     assert fit(dataclasses.replace(config, checkpoint_path=str(moved))).resumed_from_epoch == 1
 
 
-# README "How a trial runs": a checkpoint after every epoch (model, base-optimizer state,
+# docs/faults.md "How a trial runs": a checkpoint after every epoch (model, base-optimizer state,
 # scheduler, RNG states)
 def test_checkpoint_contents_and_atomic_write(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "deep" / "c.pt"

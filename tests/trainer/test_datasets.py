@@ -28,7 +28,7 @@ CIFAR_SUBSET = Path("/work/shared/data/cifar10-subset")
 needs_cifar = pytest.mark.skipif(not CIFAR_SUBSET.is_dir(), reason="shared CIFAR-10 subset absent")
 
 
-# README "The study spec": digits: fixed split 1437 train / 360 test
+# docs/spec.md "The study spec": digits: fixed split 1437 train / 360 test
 def test_digits_split_and_normalization() -> None:
     data = load_dataset("digits")
     assert data.train_x.shape == (1437, 1, 8, 8) and data.test_x.shape == (360, 1, 8, 8)
@@ -45,7 +45,7 @@ def test_synthetic_is_fixed() -> None:
     assert set(a.train_y.tolist()) == set(range(10))
 
 
-# README "The study spec": val_fraction: stratified hold-out, the same split for every trial
+# docs/spec.md "The study spec": val_fraction: stratified hold-out, the same split for every trial
 def test_validation_split_is_stratified_sized_and_fixed_across_seeds() -> None:
     clean = load_dataset("digits")
     a = load_dataset("digits", val_fraction=0.1, seed=0)
@@ -63,7 +63,7 @@ def test_validation_split_is_stratified_sized_and_fixed_across_seeds() -> None:
     assert torch.equal(a.test_y, clean.test_y)
 
 
-# README "The study spec": label_noise flips exactly round(p*n) training labels to a
+# docs/spec.md "The study spec": label_noise flips exactly round(p*n) training labels to a
 # different class, seeded; validation and test labels untouched
 @pytest.mark.parametrize("val_fraction", [0.0, 0.2])
 def test_label_noise_flips_exact_count_to_other_classes(val_fraction: float) -> None:
@@ -107,7 +107,7 @@ def test_unknown_dataset_is_named() -> None:
         load_dataset("mnist")
 
 
-# README "The study spec": cifar10 in the official python format
+# docs/spec.md "The study spec": cifar10 in the official python format
 @needs_cifar
 @pytest.mark.parametrize("where", [CIFAR_SUBSET, CIFAR_SUBSET / "cifar-10-batches-py"])
 def test_cifar10_subset(where: Path) -> None:
@@ -135,7 +135,7 @@ def test_cifar10_missing_batch_is_an_error(tmp_path: Path) -> None:
         load_dataset("cifar10", str(partial))
 
 
-# README "The study spec": cifar100 in the official python format
+# docs/spec.md "The study spec": cifar100 in the official python format
 @pytest.mark.parametrize("inner", [False, True])
 def test_cifar100_official_python_format(fake_cifar100: Path, inner: bool) -> None:
     where = fake_cifar100 / "cifar-100-python" if inner else fake_cifar100
@@ -301,7 +301,7 @@ BAD_BATCHES = [
 ]
 
 
-# README "Dataset files are never trusted": wrong row lengths or mismatched counts fail
+# docs/spec.md "Dataset files are never trusted": wrong row lengths or mismatched counts fail
 # naming the file
 @pytest.mark.parametrize("case,batch,reason", BAD_BATCHES, ids=[b[0] for b in BAD_BATCHES])
 def test_a_bad_batch_fails_naming_the_file(tmp_path: Path, case, batch, reason) -> None:
@@ -311,7 +311,7 @@ def test_a_bad_batch_fails_naming_the_file(tmp_path: Path, case, batch, reason) 
     assert str(directory / "data_batch_3") in str(e.value) and reason in str(e.value)
 
 
-# README "Dataset files are never trusted": labels out of range fail naming the file
+# docs/spec.md "Dataset files are never trusted": labels out of range fail naming the file
 def test_a_cifar100_fine_label_of_100_fails_naming_the_file(tmp_path: Path) -> None:
     directory = tmp_path / "cifar-100-python"
     directory.mkdir()
@@ -373,7 +373,7 @@ ABUSED = [
 ]
 
 
-# README "Dataset files are never trusted": a file that names anything else fails the
+# docs/spec.md "Dataset files are never trusted": a file that names anything else fails the
 # trial with `DatasetError: <file>: ...`
 @pytest.mark.parametrize("case,content", EVIL, ids=[e[0] for e in EVIL])
 def test_refused_globals_fail_naming_the_file(tmp_path: Path, case: str, content: bytes) -> None:
@@ -383,7 +383,7 @@ def test_refused_globals_fail_naming_the_file(tmp_path: Path, case: str, content
     assert str(directory / "data_batch_1") in str(e.value) and "refused global" in str(e.value)
 
 
-# README "Dataset files are never trusted": the unpickler builds nothing but dicts, lists,
+# docs/spec.md "Dataset files are never trusted": the unpickler builds nothing but dicts, lists,
 # bytes, str, ints and numpy arrays
 @pytest.mark.parametrize("case,ops,reason", ABUSED, ids=[a[0] for a in ABUSED])
 def test_admitted_globals_cannot_be_abused(tmp_path: Path, case: str, ops: bytes, reason) -> None:

@@ -49,7 +49,7 @@ def test_small_cnn_with_sam_learns_digits() -> None:
     assert all(m.lr == pytest.approx(0.1) for m in result.history)
 
 
-# README "What the trainer guarantees": the same seed gives the same metrics on the CPU
+# docs/DESIGN.md §1 "What the trainer guarantees": the same seed gives the same metrics on the CPU
 def test_same_seed_same_metrics_different_seed_different() -> None:
     config = TrialConfig(
         dataset=DatasetConfig(name="synthetic", val_fraction=0.25, label_noise=0.2),
@@ -78,7 +78,7 @@ def test_no_validation_metrics_without_a_split() -> None:
     assert result.val_accuracy is None and result.history[0].val_loss is None
 
 
-# README "How a trial runs": a NaN or infinite loss fails the trial (`diverged`)
+# docs/faults.md "What must hold": a NaN or infinite loss fails the trial (`diverged`)
 @pytest.mark.parametrize("rho", [0.0, 0.05])
 def test_absurd_learning_rate_diverges(rho: float) -> None:
     config = TrialConfig(
@@ -113,7 +113,7 @@ def test_callback_exception_propagates() -> None:
     assert calls == [1]
 
 
-# README "The study spec": `train.momentum` is beta1 for adam/adamw
+# docs/spec.md "The study spec": `train.momentum` is beta1 for adam/adamw
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_variants_take_momentum_as_beta1(name: str) -> None:
     config = TrialConfig(
@@ -178,7 +178,8 @@ def test_epoch_visits_every_example_once_including_the_partial_batch() -> None:
     assert (loss, accuracy) == (1.0, 1.0)
 
 
-# README "What the trainer guarantees": ... with augmentation, dropout and m-sharpness too
+# docs/DESIGN.md §1 "What the trainer guarantees": ... with augmentation, dropout and m-sharpness
+# too
 def test_same_seed_same_metrics_with_augmentation_dropout_and_m_sharpness(
     fake_cifar100: Path,
 ) -> None:
@@ -204,7 +205,7 @@ def test_same_seed_same_metrics_with_augmentation_dropout_and_m_sharpness(
     assert comparable(a.history) != comparable(c.history)
 
 
-# README "The HTTP API": `train_clean_accuracy` only when there is label noise
+# docs/api.md "Trial metrics": `train_clean_accuracy` only when there is label noise
 def test_clean_train_accuracy_is_reported_only_under_label_noise() -> None:
     config = TrialConfig(
         dataset=DatasetConfig(name="synthetic", label_noise=0.4),
@@ -264,7 +265,7 @@ def test_channels_last_reaches_the_model(monkeypatch: pytest.MonkeyPatch) -> Non
     assert formats and all(formats)
 
 
-# README "The study spec": a batch size larger than the real set fails the trial naming both
+# docs/spec.md "Refused specs": a batch size larger than the real set fails the trial naming both
 def test_a_batch_larger_than_the_training_set_fails_naming_both():
     # The API bounds file datasets from their sizes only; the trainer has the real count.
     from trainer import DatasetError
@@ -279,7 +280,7 @@ def test_a_batch_larger_than_the_training_set_fails_naming_both():
         fit(config)
 
 
-# README "The report": compute is forward+backward passes (SAM two per step, base one)
+# docs/report.md "The report": compute is forward+backward passes (SAM two per step, base one)
 @pytest.mark.parametrize("rho,per_step", [(0.0, 1), (0.05, 2)])
 def test_passes_count_the_training_forwards(monkeypatch, rho: float, per_step: int) -> None:
     import trainer.loop as loop

@@ -26,7 +26,7 @@ def test_unknown_model_is_named() -> None:
         build_model("vgg", 3, 10, 32)
 
 
-# README "The study spec": model wrn with depth and width
+# docs/spec.md "The study spec": model wrn with depth and width
 @pytest.mark.parametrize(
     "depth,width,params", [(None, None, 10_961_370), (28, 10, 36_479_194), (10, 1, 77_850)]
 )

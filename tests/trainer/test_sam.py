@@ -31,8 +31,8 @@ def loss_of(a: torch.Tensor, params: nn.ParameterList) -> torch.Tensor:
     return 0.5 * w @ a @ w
 
 
-# README "What the trainer guarantees": the weights are restored bitwise before the base
-# step; README "The study spec": weight decay is applied by the base optimizer, never by
+# docs/DESIGN.md §1 "What the trainer guarantees": the weights are restored bitwise before the base
+# step; docs/spec.md "The study spec": weight decay is applied by the base optimizer, never by
 # SAM's ascent
 @pytest.mark.parametrize("wd", [0.0, 0.1])
 def test_base_optimizer_gets_gradient_at_perturbed_point_and_exact_weights(wd: float) -> None:
@@ -106,7 +106,7 @@ def count_passes(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-# README "What the trainer guarantees": rho = 0 is one forward/backward per step
+# docs/DESIGN.md §1 "What the trainer guarantees": rho = 0 is one forward/backward per step
 def test_rho_zero_is_the_bare_base_optimizer_with_one_pass_per_step() -> None:
     torch.manual_seed(0)
     model = build_model("cnn", 1, 10, 8)
@@ -133,7 +133,7 @@ def test_rho_zero_is_the_bare_base_optimizer_with_one_pass_per_step() -> None:
         assert torch.equal(p, q)
 
 
-# README "Benchmarks": two forward/backward passes per SAM step (2.0x the floor)
+# benchmarks/README.md "A SAM step": two forward/backward passes per SAM step (2.0x the floor)
 def test_sam_step_makes_two_passes() -> None:
     torch.manual_seed(0)
     model = build_model("cnn", 1, 10, 8)
@@ -143,7 +143,7 @@ def test_sam_step_makes_two_passes() -> None:
     assert counts == {"forward": 2, "backward": 2}
 
 
-# README "What the trainer guarantees": the SAM norm is computed in fp32.
+# docs/DESIGN.md §1 "What the trainer guarantees": the SAM norm is computed in fp32.
 def test_the_norm_of_bf16_gradients_is_accumulated_in_fp32() -> None:
     """Summed in bf16 (8 mantissa bits), 20 000 squares of 1 would stall below 20 000."""
     grads = [torch.ones(12_000, dtype=torch.bfloat16), torch.ones(8_000, dtype=torch.bfloat16)]
@@ -157,7 +157,7 @@ def test_rho_must_be_positive() -> None:
         SAM(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), rho=0.0)
 
 
-# README "The study spec": `search.sam_variant: asam`
+# docs/spec.md "The study spec": `search.sam_variant: asam`
 def test_asam_perturbation_matches_a_hand_computation() -> None:
     """ε = ρ · T² g / ‖T g‖ with T = |w| + η, on numbers small enough to check by hand.
 

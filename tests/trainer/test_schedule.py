@@ -10,7 +10,7 @@ from trainer import DatasetConfig, ModelConfig, SharpnessConfig, TrainConfig, Tr
 from trainer.schedule import effective_lr, lr_multiplier
 
 
-# README "The study spec": lr_scaling none | linear (lr*B/B0) | sqrt
+# docs/spec.md "The study spec": lr_scaling none | linear (lr*B/B0) | sqrt
 @pytest.mark.parametrize(
     "scaling,expected", [("none", 0.1), ("linear", 0.1 * 4), ("sqrt", 0.1 * 2)]
 )
@@ -32,7 +32,7 @@ def test_scaling_without_base_batch_size_is_refused():
         )
 
 
-# README "The study spec": linear warmup, then cosine
+# docs/spec.md "The study spec": linear warmup, then cosine
 def test_warmup_then_cosine_reaches_zero():
     config = TrialConfig(
         dataset=DatasetConfig(name="synthetic"),
@@ -46,7 +46,7 @@ def test_warmup_then_cosine_reaches_zero():
     assert 0 < f(99) < 0.001
 
 
-# README "The study spec": schedule step (x0.1 at 50% and 75%) and constant
+# docs/spec.md "The study spec": schedule step (x0.1 at 50% and 75%) and constant
 def test_step_schedule_and_constant():
     step = lr_multiplier(
         TrialConfig(
@@ -65,7 +65,7 @@ def test_step_schedule_and_constant():
     assert {const(s) for s in range(40)} == {1.0}
 
 
-# README "The study spec": each trial records its `effective_lr`
+# docs/spec.md "The study spec": each trial records its `effective_lr`
 def test_fit_records_the_effective_lr_and_follows_the_schedule():
     from trainer import fit
 

@@ -33,7 +33,7 @@ def quadratic(at_minimum: bool) -> tuple[torch.Tensor, list[torch.Tensor], sharp
     return a, params, objective
 
 
-# README "The study spec": sharpness: the top Hessian eigenvalue by power iteration
+# docs/spec.md "The study spec": sharpness: the top Hessian eigenvalue by power iteration
 @pytest.mark.parametrize("at_minimum", [True, False])
 def test_power_iteration_finds_the_top_eigenvalue_of_a_quadratic(at_minimum: bool) -> None:
     _, params, objective = quadratic(at_minimum)
@@ -41,7 +41,7 @@ def test_power_iteration_finds_the_top_eigenvalue_of_a_quadratic(at_minimum: boo
     assert estimate == pytest.approx(10.0, rel=0.01)
 
 
-# README "The study spec": sharpness: the loss increase at the worst point of a rho-ball
+# docs/spec.md "The study spec": sharpness: the loss increase at the worst point of a rho-ball
 def test_loss_increase_of_a_quadratic_at_its_minimum_is_half_rho_squared_lambda() -> None:
     """max_{‖ε‖≤ρ} ½εᵀAε = ½ρ²λ_max, approached from below by the ascent."""
     _, params, objective = quadratic(at_minimum=True)
@@ -103,7 +103,7 @@ def test_measure_leaves_model_weights_buffers_and_mode_untouched() -> None:
     assert again == (sharp, eig)  # eval mode + fixed seeds: deterministic
 
 
-# README "The study spec": sharpness on a fixed subset, the same for every trial
+# docs/spec.md "The study spec": sharpness on a fixed subset, the same for every trial
 def test_subset_is_fixed_and_independent_of_everything_but_its_size() -> None:
     a = sharpness.sharpness_subset(1000, 100)
     torch.manual_seed(123)  # the global generator must not matter

@@ -57,7 +57,7 @@ def sam_reference(model: nn.Module, x, y, m: int, lr: float = 1.0) -> list[torch
     return [p - lr * t for p, t in zip(params, total, strict=True)]
 
 
-# README "The study spec": `search.m`: one epsilon per micro-batch of m examples, second
+# docs/spec.md "The study spec": `search.m`: one epsilon per micro-batch of m examples, second
 # gradients averaged
 @pytest.mark.parametrize("n,m", [(6, 2), (5, 2), (6, 6)])
 def test_m_sharpness_matches_a_written_out_reference(n: int, m: int) -> None:
@@ -75,7 +75,7 @@ def test_m_sharpness_matches_a_written_out_reference(n: int, m: int) -> None:
         torch.testing.assert_close(p.detach(), e, rtol=1e-12, atol=1e-12)
 
 
-# README "The study spec": `search.m`: one epsilon per micro-batch; m = B is plain SAM
+# docs/spec.md "The study spec": `search.m`: one epsilon per micro-batch; m = B is plain SAM
 def test_m_equal_to_batch_size_is_plain_sam_bitwise() -> None:
     """m = B takes the single-micro-batch path, which is plain SAM's: so weights, BN
     buffers and the logged loss are bitwise equal (not merely close). A smaller m
@@ -101,8 +101,8 @@ def test_m_equal_to_batch_size_is_plain_sam_bitwise() -> None:
     assert not torch.equal(plain["head.weight"], smaller["head.weight"])
 
 
-# README "What the trainer guarantees": logged loss and accuracy come from the unperturbed
-# pass (plain SAM, and with m-sharpness)
+# docs/DESIGN.md §1 "What the trainer guarantees": logged loss and accuracy come from the
+# unperturbed pass (plain SAM, and with m-sharpness)
 @pytest.mark.parametrize("m", [None, 2])
 def test_m_sharpness_logs_the_unperturbed_loss_of_the_whole_batch(m: int | None) -> None:
     model = linear64()
@@ -132,7 +132,7 @@ class DropoutNet(nn.Module):
         return self.fc2(h)
 
 
-# README "What the trainer guarantees": dropout sees the same mask in both passes
+# docs/DESIGN.md §1 "What the trainer guarantees": dropout sees the same mask in both passes
 @pytest.mark.parametrize("m", [None, 4])
 def test_both_sam_passes_see_the_same_dropout_mask(m: int | None) -> None:
     torch.manual_seed(0)
@@ -177,7 +177,7 @@ def spy_on_base_step(optimizer: torch.optim.Optimizer) -> list[list[torch.Tensor
     return seen
 
 
-# README "The study spec": grad_clip: max L2 norm of the gradient the base optimizer uses
+# docs/spec.md "The study spec": grad_clip: max L2 norm of the gradient the base optimizer uses
 # (SAM's second)
 @pytest.mark.parametrize("rho", [0.0, RHO])
 def test_clipping_acts_on_the_gradient_the_base_optimizer_uses(rho: float) -> None:
@@ -204,7 +204,7 @@ def test_clipping_acts_on_the_gradient_the_base_optimizer_uses(rho: float) -> No
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
 
 
-# README "The study spec": label_smoothing applies to the training loss only
+# docs/spec.md "The study spec": label_smoothing applies to the training loss only
 @pytest.mark.parametrize("rho", [0.0, RHO])
 def test_label_smoothing_trains_on_smoothed_ce_but_logs_plain_ce(rho: float) -> None:
     model = linear64()
@@ -226,7 +226,7 @@ def test_label_smoothing_trains_on_smoothed_ce_but_logs_plain_ce(rho: float) -> 
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
 
 
-# README "The study spec": precision bf16 is autocast; weights and gradients stay fp32
+# docs/spec.md "The study spec": precision bf16 is autocast; weights and gradients stay fp32
 @pytest.mark.parametrize("rho", [0.0, 0.05])
 def test_bf16_autocast_path_runs_on_cpu_with_fp32_weights_and_grads(rho: float) -> None:
     torch.manual_seed(0)

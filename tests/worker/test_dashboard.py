@@ -47,8 +47,8 @@ def test_a_long_trial_is_sampled_to_a_bounded_figure():
     assert sampled(curves(5)) == curves(5)
 
 
-# README "optuna-dashboard": figures for the study's first MAX_FIGURES Optuna trials only
-# (every save reads all of the study's figures back)
+# docs/report.md "optuna-dashboard, side by side": figures for the study's first MAX_FIGURES Optuna
+# trials only (every save reads all of the study's figures back)
 def test_only_the_first_trials_get_a_figure(monkeypatch):
     import worker.dashboard as dashboard
 

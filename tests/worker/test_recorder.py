@@ -171,8 +171,8 @@ def dashboard_figures(settings: Settings) -> dict[str, dict]:
     return {g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]}
 
 
-# README "optuna-dashboard": a trial's train/validation/test curves become its figure when
-# it ends, complete or not; nothing is written per epoch beyond the intermediate value
+# docs/report.md "optuna-dashboard, side by side": a trial's train/validation/test curves become its
+# figure when it ends, complete or not; nothing is written per epoch beyond the intermediate value
 def test_the_learning_curves_become_a_dashboard_figure_when_the_trial_ends(claimed):
     recorder, sessions, settings = claimed
     recorder.on_epoch(epoch(1, 0.4))
@@ -241,8 +241,8 @@ def sent_size(parameters) -> int:
     return len(str(parameters))
 
 
-# issue 14 item 4 (README "Benchmarks", per-epoch records): an epoch's write is one row,
-# the same size at epoch 200 as at epoch 10; the whole-array rewrite it replaces sent
+# issue 14 item 4 (benchmarks/README.md "Recording an epoch", per-epoch records): an epoch's write
+# is one row, the same size at epoch 200 as at epoch 10; the whole-array rewrite it replaces sent
 # every earlier epoch again (20x more at epoch 200)
 def test_an_epochs_write_does_not_grow_with_the_epochs_before_it(claimed):
     recorder, sessions, settings = claimed
@@ -266,9 +266,9 @@ def test_an_epochs_write_does_not_grow_with_the_epochs_before_it(claimed):
     assert optuna_trial(settings).intermediate_values == {n: 0.5 + n / 1000 for n in range(1, 201)}
 
 
-# docs/DESIGN.md §5: a resumed attempt re-trains from its checkpoint; the epochs it trains
-# again end as its values, the earlier attempt's later ones go, and its Optuna trial has
-# every epoch once
+# docs/faults.md "What must hold" ("Re-run"): a resumed attempt re-trains from its checkpoint; the
+# epochs it trains again end as its values, the earlier attempt's later ones go, and its Optuna
+# trial has every epoch once
 def test_a_resumed_attempt_replaces_the_epochs_it_trains_again(claimed):
     recorder, sessions, settings = claimed
     for n, acc in [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]:
@@ -286,8 +286,8 @@ def test_a_resumed_attempt_replaces_the_epochs_it_trains_again(claimed):
     assert second.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.9, 4: 0.95}
 
 
-# docs/DESIGN.md §5: only the worker holding the claim writes; one that lost it adds and
-# replaces no epoch, and deletes none
+# docs/faults.md "What must hold" ("Claim"): only the worker holding the claim writes; one that lost
+# it adds and replaces no epoch, and deletes none
 def test_a_worker_that_lost_its_claim_writes_no_epoch(claimed):
     recorder, sessions, settings = claimed
     recorder.on_epoch(epoch(1, 0.4))

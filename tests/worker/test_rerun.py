@@ -20,8 +20,8 @@ from worker.outcome import Outcome
 from worker.runner import run_trial
 
 
-# README "How a trial runs": the next worker FAILs the dead attempt's Optuna trial, adopts
-# its result instead if Optuna had already recorded it (docs/DESIGN.md §5 "Re-run")
+# docs/faults.md "What must hold": the next worker FAILs the dead attempt's Optuna trial, adopts
+# its result instead if Optuna had already recorded it (docs/faults.md "What must hold", "Re-run")
 def test_a_rerun_adopts_the_result_optuna_already_recorded(pg_url, tmp_path, monkeypatch):
     settings = Settings(database_url=pg_url, data_dir=SHARED_DATA, state_dir=tmp_path)
     migrate(settings)

@@ -16,7 +16,7 @@ def _down() -> OperationalError:
     return OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
 
 
-# README "How a trial runs": every database and Optuna write retries with backoff
+# docs/faults.md "What must hold": every database and Optuna write retries with backoff
 def test_retries_until_the_database_answers():
     calls = []
 
@@ -31,7 +31,7 @@ def test_retries_until_the_database_answers():
     assert len(calls) == 4 and 0.2 <= gaps[0] < gaps[1] < gaps[2]  # 0.25, 0.5, 1 s
 
 
-# README "How a trial runs": ... for up to SAMSWEEP_DB_RETRY_SECONDS
+# docs/faults.md "What must hold": ... for up to SAMSWEEP_DB_RETRY_SECONDS
 def test_gives_up_within_the_budget_with_the_last_error():
     start = time.monotonic()
     with pytest.raises(OperationalError):
