@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Exit codes (README "The CLI"): 0 done; 1 the API refused, could not be reached or did
+# Exit codes (docs/cli.md "Exit codes"): 0 done; 1 the API refused, could not be reached or did
 # not answer as samsweep does, or (`run`, `best`) nothing completed; 2 bad input (usage,
 # a spec file); 128 + N a signal (130: Ctrl-C); 70 a defect of samsweep itself.
 EXIT_DEFECT = 70  # sysexits' EX_SOFTWARE

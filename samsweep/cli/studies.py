@@ -2,7 +2,7 @@
 `export`, `cancel`, `submit`. Each talks to the API through `samsweep.Client` at
 --server (default SAMSWEEP_API_URL) with --token (default SAMSWEEP_API_TOKEN).
 
-Exit codes, as for `run` (README "The CLI"): 0 done; 1 the API refused, could not be
+Exit codes, as for `run` (docs/cli.md "Exit codes"): 0 done; 1 the API refused, could not be
 reached or did not answer as samsweep does (one line: its code and message, or why); 2 a
 usage or spec-file error; 130 (128 + the signal) interrupted."""
 

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     api_tokens: SecretStr | None = Field(None, description="comma-separated owner:token pairs")
     private_studies: bool = Field(False, description="studies visible to their owner only")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body")
-    # The door's bounds (README "The door"): what one request, one client or one owner
+    # The door's bounds (docs/api.md "The door"): what one request, one client or one owner
     # may cost the API.
     max_studies_per_owner: int = Field(
         50, ge=1, description="unfinished studies one owner may have (429 beyond)"
