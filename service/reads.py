@@ -8,6 +8,7 @@ and map what they return to the response models (samsweep.core.wire). The writes
 - the report's input (`trial_records`) and the report itself (`study_report`), from
   which /best, the plots and the page take the best cell (samsweep.core.report.best_cell);
 - a page of trials, and the trials a plot draws with only the curves it draws;
+- `ping`: /health's check that the database answers;
 - `best_means`: the index's best-cell mean per study in one grouped query (equal to the
   report's best cell: tests/test_reads.py).
 """
@@ -23,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from samsweep.core.db import Study, Trial, curves_for, utcnow
@@ -34,6 +35,11 @@ from samsweep.core.states import FINISHED_STATES, StudyStatus, TrialState
 from samsweep.core.wire import Progress
 from service.cache import VersionedCache
 from service.errors import Conflict, NotFound
+
+
+def ping(session: Session) -> None:
+    """Raises if the database does not answer."""
+    session.execute(text("SELECT 1"))
 
 
 def get_study(session: Session, study_id: str, owner: str | None = None) -> Study:

@@ -61,7 +61,7 @@ def insert_study(
 ) -> tuple[Study, bool]:
     """Validate, then write the study, its key and one row per (cell, seed) and create
     the Optuna study, all or nothing. Returns (study, created); the trials are sent to
-    the broker afterwards (`enqueue_pending`), off the request. A refused spec, or one
+    the broker afterwards (service/dispatch.py), off the request. A refused spec, or one
     past the owner's quota (`check_quota`, 429), creates nothing.
 
     With an Idempotency-Key, one study exists per (owner, key) whatever the concurrency:

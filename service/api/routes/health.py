@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import anyio
 from fastapi import APIRouter, Response
-from sqlalchemy import text
 
 from samsweep.core.wire import Health
+from service import reads
 from service.api.deps import CeleryDep, DbDep
 from service.api.offload import limiter
 
@@ -27,7 +27,7 @@ def _check(db: DbDep, celery: CeleryDep, response: Response) -> Health:
     database = broker = "ok"
     try:
         with db() as session:
-            session.execute(text("SELECT 1"))
+            reads.ping(session)
     except Exception as e:  # any failure here means "not healthy", never a 500
         database = f"unavailable: {type(e).__name__}"
     try:
