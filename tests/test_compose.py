@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from samsweep.cli import build_parser
 from samsweep.core.settings import Settings
-from tests.compose_emulator import EmulationError, interpolate, interpolate_tree, parse_port
+from tests.support.compose_emulator import EmulationError, interpolate, interpolate_tree, parse_port
 
 ROOT = Path(__file__).resolve().parents[1]
 # what a user's .env holds (compose interpolates the file from it)

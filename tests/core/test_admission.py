@@ -14,7 +14,8 @@ from samsweep.core.admission import (
     train_size,
 )
 from samsweep.core.spec import StudySpec
-from tests.conftest import SHARED_DATA, digits_spec
+from tests.support.paths import SHARED_DATA
+from tests.support.specs import digits_spec
 
 SUBSET = SHARED_DATA / "cifar10-subset"
 needs_subset = pytest.mark.skipif(not SUBSET.is_dir(), reason="shared CIFAR-10 subset absent")
@@ -129,7 +130,7 @@ def test_an_empty_validation_split_is_refused_and_the_smallest_accepted_one_trai
 
 
 def _tiny_cifar(root, rows: int = 4) -> str:
-    from tests.test_data_root import BATCHES, write_cifar10
+    from tests.support.datasets import BATCHES, write_cifar10
 
     write_cifar10(root / "tiny" / BATCHES, rows=rows)
     return "tiny"
@@ -162,7 +163,7 @@ def test_a_data_file_too_small_to_hold_an_image_is_refused(tmp_path):
 
     import numpy as np
 
-    from tests.test_data_root import BATCHES
+    from tests.support.datasets import BATCHES
     from trainer.data import DatasetError
 
     path = _tiny_cifar(tmp_path)

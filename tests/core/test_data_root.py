@@ -6,22 +6,15 @@ not the API (which never unpickles), not the worker (a restricted unpickler)."""
 from __future__ import annotations
 
 import os
-import pickle
-import shlex
 import shutil
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
-import httpx
-import numpy as np
 import pytest
 
 from samsweep.core.admission import (
     DATA_ROOT_UNUSABLE,
-    FILE_FORMATS,
     NOT_A_DIRECTORY,
     NOT_A_FILE,
     AdmissionError,
@@ -31,28 +24,15 @@ from samsweep.core.admission import (
     dataset_files,
 )
 from samsweep.core.spec import StudySpec
-from tests.conftest import SHARED_DATA, digits_spec, trial_rows, wait_study
+from tests.support.datasets import (
+    BATCHES,
+    SUBSET,
+    crafted_batch,
+    needs_subset,
+    write_cifar10,
+)
+from tests.support.specs import digits_spec
 from trainer.data import DatasetError, load_dataset
-
-SUBSET = SHARED_DATA / "cifar10-subset" / "cifar-10-batches-py"
-needs_subset = pytest.mark.skipif(not SUBSET.is_dir(), reason="shared CIFAR-10 subset absent")
-BATCHES = "cifar-10-batches-py"
-FILES = (*FILE_FORMATS["cifar10"].train_files, FILE_FORMATS["cifar10"].test_file)
-
-
-def write_cifar10(directory: Path, rows: int = 4) -> Path:
-    """A tiny CIFAR-10 in the official python format, directly in `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name in FILES:
-        batch = {
-            b"batch_label": name.encode(),
-            b"labels": [int(v) for v in rng.integers(0, 10, rows)],
-            b"data": rng.integers(0, 256, (rows, 3072), dtype=np.uint8),
-            b"filenames": [f"{name}_{i}.png".encode() for i in range(rows)],
-        }
-        (directory / name).write_bytes(pickle.dumps(batch))
-    return directory
 
 
 def cifar_spec(path: str, batch_size: int = 2, **dataset) -> StudySpec:
@@ -364,45 +344,6 @@ def test_the_worker_refuses_a_file_swapped_after_the_api_accepted(tree):
 # -- a crafted pickle executes nowhere ---------------------------------------
 
 
-class _Payload:
-    """Unpickling this calls `fn(*args)`: what a hostile data_batch_1 would do."""
-
-    def __init__(self, fn, *args) -> None:
-        self.fn, self.args = fn, args
-
-    def __reduce__(self):
-        return self.fn, self.args
-
-
-def _payload(how: str, marker: Path) -> _Payload:
-    return {
-        "os.system": _Payload(os.system, f"touch {shlex.quote(str(marker))}"),
-        "builtins.exec": _Payload(exec, f"open({str(marker)!r}, 'w').close()"),
-        "builtins.open": _Payload(open, str(marker), "w"),
-    }[how]
-
-
-def crafted_batch(marker: Path, how: str = "os.system", where: str = "data") -> bytes:
-    """A data_batch_1 that creates `marker` when unpickled by plain pickle, padded to the
-    size of an image (as an attacker would: the API refuses a file too small to hold one,
-    and the payload must reach the parser and the worker)."""
-    evil = _payload(how, marker)
-    batch = {
-        b"batch_label": b"training batch 1 of 5",
-        b"labels": [0, 1],
-        b"data": np.zeros((2, 3072), np.uint8),
-        b"filenames": [b"a.png", b"b.png"],
-        b"padding": bytes(3072),
-    }
-    if where == "top":
-        return pickle.dumps((evil, bytes(3072)))
-    if where == "object array":  # inside an array, as numpy pickles object arrays
-        batch[b"data"] = np.array([evil, 1], dtype=object)
-    else:
-        batch[b"data"] = evil
-    return pickle.dumps(batch)
-
-
 CRAFTED = [
     (how, where)
     for how in ("os.system", "builtins.exec", "builtins.open")
@@ -436,86 +377,3 @@ def test_a_crafted_pickle_runs_in_neither_the_catalog_nor_the_trainer(tree, tmp_
         load_dataset("cifar10", str(contained_dataset_dir(root, "cifar10", "good")))
     assert "data_batch_1" in str(e.value) and "refused global" in str(e.value)
     assert not marker.exists()
-
-
-# -- end to end: real API, real worker, PostgreSQL, Redis ---------------------
-
-
-def _real_spec(path: str) -> dict:
-    return digits_spec(
-        name="data-root",
-        dataset={"name": "cifar10", "path": path},
-        rho=(0.0,),
-        batch_size=(256,),
-        epochs=1,
-    )
-
-
-@pytest.fixture
-def data_root_deployment(deployment_factory, pg_url, redis_url, tmp_path):
-    """server_deployment, with SAMSWEEP_DATA_DIR at a temp data root of our own."""
-    root = tmp_path / "data-root"
-    root.mkdir()
-    d = deployment_factory(
-        database_url=pg_url,
-        broker_url=redis_url,
-        queue=f"samsweep-test-{uuid.uuid4().hex[:8]}",
-        data_dir=str(root),
-    )
-    result = d.run("migrate")
-    assert result.returncode == 0, result.stderr
-    return d, root, pg_url
-
-
-# README "The door": a crafted pickle must not execute in any process
-@pytest.mark.e2e
-@needs_subset
-def test_no_process_runs_a_crafted_pickle_or_reads_outside_the_root(data_root_deployment, tmp_path):
-    d, root, db_url = data_root_deployment
-    marker = tmp_path / "marker-outside-the-root"
-    shutil.copytree(SUBSET, root / "crafted" / BATCHES)
-    (root / "crafted" / BATCHES / "data_batch_1").write_bytes(crafted_batch(marker))
-    shutil.copytree(SUBSET, root / "swapped" / BATCHES)
-    (root / "leaky").mkdir()  # a real directory whose batches dir is the outside copy
-    (root / "leaky" / BATCHES).symlink_to(SUBSET)
-    shutil.copytree(SUBSET, root / "truncated" / BATCHES)
-    truncated = root / "truncated" / BATCHES / "data_batch_2"
-    truncated.write_bytes(truncated.read_bytes()[:-100])
-    api = d.start_api()
-
-    def post(path: str) -> httpx.Response:
-        return httpx.post(f"{api}/studies", json=_real_spec(path), timeout=30)
-
-    # Refused at the door, 422 naming the field: the leak, the truncated file, and
-    # hostile strings (whichever of the spec or the catalog refuses them first).
-    for path, says in [
-        ("leaky", f"{BATCHES}: {NOT_A_DIRECTORY}"),
-        ("truncated", "data_batch_2 is not a complete pickle"),
-        ("good\x00", ""),
-        ("a" * 5000, ""),
-        ("../../etc", ""),
-    ]:
-        r = post(path)
-        assert r.status_code == 422, (path[:20], r.text)
-        error = r.json()["error"]
-        assert error["field"] == "dataset.path" and says in error["message"], error
-    # Accepted: a complete pickle (the API parsed it and ran nothing) ...
-    crafted = post("crafted")
-    assert crafted.status_code == 201, crafted.text
-    # ... and a good directory whose data_batch_1 becomes an escaping symlink later.
-    swapped = post("swapped")
-    assert swapped.status_code == 201, swapped.text
-    link = root / "swapped" / BATCHES / "data_batch_1"
-    link.unlink()
-    link.symlink_to(SUBSET / "data_batch_1")
-    assert not marker.exists()
-
-    d.start_worker()
-    for study, says in [(crafted, "refused global posix.system"), (swapped, NOT_A_FILE)]:
-        wait_study(api, study.json()["id"], timeout=180, d=d)
-        (row,) = trial_rows(db_url, study.json()["id"])
-        assert row["state"] == "FAILED", (row, d.logs())
-        assert "data_batch_1" in row["error"] and says in row["error"], row["error"]
-        assert str(root) not in row["error"] and str(SUBSET) not in row["error"], row["error"]
-    time.sleep(1)  # on purpose: a late run of the pickle would show within this second
-    assert not marker.exists(), d.logs()

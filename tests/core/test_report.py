@@ -12,7 +12,7 @@ import trainer
 from samsweep.core.report import TrialRecord, build_report
 from samsweep.core.spec import StudySpec
 from samsweep.core.states import TrialState
-from tests.conftest import digits_spec
+from tests.support.specs import digits_spec
 from worker.trial_config import trial_config
 
 SEEDS = (0, 1, 2)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from samsweep.core.spec import StudySpec
-from tests.conftest import digits_spec
+from tests.support.specs import digits_spec
 
 
 def _spec(**search) -> StudySpec:

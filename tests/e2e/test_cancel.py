@@ -4,11 +4,9 @@ running one stops at its next epoch boundary, finished results stay."""
 from __future__ import annotations
 
 import httpx
-import pytest
 
-from tests.conftest import digits_spec, wait_for, wait_study
-
-pytestmark = pytest.mark.e2e  # a real API and worker train a study
+from tests.support.http import wait_for, wait_study
+from tests.support.specs import digits_spec
 
 
 # README "The HTTP API": cancel: queued trials CANCELLED at once, running ones stop at their

@@ -19,9 +19,9 @@ from optuna.trial import TrialState
 
 from samsweep.core.queue import enqueue_trial, make_celery
 from samsweep.core.settings import Settings
-from tests.conftest import digits_spec, free_port, trial_rows, wait_study
-
-pytestmark = pytest.mark.e2e
+from tests.support.db import trial_rows
+from tests.support.http import free_port, wait_study
+from tests.support.specs import digits_spec
 
 
 def _optuna_trials(optuna_url: str, study_name: str) -> list[optuna.trial.FrozenTrial]:

@@ -17,18 +17,10 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
 
 from samsweep.core.settings import Settings
-from tests.conftest import (
-    PG_ADMIN,
-    Deployment,
-    digits_spec,
-    free_port,
-    trial_rows,
-    wait_for,
-    wait_healthy,
-    wait_study,
-)
-
-pytestmark = pytest.mark.e2e
+from tests.support.db import PG_ADMIN, trial_rows
+from tests.support.http import free_port, wait_for, wait_study
+from tests.support.processes import Deployment, wait_healthy
+from tests.support.specs import digits_spec
 
 
 def recovered(fault: str, since: float) -> None:

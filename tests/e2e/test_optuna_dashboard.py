@@ -19,9 +19,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from samsweep.core.settings import Settings
-from tests.conftest import digits_spec, free_port, wait_for, wait_study
-
-pytestmark = pytest.mark.e2e
+from tests.support.http import free_port, wait_for, wait_study
+from tests.support.specs import digits_spec
 
 DASHBOARD = Path(sys.executable).with_name("optuna-dashboard")
 

@@ -17,7 +17,7 @@ from service import plots
 from service.api.body import MAX_KEYS, parse_spec
 from service.cache import VersionedCache
 from service.render import RenderBusy, Renderer
-from tests.conftest import digits_spec
+from tests.support.specs import digits_spec
 
 
 def test_concurrent_misses_compute_once():

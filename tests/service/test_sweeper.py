@@ -18,7 +18,7 @@ from samsweep.core.spec import StudySpec
 from samsweep.core.states import TrialState
 from service.studies import enqueue_pending
 from service.sweeper import requeue_stale
-from tests.conftest import digits_spec
+from tests.support.specs import digits_spec
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import Deployment, digits_spec, free_port, wait_for, wait_healthy
-
-pytestmark = pytest.mark.e2e
+from tests.support.http import free_port, wait_for
+from tests.support.processes import Deployment, wait_healthy
+from tests.support.specs import digits_spec
 
 # digits, 30 epochs, batch 16: a trial takes far longer than these tests wait for it.
 LONG_SPEC = digits_spec(rho=(0.0, 0.05), batch_size=(16,), epochs=30)

@@ -13,9 +13,8 @@ import re
 import httpx
 import pytest
 
-from tests.conftest import Deployment, FinishedStudy, digits_spec
-
-pytestmark = pytest.mark.e2e
+from tests.support.processes import Deployment, FinishedStudy
+from tests.support.specs import digits_spec
 
 
 def _run(f: FinishedStudy, *args: str, timeout: float = 120):

@@ -30,12 +30,12 @@ import pytest
 import yaml
 
 from samsweep.core.settings import Settings
-from tests.compose_emulator import Container, Emulation
-from tests.conftest import PG_ADMIN, REDIS, SHARED_DATA, _require, digits_spec, wait_for
+from tests.support.compose_emulator import Container, Emulation
+from tests.support.db import PG_ADMIN, REDIS, require
+from tests.support.http import wait_for
+from tests.support.paths import ROOT, SHARED_DATA
+from tests.support.specs import digits_spec
 
-pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = Path(os.environ.get("SAMSWEEP_TEST_COMPOSE_FILE") or ROOT / "docker-compose.yml")
 TOKEN = "alice-compose-" + secrets.token_hex(12)
 DOTENV = {
@@ -63,8 +63,8 @@ def cifar_spec(name: str, rho: tuple[float, ...], epochs: int) -> dict:
 @pytest.fixture
 def emulate(tmp_path: Path) -> Iterator[Callable[..., Emulation]]:
     """Start an emulated compose project (the file, or a modified copy of it)."""
-    _require("127.0.0.1", 5432, "PostgreSQL")
-    _require("127.0.0.1", 6379, "Redis")
+    require("127.0.0.1", 5432, "PostgreSQL")
+    require("127.0.0.1", 6379, "Redis")
     if not (SHARED_DATA / DATASET["path"]).is_dir():
         pytest.skip(f"no CIFAR-10 subset at {SHARED_DATA / DATASET['path']}")
     made: list[Emulation] = []

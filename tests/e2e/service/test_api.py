@@ -1,12 +1,14 @@
 """API behaviour beyond validation, on a real uvicorn: idempotent create, listing,
-and 503 (never 500) while the database is unreachable; in process, 503 (never 500)
-while the connection pool stays busy for its whole timeout."""
+and 503 (never 500) while the database is unreachable. (503 while the connection pool
+stays busy, in process: tests/service/test_pool.py.)"""
 
 from __future__ import annotations
 
 import httpx
 
-from tests.conftest import REDIS, digits_spec, free_port, wait_for
+from tests.support.db import REDIS
+from tests.support.http import free_port, wait_for
+from tests.support.specs import digits_spec
 
 
 # README "The HTTP API": a replay with the same Idempotency-Key and body returns the first
@@ -173,39 +175,3 @@ def test_report_of_a_queued_study_and_of_a_stale_spec(server_deployment):
         r = httpx.get(f"{api}/studies/{study}/{path}")
         assert r.status_code == 409, r.text
         assert "no longer validates" in r.json()["error"]["message"]
-
-
-# README "The HTTP API": a pool that stayed busy for its whole timeout is 503 with
-# Retry-After, never 500 (in process: the pool's size and timeout are not settings, so the
-# test makes them one connection and half a second, and holds that connection itself)
-def test_a_pool_busy_for_its_whole_timeout_is_503(pg_url, monkeypatch):
-    from fastapi.testclient import TestClient
-    from sqlalchemy import create_engine
-
-    from samsweep.core import db
-    from samsweep.core.migrate import migrate
-    from samsweep.core.settings import Settings
-    from service.app import create_app
-
-    settings = Settings(database_url=pg_url, broker_url=REDIS)
-    migrate(settings)
-    monkeypatch.setattr(
-        db,
-        "make_engine",
-        lambda url: create_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.5),
-    )
-    db.engine_for.cache_clear()
-    db.session_factory.cache_clear()
-    try:
-        # no lifespan (no sweeper takes the connection); a handler missing answers 500 here
-        client = TestClient(create_app(settings), raise_server_exceptions=False)
-        assert client.get("/studies").status_code == 200  # the pool works
-        with db.engine_for(pg_url).connect():  # every pooled connection busy
-            for r in (client.get("/studies"), client.post("/studies", json=digits_spec())):
-                assert r.status_code == 503, r.text
-                assert r.json()["error"]["code"] == "database_unavailable"
-                assert r.headers["retry-after"] == "5"
-        assert client.get("/studies").status_code == 200  # and it recovers
-    finally:
-        db.engine_for.cache_clear()
-        db.session_factory.cache_clear()

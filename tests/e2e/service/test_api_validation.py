@@ -13,7 +13,9 @@ import redis
 from sqlalchemy import create_engine, text
 
 from samsweep.core.settings import Settings
-from tests.conftest import REDIS, Deployment, base_env, digits_spec, fresh_pg_database
+from tests.support.db import REDIS, fresh_pg_database
+from tests.support.processes import Deployment, base_env
+from tests.support.specs import digits_spec
 
 MAX_GRID = 50
 

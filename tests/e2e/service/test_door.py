@@ -29,19 +29,11 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from tests.conftest import (
-    REDIS,
-    ROOT,
-    Deployment,
-    _NoLogs,
-    base_env,
-    digits_spec,
-    free_port,
-    fresh_pg_database,
-    wait_for,
-)
-
-pytestmark = pytest.mark.e2e
+from tests.support.db import REDIS, fresh_pg_database
+from tests.support.http import NoLogs, free_port, wait_for
+from tests.support.paths import ROOT
+from tests.support.processes import Deployment, base_env
+from tests.support.specs import digits_spec
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789abc"
 TOKENS = f"alice:{ALICE},bob:{BOB}"
@@ -475,7 +467,7 @@ def test_slow_clients_are_cut_off_and_connections_are_bounded(tmp_path):
 def test_a_full_redis_refuses_new_tasks_and_loses_none(tmp_path):
     import yaml
 
-    from tests.compose_emulator import interpolate_tree
+    from tests.support.compose_emulator import interpolate_tree
 
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     command = interpolate_tree(compose["services"]["redis"]["command"], {})
@@ -488,7 +480,7 @@ def test_a_full_redis_refuses_new_tasks_and_loses_none(tmp_path):
     )
     broker = redis.Redis(port=port)
     try:
-        wait_for(broker.ping, 10, _NoLogs(), "redis-server", ignore=(redis.ConnectionError,))
+        wait_for(broker.ping, 10, NoLogs(), "redis-server", ignore=(redis.ConnectionError,))
         with fresh_pg_database() as db_url:
             queue = f"samsweep-test-{uuid.uuid4().hex[:8]}"
             d = Deployment(

@@ -21,7 +21,9 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from tests.conftest import REDIS, Deployment, base_env, digits_spec, fresh_pg_database
+from tests.support.db import REDIS, fresh_pg_database
+from tests.support.processes import Deployment, base_env
+from tests.support.specs import digits_spec
 
 SLOW = 2.0  # seconds: a refusal that takes this long is a denial of service
 FAT = 100 * 2**20  # bytes of API memory growth over the whole module

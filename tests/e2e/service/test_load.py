@@ -10,11 +10,12 @@ import asyncio
 import uuid
 
 import httpx
-import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from tests.conftest import REDIS, digits_spec, wait_for
+from tests.support.db import REDIS
+from tests.support.http import wait_for
+from tests.support.specs import digits_spec
 
 CLIENTS = 200
 
@@ -28,7 +29,6 @@ async def _burst(url: str, paths: list[str]) -> list[int]:
 
 # README "The door": 200 concurrent readers, more than the pool's connections and the
 # threadpool's threads: all answered, the sweeper keeps sweeping
-@pytest.mark.e2e
 def test_more_concurrent_readers_than_connections_are_all_answered(deployment_factory, pg_url):
     d = deployment_factory(
         database_url=pg_url, broker_url=REDIS, queue=f"samsweep-test-{uuid.uuid4().hex[:8]}"

@@ -21,7 +21,10 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from sqlalchemy import create_engine, text
 
-from tests.conftest import REDIS, Deployment, base_env, digits_spec, fresh_pg_database, wait_for
+from tests.support.db import REDIS, fresh_pg_database
+from tests.support.http import wait_for
+from tests.support.processes import Deployment, base_env
+from tests.support.specs import digits_spec
 
 EXAMPLES_PER_OPERATION = 40
 
