@@ -5,16 +5,20 @@ starts every service's command as a local process, with that service's environme
 and only its declared volumes:
 
 - interpolation: `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}`,
-  `${VAR?message}`, `$VAR` and `$$`, from the environment a test passes (what a
-  user's `.env` would hold); never from this process's own environment.
+  `${VAR?message}`, `${VAR:+replacement}`, `${VAR+replacement}`, nested
+  (`${VAR:-${OTHER}}`), `$VAR` and `$$`, from the environment a test passes (what a
+  user's `.env` would hold); never from this process's own environment. A `$` that
+  starts none of these is an error, as in `docker compose`.
 - images: a service that is built (`build:`), or that names an image another service
   builds, runs its `command` (or its Dockerfile stage's `CMD`) with the stage's `ENV`
-  and `WORKDIR`. Its executables come from this Python's bin directory, which stands
-  for the image's PATH. A service on an external image is provided by a local server:
-  `postgres:*` by a fresh database on the local PostgreSQL (and the role the image
-  would create from POSTGRES_USER / POSTGRES_PASSWORD), `redis:*` by a dedicated
-  database index on the local Redis, flushed at the end. Any other external image is
-  an error: the emulation never pretends.
+  and `WORKDIR` (`ENV` in both its forms, `$VAR` in it substituted from the stage's
+  earlier `ENV`, as Docker does). Its executables come from this Python's bin
+  directory, which stands for the image's PATH. A service on an external image is
+  provided by a local server: `postgres:*` by a fresh database on the local
+  PostgreSQL (and the role the image would create from POSTGRES_USER /
+  POSTGRES_PASSWORD), `redis:*` by a dedicated database index on the local Redis,
+  flushed at the end. Any other external image is an error: the emulation never
+  pretends.
 - service hostnames: a URL in an environment value or command argument whose host is
   a service becomes 127.0.0.1 and the port where that service really listens here
   (for PostgreSQL also the fresh database's name; for Redis the dedicated index).
@@ -42,9 +46,11 @@ and only its declared volumes:
   SAMSWEEP_TORCH_THREADS=1 (no GPU here). This is the only compose value overridden;
   test speed-ups (`extra_env`) are added only where the service sets nothing.
 - not emulated: restart policies (a test restarts a service by calling `start`),
-  networks, resource limits, the volumes of provided services (the local servers keep
-  their own data). A service key this module does not know is an error, so a new
-  compose feature is never silently ignored.
+  networks (every service reaches every other by its name, as on Compose's one
+  default network), resource limits, the volumes of provided services (the local
+  servers keep their own data). A service key or top-level key this module does not
+  know is an error (`x-` extensions, `name` and `version` aside), as is a depends_on
+  naming no service, so a new compose feature is never silently ignored.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ KNOWN_SERVICE_KEYS = {
     "deploy",
     "stop_grace_period",
 }
+KNOWN_TOP_LEVEL_KEYS = {"services", "volumes", "name", "version"}
 WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]"}
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 MAX_GRACE_SECONDS = 20.0  # stop_grace_period is capped so teardown stays bounded
@@ -93,31 +100,61 @@ class EmulationError(Exception):
 
 # --- interpolation ------------------------------------------------------------------
 
-_VAR = re.compile(
-    r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
-    r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))"
-)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPS = (":-", ":?", ":+", "-", "?", "+")
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
     """Compose's variable substitution on one string."""
+    out, i = [], 0
+    while i < len(value):
+        if value[i] != "$":
+            out.append(value[i])
+            i += 1
+            continue
+        text, i = _substitute(value, i, env)
+        out.append(text)
+    return "".join(out)
 
-    def sub(m: re.Match) -> str:
-        if m["escaped"]:
-            return "$"
-        name = m["braced"] or m["plain"]
-        current = env.get(name)
-        op, arg = m["op"], m["arg"] or ""
-        if op in (":-", "-"):
-            missing = current is None or (op == ":-" and current == "")
-            return arg if missing else current
-        if op in (":?", "?"):
-            if current is None or (op == ":?" and current == ""):
-                raise EmulationError(f"required variable {name} is missing a value: {arg}")
-            return current
-        return current or ""
 
-    return _VAR.sub(sub, value)
+def _substitute(value: str, i: int, env: dict[str, str]) -> tuple[str, int]:
+    """The text `$...` at value[i] stands for, and where the rest of value begins."""
+    if value.startswith("$$", i):
+        return "$", i + 2
+    if not value.startswith("${", i):
+        m = _NAME.match(value, i + 1)
+        if m is None:
+            raise EmulationError(f"invalid interpolation format in {value!r}")
+        return env.get(m[0]) or "", m.end()
+    m = _NAME.match(value, i + 2)
+    if m is None:
+        raise EmulationError(f"invalid interpolation format in {value!r}")
+    name, j = m[0], m.end()
+    op = next((o for o in _OPS if value.startswith(o, j)), None)
+    if op is None:
+        if not value.startswith("}", j):
+            raise EmulationError(f"invalid interpolation format in {value!r}")
+        return env.get(name) or "", j + 1
+    # the argument runs to the matching brace; nested ${...} are substituted in it
+    depth, k, j = 0, j + len(op), j + len(op)
+    while k < len(value) and (value[k] != "}" or depth):
+        if value.startswith("${", k):
+            depth, k = depth + 1, k + 2
+            continue
+        depth -= value[k] == "}"
+        k += 1
+    if k == len(value):
+        raise EmulationError(f"invalid interpolation format in {value!r}: no closing brace")
+    current = env.get(name)
+    unset = current is None or (op.startswith(":") and current == "")
+    if op in (":-", "-"):
+        return (interpolate(value[j:k], env) if unset else current), k + 1
+    if op in (":+", "+"):
+        return ("" if unset else interpolate(value[j:k], env)), k + 1
+    if unset:
+        message = interpolate(value[j:k], env)
+        raise EmulationError(f"required variable {name} is missing a value: {message}")
+    return current, k + 1  # type: ignore[return-value]
 
 
 def interpolate_tree(node: Any, env: dict[str, str]) -> Any:
@@ -155,6 +192,8 @@ class Port:
 
 def parse_port(spec: str | int | dict) -> Port:
     if isinstance(spec, dict):  # long syntax
+        if spec.get("protocol", "tcp") != "tcp":
+            raise EmulationError(f"port {spec!r}: only tcp is emulated")
         return Port(spec.get("host_ip"), int(spec["published"]), int(spec["target"]))
     text = str(spec)
     if "/" in text:
@@ -209,9 +248,14 @@ def parse_dockerfile(path: Path) -> dict[str, Stage]:
         elif current is None:
             continue
         elif inst == "ENV":
-            for item in shlex.split(rest):
-                key, _, value = item.partition("=")
-                current.env[key] = value
+            before = dict(current.env)  # one instruction's values see the env before it
+            first = rest.split(None, 1)
+            if "=" not in first[0]:  # the legacy form: ENV KEY the rest of the line
+                pairs = [(first[0], first[1].strip() if len(first) > 1 else "")]
+            else:
+                pairs = [item.partition("=")[::2] for item in shlex.split(rest)]
+            for key, value in pairs:
+                current.env[key] = interpolate(value.replace("$$", "$$$$"), before)
         elif inst == "WORKDIR":
             current.workdir = str(PurePosixPath(current.workdir) / rest.strip())
         elif inst == "CMD":
@@ -461,6 +505,9 @@ class Emulation:
         self.workdir = workdir
         self.extra_env = dict(extra_env or {})
         raw = raw if raw is not None else yaml.safe_load(compose_file.read_text())
+        unknown = {k for k in raw if not k.startswith("x-")} - KNOWN_TOP_LEVEL_KEYS
+        if unknown:
+            raise EmulationError(f"the emulation does not model top-level {sorted(unknown)}")
         self.file = interpolate_tree(raw, env)
         self.containers: dict[str, list[Container]] = {}
         self._closed = False
@@ -487,6 +534,9 @@ class Emulation:
             unknown = set(spec) - KNOWN_SERVICE_KEYS
             if unknown:
                 raise EmulationError(f"{name}: the emulation does not model {sorted(unknown)}")
+            for dep in _depends_on(spec):
+                if dep not in services:
+                    raise EmulationError(f"{name} depends on undefined service {dep!r}")
             if "build" in spec:
                 build = spec["build"]
                 build = {"context": build} if isinstance(build, str) else build
@@ -614,17 +664,15 @@ class Emulation:
         return str(container.host_path(value)) if _is_path(value) else value
 
     # --- running ---------------------------------------------------------------------
-    def start(self, name: str) -> Container:
-        """Start one container of `name` (a fresh writable layer, the same volumes)."""
+    def prepare(self, name: str) -> Container:
+        """The next container of built service `name` as `start` runs it: its fresh
+        writable layer, mounts, environment, command and working directory; not started."""
         service = self.services[name]
-        runs = self.containers.setdefault(name, [])
-        if service.provider is not None:
-            if not service.provider.started:
-                service.provider.start()
-            return None  # type: ignore[return-value]
-        if any(c.running for c in runs):
-            raise EmulationError(f"{name} is already running")
-        number = len(runs) + 1
+        if service.stage is None:
+            raise EmulationError(f"{name} is provided by a local server, not a container")
+        number = len(self.containers.get(name) or []) + 1
+        while (self.workdir / "containers" / f"{name}-{number}").exists():
+            number += 1  # one prepared and never started keeps its number
         root = self.workdir / "containers" / f"{name}-{number}"
         root.mkdir(parents=True)
         log_path = self.workdir / "logs" / f"{name}-{number}.log"
@@ -648,10 +696,24 @@ class Emulation:
         Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
         argv = [self._rewrite(a, c) for a in self._command(service)]
         c.argv = _listen_here(argv, service.listens)
+        return c
+
+    def start(self, name: str) -> Container:
+        """Start one container of `name` (a fresh writable layer, the same volumes)."""
+        service = self.services[name]
+        runs = self.containers.setdefault(name, [])
+        if service.provider is not None:
+            if not service.provider.started:
+                service.provider.start()
+            return None  # type: ignore[return-value]
+        if any(c.running for c in runs):
+            raise EmulationError(f"{name} is already running")
+        c = self.prepare(name)
+        env = c.env
         exe = shutil.which(c.argv[0], path=env["PATH"])
         if exe is None:
             raise EmulationError(f"{name}: {c.argv[0]} is not in the image's PATH")
-        with open(log_path, "ab") as log:
+        with open(c.log_path, "ab") as log:
             c.proc = subprocess.Popen(
                 [exe, *c.argv[1:]],
                 env=env,
@@ -666,6 +728,17 @@ class Emulation:
 
     def up(self, *names: str, timeout: float = 180) -> None:
         """Start `names` and what they depend on, honouring the depends_on conditions."""
+        for name in self.start_order(*names):
+            for dep, condition in _depends_on(self.services[name].spec).items():
+                self.wait_for(dep, condition, timeout)
+            provider = self.services[name].provider
+            if provider is not None and not provider.started:
+                self.start(name)
+            elif provider is None and not self.containers.get(name):
+                self.start(name)  # once: a one-shot that completed is not run again
+
+    def start_order(self, *names: str) -> list[str]:
+        """`names` and what they depend on, each after its dependencies."""
         order: list[str] = []
 
         def visit(name: str, path: tuple[str, ...]) -> None:
@@ -678,14 +751,7 @@ class Emulation:
 
         for name in names:
             visit(name, ())
-        for name in order:
-            for dep, condition in _depends_on(self.services[name].spec).items():
-                self.wait_for(dep, condition, timeout)
-            provider = self.services[name].provider
-            if provider is not None and not provider.started:
-                self.start(name)
-            elif provider is None and not self.containers.get(name):
-                self.start(name)  # once: a one-shot that completed is not run again
+        return order
 
     def current(self, name: str) -> Container | None:
         runs = self.containers.get(name) or []
