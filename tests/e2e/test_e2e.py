@@ -69,7 +69,7 @@ def _check_complete_study(api: str, study_id: str, optuna_url: str, n: int) -> d
     assert best["best"]["value"] == max(f.value for f in frozen)
     assert best["best"]["metrics"]["test_accuracy"] == best["best"]["value"]
     # each trial's learning curves are a figure in optuna-dashboard (its JSON API, in process;
-    # tests/test_optuna_dashboard.py reads them from its own server)
+    # tests/e2e/test_optuna_dashboard.py reads them from its own server)
     assert _dashboard_figures(optuna_url, detail["optuna_study_name"]) == {
         f"trial-{t['optuna_trial_number']}" for t in trials
     }

@@ -414,7 +414,7 @@ def test_out_of_memory_cell_is_infeasible_and_not_retried(server_deployment):
 
 
 # README "Faults": worker stopped after its study was cancelled -> the stale trial is
-# CANCELLED, not re-run (the sweep's rule on its own: tests/test_sweeper.py)
+# CANCELLED, not re-run (the sweep's rule on its own: tests/service/test_sweeper.py)
 def test_a_worker_stopped_after_its_study_was_cancelled_leaves_it_cancelled(fault_deployment):
     """Freeze the worker mid-trial (so it never reaches the epoch boundary where it would
     see the cancel), cancel the study, SIGKILL the worker and start another: the sweeper

@@ -78,7 +78,7 @@ def test_every_plot_kind_as_svg_and_png(client):
         svg = client.get(f"/studies/{sid}/plots/{kind}")
         assert svg.status_code == 200, (kind, svg.text)
         assert svg.headers["content-type"] == "image/svg+xml"
-        # kept, but revalidated: the ETag changes with the study (tests/test_door.py)
+        # kept, but revalidated: the ETag changes with the study (tests/e2e/service/test_door.py)
         assert svg.headers["cache-control"] == "private, no-cache" and svg.headers["etag"]
         assert b"<svg" in svg.content[:500] and b"no complete trials" not in svg.content
         png = client.get(f"/studies/{sid}/plots/{kind}", params={"format": "png"})

@@ -1,5 +1,5 @@
 """`docker compose up`, without a Docker engine: docker-compose.yml is read as data and
-every service is run as tests/compose_emulator.py describes (its docstring maps each
+every service is run as tests/support/compose_emulator.py describes (its docstring maps each
 compose feature): each service's command as a local process with that service's
 environment and only its declared volumes (temp directories; a path with no volume is
 the container's own, unshared, empty layer), service hostnames as 127.0.0.1, the

@@ -97,7 +97,7 @@ BAD_SPECS = [
     ("sharpness subset negative", _with("sharpness", {"samples": -1}), "sharpness.samples"),
     ("label noise 1", _with("dataset.label_noise", 1.0), "dataset.label_noise"),
     ("string rho", _with("search.rho", ["big"]), "search.rho.0"),
-    # What every trial would fail on, decided at the door (tests/test_admission.py proves
+    # What every trial would fail on, decided at the door (tests/core/test_admission.py proves
     # each boundary against the trainer):
     ("empty validation split", _with("dataset.val_fraction", 0.0003), "dataset.val_fraction"),
     (
