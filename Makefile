@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup demo test lint bench bench-api clean
+.PHONY: setup demo test test-quick lint bench bench-api clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,20 +24,31 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/samsweep run examples/digits-label-noise.yaml
 
-# The tests talk to real PostgreSQL and Redis; scripts/services.sh starts them if down.
-# The study page's tests drive Debian's chromium; scripts/browser.sh installs it if missing.
-test: setup
-	$(VENV)/bin/ruff check samsweep service worker trainer tests benchmarks migrations
-	$(VENV)/bin/ruff format --check samsweep service worker trainer tests benchmarks migrations
-	$(VENV)/bin/mypy samsweep service worker trainer
-	bash scripts/services.sh
-	bash scripts/browser.sh
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# `make lint`: the static checks (also .pre-commit-config.yaml's hooks): ruff, ruff format,
+# mypy, and the import contracts of pyproject.toml's [tool.importlinter] (lint-imports).
+LINT_PATHS := samsweep service worker trainer tests benchmarks migrations
 
 lint: setup
-	$(VENV)/bin/ruff check samsweep service worker trainer tests benchmarks migrations
-	$(VENV)/bin/ruff format --check samsweep service worker trainer tests benchmarks migrations
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy samsweep service worker trainer
+	$(VENV)/bin/lint-imports
+
+# Two tiers of tests, by directory. The quick tier (everything outside tests/e2e/) runs in
+# process and starts no server, worker, CLI process or browser (tests/conftest.py makes
+# trying fail), but some of its tests use the real PostgreSQL and Redis, which
+# scripts/services.sh starts if down. It stops at the first failure.
+test-quick: setup
+	bash scripts/services.sh
+	$(PY) -m pytest -q -x -m "not e2e" $(PYTEST_ARGS)
+
+# `make test`: lint, the quick tier, then the e2e tier (tests/e2e/: real uvicorn, Celery
+# workers, CLI processes, faults, compose emulation, and Debian's chromium through
+# Playwright, which scripts/browser.sh installs if missing).
+test: lint test-quick
+	bash scripts/services.sh
+	bash scripts/browser.sh
+	$(PY) -m pytest -q -m e2e $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/sam_step.py

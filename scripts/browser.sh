@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The browser tests (tests/test_page.py) drive Debian's chromium through Playwright (the
+# The browser tests (tests/e2e/browser/test_study_page.py) drive Debian's chromium through Playwright (the
 # library only: Playwright's own browser download is never used). Installs chromium when
 # it is missing; idempotent. Needs root (CI) or sudo.
 set -euo pipefail

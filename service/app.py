@@ -97,7 +97,7 @@ def _document_spec_body(app: FastAPI) -> None:
 
 def _offline_docs(app: FastAPI) -> None:
     """/docs with Swagger UI's files served by the API itself, so it works on an
-    offline cluster (tests/test_openapi.py checks that the page loads nothing remote)."""
+    offline cluster (tests/service/test_openapi.py checks that the page loads nothing remote)."""
     static = "/docs/static"
     # Only the files /docs loads: the bundle's directory also holds Swagger's demo page,
     # which would make a browser fetch petstore.swagger.io (service/static_files.py).

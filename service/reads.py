@@ -10,7 +10,7 @@ and map what they return to the response models (samsweep.core.wire). The writes
 - a page of trials, and the trials a plot draws with only the curves it draws;
 - `ping`: /health's check that the database answers;
 - `best_means`: the index's best-cell mean per study in one grouped query (equal to the
-  report's best cell: tests/test_reads.py).
+  report's best cell: tests/service/test_reads.py).
 """
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ def best_means(session: Session, study_ids: list[str]) -> dict[str, float]:
     """Each study's best cell mean objective (the cell /best selects), in one grouped
     query: the mean of a cell's complete trials' values, the best per study. A trial's
     value is its objective metric, so this equals the report's best cell's mean
-    (tests/test_reads.py); studies without a complete trial are absent."""
+    (tests/service/test_reads.py); studies without a complete trial are absent."""
     cells = session.execute(
         select(Trial.study_id, func.avg(Trial.value))
         .where(

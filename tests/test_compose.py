@@ -1,7 +1,7 @@
 """docker-compose.yml and the Dockerfile, checked without a Docker engine: the compose
 schema, the services and their wiring, that every command they run exists, and that
 what each service reads or writes on disk, its credentials and its published ports
-are what a deployment needs (tests/test_compose_deploy.py then runs the file)."""
+are what a deployment needs (tests/e2e/compose/test_compose_deploy.py then runs the file)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from samsweep.cli import build_parser
 from samsweep.core.settings import Settings
-from tests.compose_emulator import EmulationError, interpolate, interpolate_tree, parse_port
+from tests.support.compose_emulator import EmulationError, interpolate, interpolate_tree, parse_port
 
 ROOT = Path(__file__).resolve().parents[1]
 # what a user's .env holds (compose interpolates the file from it)

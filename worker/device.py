@@ -15,7 +15,7 @@ def resolve_device(setting: str, threads: int = 0) -> str:
 
 
 def is_out_of_memory(e: BaseException) -> bool:
-    """A cell too large for this device: INFEASIBLE, not retried (tests/test_faults.py)."""
+    """A cell too large for this device: INFEASIBLE, not retried (tests/e2e/test_faults.py)."""
     if isinstance(e, torch.OutOfMemoryError):
         return True
     text = str(e).lower()  # the CPU allocator raises a plain RuntimeError

@@ -27,7 +27,7 @@ def with_db_retry(fn: Callable[[], T], what: str, budget: float = 120.0) -> T:
     """Call `fn`, retrying with exponential backoff (0.25 s doubling to 10 s) while the
     database is unreachable; re-raises the last error once `budget` seconds have
     passed. Nothing but DATABASE_DOWN is retried (tests/worker/test_retry.py;
-    tests/test_faults.py: PostgreSQL refusing for 8 s)."""
+    tests/e2e/test_faults.py: PostgreSQL refusing for 8 s)."""
 
     def warn(state: RetryCallState) -> None:
         log.warning(

@@ -44,7 +44,7 @@ def run_trial(trial_id: int, settings: Settings) -> Outcome:
     except Exception as e:
         # Anything else is this trial's real failure (its Optuna study was deleted, say):
         # record it as the reason, never leave the row RUNNING for the sweeper to call
-        # "worker lost" while this worker is alive (tests/test_faults.py).
+        # "worker lost" while this worker is alive (tests/e2e/test_faults.py).
         log.exception("trial %s failed outside training", trial_id)
         error = f"error: {public_error(e, settings.data_dir)}"
         finish(sessions, c, TrialState.FAILED, retry, error=error)

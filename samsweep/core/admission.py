@@ -41,7 +41,7 @@ containment check before every trial. What is decided where:
   fails with it; the exact row count, and so a batch size between the real size
   and the bound, is known only there.
 
-`tests/test_admission.py` checks the sizes against what the trainer actually loads.
+`tests/core/test_admission.py` checks the sizes against what the trainer actually loads.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from typing import IO, cast
 from samsweep.core.spec import StudySpec
 
 # Training examples before the validation split, and image sides; must match
-# trainer/data.py (tests/test_admission.py checks both against what it loads).
+# trainer/data.py (tests/core/test_admission.py checks both against what it loads).
 BUILTIN_TRAIN_SIZES = {"digits": 1437, "synthetic": 512}
 IMAGE_SIZES = {"digits": 8, "synthetic": 8, "cifar10": 32, "cifar100": 32}
 # Models whose last feature map is 1x1 on images of this side: train-mode BatchNorm

@@ -140,7 +140,7 @@ class TrialEpoch(Base):
 class IdempotencyKey(Base):
     """One row per (owner, Idempotency-Key): its primary key is what makes a create
     atomic. Concurrent requests with the same key insert the same key row; the
-    database lets one commit, and the others find its study (tests/test_idempotency.py).
+    database lets one commit, and the others find its study (tests/e2e/service/test_idempotency.py).
 
     `owner` is '' on an open API (no tokens). `request_digest` is the SHA-256 of the
     validated spec, so a replay with another body is told apart from a true replay.

@@ -61,7 +61,7 @@ def prepare_storage(settings: Settings) -> None:
 def grant_read_only(db_url: str, role: str, password: str) -> None:
     """A login role that can read Optuna's schema and change nothing, for optuna-dashboard:
     it has no authentication and can DELETE a study, which must not reach the storage
-    (its DELETE then fails; tests/test_migrations.py). Idempotent: every migrate
+    (its DELETE then fails; tests/core/test_migrations.py). Idempotent: every migrate
     re-applies the password and the grants, including to tables added since. An
     existing role is reused only if it is a plain login role (no superuser, createdb,
     createrole, replication or bypassrls, member of nothing) and not the role migrate

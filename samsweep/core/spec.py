@@ -6,7 +6,7 @@ Unknown fields are refused rather than ignored, and types are strict (a boolean 
 string is never a number, a float never an integer; JSON's 1 is a valid float), so a
 typo never silently changes a study. Every list and string is bounded, and the grid's
 size is computed from the list lengths (`n_trials`) without building it, so a hostile
-spec is refused in microseconds (tests/test_spec.py, tests/test_hostile.py).
+spec is refused in microseconds (tests/core/test_spec.py, tests/e2e/service/test_hostile.py).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ hold a request that waits for a pooled connection while the teardowns that would
 return connections wait for a thread, and nothing is answered until the pool times
 out (fastapi#3205, #12066). Opened inside the endpoint, a connection is taken and
 given back in one thread call, so more concurrent requests than pooled connections
-queue instead of deadlocking (tests/test_load.py). The dependencies themselves do no
+queue instead of deadlocking (tests/e2e/service/test_load.py). The dependencies themselves do no
 I/O, so they are `async def`: a sync one would cost each request a threadpool hop.
 """
 

@@ -9,7 +9,7 @@ from samsweep.core.migrate import migrate
 from samsweep.core.settings import Settings
 from samsweep.core.spec import StudySpec
 from samsweep.core.states import TrialState
-from tests.conftest import digits_spec
+from tests.support.specs import digits_spec
 from worker.claim import claim
 
 

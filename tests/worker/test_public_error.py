@@ -8,8 +8,8 @@ from sqlalchemy.exc import OperationalError
 
 import trainer
 from samsweep.core.spec import StudySpec
-from tests.conftest import digits_spec
-from tests.test_data_root import BATCHES, write_cifar10
+from tests.support.datasets import BATCHES, write_cifar10
+from tests.support.specs import digits_spec
 from worker.outcome import public_error, public_text
 from worker.trial_config import trial_config
 

@@ -21,7 +21,7 @@ from samsweep.core.migrate import migrate
 from samsweep.core.settings import Settings
 from samsweep.core.spec import StudySpec
 from samsweep.core.states import TrialState
-from tests.conftest import digits_spec
+from tests.support.specs import digits_spec
 from trainer import EpochMetrics, TrialResult
 from worker.claim import claim, write_claimed
 from worker.heartbeat import Heartbeat

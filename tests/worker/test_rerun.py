@@ -15,7 +15,8 @@ from samsweep.core.settings import Settings
 from samsweep.core.spec import StudySpec
 from samsweep.core.states import TrialState
 from service.studies import insert_study
-from tests.conftest import SHARED_DATA, digits_spec
+from tests.support.paths import SHARED_DATA
+from tests.support.specs import digits_spec
 from worker.outcome import Outcome
 from worker.runner import run_trial
 

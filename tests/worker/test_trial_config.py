@@ -11,7 +11,7 @@ import pytest
 import trainer
 from samsweep.core import spec as s
 from samsweep.core.spec import StudySpec, TrialParams
-from tests.conftest import digits_spec
+from tests.support.specs import digits_spec
 from trainer import augment, config, data, models, schedule, steps
 from worker.trial_config import trial_config
 
