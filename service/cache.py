@@ -1,7 +1,7 @@
 """What the API derives from a study's trials, computed once per study version.
 
 A report, a `/best` answer or a plot depends only on the study's trials; the digests of
-`Snapshot` (service/studies.py) change whenever they can have changed. Entries are keyed on
+`Snapshot` (service/reads.py) change whenever they can have changed. Entries are keyed on
 (study id, version, what), so an entry is never stale: a new version simply misses, and
 the old entry ages out of the LRU. Concurrent requests for the same missing entry wait
 for one computation instead of each starting their own (`get_or_compute`).

@@ -1,6 +1,6 @@
 """HTTP validators for what is derived from a study's trials (reports, /best, plots).
 
-The ETag is a digest of the study's version (service/studies.py `Snapshot`) and what was
+The ETag is a digest of the study's version (service/reads.py `Snapshot`) and what was
 asked for, so a client that sends it back in `If-None-Match` gets a 304 without the
 answer being built or sent. Answers are `Cache-Control: private, no-cache`: a browser or
 client may keep them but must revalidate (a study changes as trials finish), and shared
