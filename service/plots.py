@@ -53,6 +53,7 @@ from samsweep.core.report import (  # noqa: E402
     best_cell,
     complete_trials,
 )
+from samsweep.core.spec import sam_setting  # noqa: E402
 from samsweep.core.states import TrialState  # noqa: E402
 
 KINDS = ("rho", "gap", "heatmap", "sharpness", "curves")
@@ -172,14 +173,15 @@ def _mean_std(group: Group, rho: float, metric: str) -> tuple[float | None, floa
 
 
 def _label(report: Report, g: Group) -> str:
-    """`bs=128`, with the optimizer, variant and m only where the study has several."""
+    """A legend's name for the group: `batch 128`, with the optimizer and the SAM setting
+    only where the study has several (Group.title names them all)."""
     opts = {x.base_optimizer for x in report.groups}
     kinds = {(x.sam_variant, x.m) for x in report.groups}
-    parts = [f"bs={g.batch_size}"]
+    parts = [f"batch {g.batch_size}"]
     if len(opts) > 1:
         parts.insert(0, g.base_optimizer)
     if len(kinds) > 1:
-        parts.append(f"{g.sam_variant}" + ("" if g.m is None else f" m={g.m}"))
+        parts.append(g.sam)
     return ", ".join(parts)
 
 
@@ -279,7 +281,7 @@ def _heatmap(fig: Figure, report: Report, trials: Sequence[TrialRecord]) -> None
         ax.set_ylabel("ρ (0 = baseline)")
         ax.grid(False)
         if len(panels) > 1:
-            ax.set_title(f"{opt}, {variant}" + ("" if m is None else f", m={m}"), fontsize=8)
+            ax.set_title(", ".join(x for x in (opt, sam_setting(variant, m)) if x), fontsize=8)
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="mean test accuracy")
     fig.suptitle("Mean test accuracy over ρ × batch size")
@@ -312,7 +314,7 @@ def _sharpness(fig: Figure, report: Report, trials: Sequence[TrialRecord]) -> No
     for i, rho in enumerate(rhos):  # legend: colour = rho, marker = batch size
         ax.scatter([], [], color=COLORS[i % len(COLORS)], marker="o", label=f"ρ={rho:g}")
     for j, bs in enumerate(sizes):
-        ax.scatter([], [], color="#999999", marker=MARKERS[j % len(MARKERS)], label=f"bs={bs}")
+        ax.scatter([], [], color="#999999", marker=MARKERS[j % len(MARKERS)], label=f"batch {bs}")
     ax.set_xlabel("sharpness (loss increase in the ρ-ball)")
     ax.set_ylabel("test accuracy")
     ax.set_title("Sharpness vs test accuracy (one point per complete trial)")

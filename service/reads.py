@@ -7,7 +7,8 @@ and map what they return to the response models (samsweep.core.wire). The writes
 - `snapshot`: counts, timings and the two digests reads are cached and ETagged on;
 - the report's input (`trial_records`) and the report itself (`study_report`), from
   which /best, the plots and the page take the best cell (samsweep.core.report.best_cell);
-- a page of trials, and the trials a plot draws with only the curves it draws;
+- a page of trials and their curves (`trial_curves`); the trials a plot draws, with only
+  the curves it draws;
 - `ping`: /health's check that the database answers;
 - `best_means`: the index's best-cell mean per study in one grouped query (equal to the
   report's best cell: tests/service/test_reads.py).
@@ -228,6 +229,11 @@ def _build_report(session: Session, study: Study) -> Report:
     return build_report(stored_spec(study), trial_records(session, study))
 
 
+def trial_curves(session: Session, trial_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """The per-epoch records of these trials, in one query (samsweep.core.db.curves_for)."""
+    return curves_for(session, trial_ids)
+
+
 def trial_page(session: Session, study: Study, limit: int, offset: int) -> Sequence[Trial]:
     """A page of the study's trials in number (grid) order."""
     query = select(Trial).where(Trial.study_id == study.id).order_by(Trial.number)
@@ -267,7 +273,8 @@ def plotted_trials(
 def best_means(session: Session, study_ids: list[str]) -> dict[str, float]:
     """Each study's best cell mean objective (the cell /best selects), in one grouped
     query: the mean of a cell's complete trials' values, the best per study. A trial's
-    value is its objective metric, so this equals the report's best cell's mean
+    value is its objective metric and its cell_key its cell, so this is the report's
+    best cell's mean, to the last bits of floating-point summation
     (tests/service/test_reads.py); studies without a complete trial are absent."""
     cells = session.execute(
         select(Trial.study_id, func.avg(Trial.value))

@@ -4,7 +4,7 @@ Two tiers, set by directory: tests under tests/e2e/ start real processes (the AP
 uvicorn, Celery workers, `samsweep` CLI processes, Chromium, compose emulation) and are
 marked `e2e` here; every other test is the quick tier (`pytest -m "not e2e"`), which
 talks to the real PostgreSQL and Redis at most and may start none of those processes:
-trying fails the test (see `_refuse_servers_outside_e2e`).
+trying fails the test (a subprocess of one of them, or listening on a socket: `_refuse`).
 
 Each test gets a fresh PostgreSQL database and its own Redis queue name, so tests
 never see each other's rows or messages. Server addresses come from
@@ -14,13 +14,18 @@ SAMSWEEP_TEST_POSTGRES (an admin URL) and SAMSWEEP_TEST_REDIS (tests/support/db.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.db import REDIS, fresh_pg_database, require
 from tests.support.tiers import in_e2e, refused_process
+
+# tests/support/test_tiers.py runs these hooks in a pytest of its own
+pytest_plugins = ["pytester"]
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
@@ -32,7 +37,21 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 _quick_item: pytest.Item | None = None  # the quick-tier test running now, if any
+_refused_in_threads: list[str] = []  # refusals a thread other than the test's met
 _popen_init = subprocess.Popen.__init__
+_listen = socket.socket.listen
+
+
+def _refuse(what: str) -> None:
+    assert _quick_item is not None
+    message = (
+        f"{_quick_item.nodeid} is in the quick tier but {what}. Tests that start real "
+        "servers, workers, CLI processes or browsers belong under tests/e2e/ (marked e2e "
+        "by their directory)."
+    )
+    if threading.current_thread() is not threading.main_thread():
+        _refused_in_threads.append(message)  # failing that thread alone would pass the test
+    pytest.fail(message, pytrace=False)
 
 
 def _guarded_popen_init(self, args, *rest, **kwargs):
@@ -40,21 +59,34 @@ def _guarded_popen_init(self, args, *rest, **kwargs):
         shell = kwargs.get("shell", rest[7] if len(rest) > 7 else False)
         what = refused_process(args, shell=bool(shell))
         if what is not None:
-            pytest.fail(
-                f"{_quick_item.nodeid} is in the quick tier but started {what}: {args!r}. "
-                "Tests that start real servers, workers, CLI processes or browsers belong "
-                "under tests/e2e/ (marked e2e by their directory).",
-                pytrace=False,
-            )
+            _refuse(f"started {what}: {args!r}")
     _popen_init(self, args, *rest, **kwargs)
+
+
+def _guarded_listen(self, *args):
+    if _quick_item is not None:  # an in-process server: uvicorn in a thread, http.server
+        _refuse(f"listened for connections on {self.getsockname()!r}")
+    return _listen(self, *args)
 
 
 def pytest_configure(config) -> None:
     subprocess.Popen.__init__ = _guarded_popen_init  # type: ignore[method-assign]
+    socket.socket.listen = _guarded_listen  # type: ignore[method-assign]
 
 
 def pytest_unconfigure(config) -> None:
     subprocess.Popen.__init__ = _popen_init  # type: ignore[method-assign]
+    socket.socket.listen = _listen  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A refusal met in a thread the test started fails the test all the same."""
+    del _refused_in_threads[:]
+    result = yield
+    if _refused_in_threads:
+        pytest.fail(_refused_in_threads[0], pytrace=False)
+    return result
 
 
 @pytest.hookimpl(hookwrapper=True)

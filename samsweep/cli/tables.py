@@ -256,11 +256,10 @@ def large_batch_table(report: Report) -> Table | None:
                  "SAM drop (pp)", "recovered"]:  # fmt: skip
         t.add_column(name, justify="left" if name in ("optimizer", "method") else "right")
     for lb in report.large_batch:
-        kind = (lb.sam_variant or "sam") + (f" m={lb.m}" if lb.m else "")
         frac = lb.recovered_fraction
         t.add_row(
             lb.base_optimizer,
-            kind,
+            lb.sam or "-",
             str(lb.batch_size),
             str(lb.small_batch_size),
             "-" if lb.selected_rho is None else f"{lb.selected_rho:g}",

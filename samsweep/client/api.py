@@ -292,7 +292,7 @@ class Client:
         r = self._request(
             "POST", "/studies", json=spec, headers={"Idempotency-Key": key}, retry=True
         )
-        return StudyCreated.model_validate(r.json())
+        return StudyCreated.model_validate({"replayed": r.status_code == 200, **r.json()})
 
     @_answers
     def cancel(self, study_id: str) -> StudyDetail:

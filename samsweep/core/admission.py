@@ -35,8 +35,8 @@ containment check before every trial. What is decided where:
   0, exact or for every n up to the bound), a file too small to hold one image, and
   resnet18 on 8×8 images with a training chunk of one example (BatchNorm on its 1×1
   last map; the chunks are cut as trainer/loop.py and trainer/steps.py cut them).
-- **Contents (worker, trainer/data.py).** A restricted unpickler that admits only
-  numpy's array-reconstruction globals; then keys, `data` N×3072 uint8, labels in
+- **Contents (worker, trainer/unpickle.py, trainer/data.py).** A restricted unpickler
+  that admits only numpy's array-reconstruction globals; then keys, `data` N×3072 uint8, labels in
   range and counts. Any failure is a `DatasetError` naming the file, and the trial
   fails with it; the exact row count, and so a batch size between the real size
   and the bound, is known only there.

@@ -30,10 +30,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 from scipy import stats
 
-from samsweep.core.spec import Cell, StudySpec, TrialParams
+from samsweep.core.spec import Cell, StudySpec, TrialParams, sam_setting
 from samsweep.core.states import TrialState
 
 # The per-trial metrics the rows aggregate, in the order tables show them.
@@ -102,11 +102,19 @@ class Group(BaseModel):
     selected_rho: float | None = Field(description="best SAM rho by the selection metric")
     gain: Gain | None
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def title(self) -> str:
-        """'sgd, batch 128, sam m=32'."""
-        kind = (self.sam_variant or "sam") + (f" m={self.m}" if self.m else "")
-        return f"{self.base_optimizer}, batch {self.batch_size}, {kind}"
+        """How tables name the group: 'sgd, batch 128, sam m=32' ('sgd, batch 128' in a
+        study without SAM)."""
+        title = f"{self.base_optimizer}, batch {self.batch_size}"
+        return f"{title}, {self.sam}" if self.sam else title
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def sam(self) -> str:
+        """Its SAM setting: 'sam', 'asam m=32'; '' in a study without SAM."""
+        return sam_setting(self.sam_variant, self.m) if self.sam_variant else ""
 
     def cell(self, row: Row) -> Cell:
         """The grid cell of one of this group's rows (the baseline's has no SAM setting)."""
@@ -127,6 +135,12 @@ class LargeBatch(BaseModel):
     recovered_fraction: float | None = Field(
         description="(SAM - baseline) / baseline drop at this size; None without a drop"
     )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def sam(self) -> str:
+        """Its SAM setting: 'sam', 'asam m=32'."""
+        return sam_setting(self.sam_variant, self.m) if self.sam_variant else ""
 
 
 class Report(BaseModel):

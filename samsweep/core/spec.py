@@ -307,6 +307,13 @@ class Cell(_Strict):
     sam_variant: str | None = None
     m: int | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _baseline_has_no_sam_setting(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("rho") == 0:
+            data = {**data, "sam_variant": None, "m": None}
+        return data
+
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Cell:
         """The cell of a trial's params as the API serves them (a dict that may hold
@@ -331,16 +338,21 @@ class Cell(_Strict):
         e.g. 'sam 0.05', 'asam 1 m=32'."""
         if self.baseline:
             return "rho 0"
-        m = f" m={self.m}" if self.m else ""
-        return f"{self.sam_variant or 'sam'} {self.rho:g}{m}"
+        return f"{self.sam_variant or 'sam'} {self.rho:g}" + sam_setting(None, self.m)
 
     @property
     def label(self) -> str:
         """The whole cell: 'ρ=0.05, batch 128, sgd, sam m=32' ('ρ=0, batch 128, sgd')."""
         text = f"ρ={self.rho:g}, batch {self.batch_size}, {self.base_optimizer}"
         if not self.baseline and self.sam_variant:
-            text += f", {self.sam_variant}" + (f" m={self.m}" if self.m else "")
+            text += ", " + sam_setting(self.sam_variant, self.m)
         return text
+
+
+def sam_setting(variant: str | None, m: int | None) -> str:
+    """SAM's variant and m-sharpness as labels name them: 'sam', 'asam m=32' (without a
+    variant, only ' m=32' or '')."""
+    return (variant or "") + (f" m={m}" if m else "")
 
 
 _CELL_AXES = tuple(Cell.model_fields)

@@ -108,13 +108,13 @@ class TrialPublic(_Wire):
     value: float | None
     metrics: dict[str, Any] | None
     curves: list[dict[str, Any]] | None = Field(
-        description="per-epoch metrics; null unless asked for with curves=true"
+        None, description="per-epoch metrics; null unless asked for with curves=true"
     )
     error: str | None
     epoch: int
     started_at: datetime | None
     finished_at: datetime | None
-    optuna_trial_number: int | None
+    optuna_trial_number: int | None = None
 
 
 class Trials(list[TrialPublic]):
@@ -157,7 +157,7 @@ class BestTrial(_Wire):
     params: dict[str, Any]
     value: float
     metrics: dict[str, Any]
-    optuna_trial_number: int | None
+    optuna_trial_number: int | None = None
 
 
 class BestCell(_Wire):

@@ -9,8 +9,6 @@
   const id = document.body.dataset.studyId;
   const base = `/studies/${encodeURIComponent(id)}`;
   const POLL_MS = 2000;
-  const FINISHED = ["COMPLETE", "FAILED", "INFEASIBLE", "CANCELLED"];
-  const STATES = ["QUEUED", "RUNNING", ...FINISHED];
   let lastFinished = null;
   let curvesTrial = null; // null: the best cell's trials
   let updates = 0;
@@ -31,18 +29,12 @@
     document.getElementById("progress-text").textContent =
       `${d.progress.finished} of ${d.progress.total} trials finished`;
     const counts = document.getElementById("counts");
-    counts.replaceChildren(...STATES.map((state) => {
+    counts.replaceChildren(...Object.keys(d.counts).map((state) => { // every state, in order
       const li = el("li", null, { "data-state": state, class: `state-${state}` });
       li.appendChild(el("span", state, { class: "state" }));
       li.appendChild(el("span", d.counts[state] ?? 0, { class: "count" }));
       return li;
     }));
-  }
-
-  function groupTitle(g) {
-    const parts = [g.base_optimizer, `batch size ${g.batch_size}`];
-    if (g.sam_variant) parts.push(g.sam_variant + (g.m === null ? "" : `, m=${g.m}`));
-    return parts.join(" · ");
   }
 
   function renderReport(r) {
@@ -55,7 +47,7 @@
     for (const g of r.groups) {
       const body = el("tbody", null, { class: "group" });
       const head = el("tr", null, { class: "group-head" });
-      head.appendChild(el("th", groupTitle(g), { colspan: "11" }));
+      head.appendChild(el("th", g.title, { colspan: "11" }));
       body.appendChild(head);
       for (const row of g.rows) {
         const selected = !row.baseline && row.rho === g.selected_rho;
@@ -91,7 +83,7 @@
     const lb = document.querySelector("#large-batch tbody");
     lb.replaceChildren(...r.large_batch.map((x) => {
       const tr = el("tr");
-      const sam = x.sam_variant ? x.sam_variant + (x.m === null ? "" : `, m=${x.m}`) : "–";
+      const sam = x.sam || "–";
       const recovered = x.recovered_fraction === null ? "–" : `${(100 * x.recovered_fraction).toFixed(0)} %`;
       for (const v of [x.base_optimizer, sam, x.small_batch_size, x.batch_size, x.selected_rho ?? "–",
         fmt(x.baseline_drop, 4), fmt(x.sam_drop, 4), recovered]) tr.appendChild(el("td", v));
@@ -110,7 +102,7 @@
       const m = x.metrics || {};
       const p = x.params;
       const tr = el("tr", null, { class: `state-${x.state}`, "data-number": String(x.number) });
-      const sam = p.rho > 0 && p.sam_variant ? p.sam_variant + (p.m === null || p.m === undefined ? "" : `, m=${p.m}`) : "–";
+      const sam = p.rho > 0 && p.sam_variant ? p.sam_variant + (p.m == null ? "" : ` m=${p.m}`) : "–";
       for (const v of [x.number, p.rho, p.batch_size, p.base_optimizer, sam, p.seed]) tr.appendChild(el("td", v));
       tr.appendChild(el("td", x.state, { class: "state" }));
       tr.appendChild(el("td", x.epoch));
@@ -176,7 +168,7 @@
     const done = detail.status === "complete" || detail.status === "cancelled";
     try {
       renderTrials(await get(`${base}/trials?curves=false&limit=1000`));
-      const finished = FINISHED.map((s) => detail.counts[s] ?? 0).join(",");
+      const finished = detail.progress.finished; // the API's own count of finished trials
       if (finished !== lastFinished) {
         renderReport(await get(`${base}/report`));
         lastFinished = finished;

@@ -148,3 +148,30 @@ def test_the_report_warns_when_rho_was_selected_on_the_test_set():
     assert warning.startswith("warning: rho was selected on the test set")
     report.selection_metric, report.selected_on_test = "val_accuracy", False
     assert selection_lines(report) == ["rho selected per group by the mean val_accuracy over seeds"]
+
+
+# docs/cli.md "Python client": the client parses the API's own models (samsweep.core.wire)
+# and keeps the fields it does not know, so an API newer than the client still reads; an
+# older API's submit answer without `replayed` is read from the status
+def test_answers_from_a_newer_or_older_api_parse(monkeypatch):
+    _sleepless(monkeypatch)
+    links = {"self": "s", "trials": "t", "best": "b", "report": "r"}
+    detail = {
+        "id": S1, "name": "x", "status": "running", "n_trials": 2,
+        "created_at": "2026-12-07T00:00:00Z", "links": links, "optuna_study_name": "o",
+        "counts": {"QUEUED": 1, "RUNNING": 1},
+        "progress": {"total": 2, "finished": 0, "fraction": 0.0, "eta_seconds": 60},
+        "timings": {"created_at": "2026-12-07T00:00:00Z", "started_at": None,
+                    "last_finished_at": None, "elapsed_seconds": None},
+        "spec": {}, "window": {"sent": 1},
+    }  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":  # an older API: no `replayed`, a replay is a 200
+            return httpx.Response(200, json={"id": S1, "name": "x", "n_trials": 2, "links": links})
+        return httpx.Response(200, json=detail)
+
+    got = _client(handler).study(S1)
+    assert got.model_extra == {"window": {"sent": 1}}
+    assert got.progress.model_extra == {"eta_seconds": 60} and got.progress.total == 2
+    assert _client(handler).submit(digits_spec()).replayed

@@ -163,3 +163,30 @@ def test_a_negative_zero_rho_is_the_baseline():
     records = [_record(p.rho, p.batch_size, p.seed, 0.9) for p in spec.trials()]
     (group,) = build_report(spec, records).groups
     assert [(r.rho, r.baseline) for r in group.rows] == [(0.0, True), (0.05, False)]
+
+
+# A group and a large-batch row name their SAM setting once (Group.title, .sam, in the
+# report's JSON too): the CLI tables, the plots' legends and the study page use them
+def test_groups_name_themselves_in_the_report_and_its_json():
+    spec = StudySpec.model_validate(digits_spec(rho=(0.0, 0.05), batch_size=(16, 64)))
+    report = build_report(spec, [_record(p.rho, p.batch_size, 0, 0.9) for p in spec.trials()])
+    assert [g.title for g in report.groups] == ["sgd, batch 16, sam", "sgd, batch 64, sam"]
+    data = report.model_dump(mode="json")
+    assert data["groups"][0]["title"] == "sgd, batch 16, sam" and data["groups"][0]["sam"] == "sam"
+    assert data["large_batch"][0]["sam"] == "sam"
+    baselines = StudySpec.model_validate(digits_spec(rho=(0.0,), batch_size=(16,)))
+    (alone,) = build_report(baselines, [_record(0.0, 16, 0, 0.9)]).groups
+    assert (alone.title, alone.sam) == ("sgd, batch 16", "")  # no SAM in this study
+
+
+def test_a_baseline_trial_stored_with_a_sam_setting_is_in_the_baseline_cell():
+    """rho = 0 is the base optimizer alone whatever its params say of SAM (Cell)."""
+    from samsweep.core.report import best_cell, complete_trials
+    from samsweep.core.spec import TrialParams
+
+    spec = StudySpec.model_validate(digits_spec(rho=(0.0, 0.05), batch_size=(16,)))
+    odd = TrialParams(rho=0.0, batch_size=16, base_optimizer="sgd", sam_variant="sam", seed=0)
+    base = TrialRecord(odd, TrialState.COMPLETE, {"test_accuracy": 0.95, "gap": 0.0})
+    report = build_report(spec, [base, _record(0.05, 16, 0, 0.9)])
+    group, row = best_cell(report, "test_accuracy")
+    assert row.baseline and complete_trials(group.cell(row), [base]) == [base]

@@ -46,7 +46,7 @@ def server_deployment(deployment_factory, pg_url: str, redis_url: str) -> Deploy
 def finished_study(tmp_path_factory) -> Iterator[FinishedStudy]:
     """PostgreSQL + Redis, the API and one worker, and FINISHED_SPEC run to completion:
     shared by the CLI and client tests that only read (tests/e2e/cli/test_cli_studies.py,
-    tests/e2e/client/test_client.py)."""
+    tests/e2e/client/test_client_live.py)."""
     require("127.0.0.1", 6379, "Redis")
     tmp = tmp_path_factory.mktemp("finished")
     with fresh_pg_database() as db_url:

@@ -4,6 +4,7 @@ before the process exists."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,30 @@ def test_the_directory_sets_the_marker(request):
     assert not in_e2e(Path(__file__)) and not list(request.node.iter_markers("e2e"))
     assert in_e2e(E2E_DIR / "service" / "test_api.py")
     assert in_e2e(E2E_DIR / "test_e2e.py") and not in_e2e(E2E_DIR.parent / "test_e2e.py")
+
+
+def test_a_quick_test_may_not_listen_for_connections():
+    """An in-process server (uvicorn in a thread, http.server) is a server too."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        with pytest.raises(pytest.fail.Exception, match="quick tier but listened"):
+            s.listen()
+
+
+def test_a_server_started_from_a_thread_fails_the_test(pytester):
+    """pytest.fail in a thread the test started would end that thread only: the guard
+    fails the test itself (run in a pytest of its own, with this suite's hooks)."""
+    pytester.makeconftest(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parents[2])!r})\n"
+        "from tests.conftest import *  # noqa: F403  the hooks under test\n"
+    )
+    pytester.makepyfile(
+        "import subprocess, sys, threading\n"
+        "def test_starts_uvicorn_from_a_thread():\n"
+        "    t = threading.Thread(target=lambda: subprocess.run("
+        "[sys.executable, '-m', 'uvicorn', '--help']))\n"
+        "    t.start(); t.join()\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*quick tier but started uvicorn*"])

@@ -224,7 +224,7 @@ def _within(session: Session, rows: Sequence[Trial], budget: int) -> list[TrialP
     used = 0
     for start in range(0, len(rows), _CURVES_BATCH):
         chunk = rows[start : start + _CURVES_BATCH]
-        found = reads.curves_for(session, [t.id for t in chunk])
+        found = reads.trial_curves(session, [t.id for t in chunk])
         for t in chunk:
             public = _trial_public(t, found.get(t.id, []))
             size = len(public.model_dump_json())

@@ -65,6 +65,8 @@ def test_concurrent_replays_create_one_study_open_api(api):
     codes = sorted(r.status_code for r in responses)
     assert codes == [200] * (RACERS - 1) + [201], [r.text for r in responses]
     assert len({r.json()["id"] for r in responses}) == 1
+    # docs/api.md "Calls": a replay says so (`replayed`), the first answer does not
+    assert [r.json()["replayed"] for r in responses] == [r.status_code == 200 for r in responses]
     assert _studies(api) == 1
 
 
