@@ -34,6 +34,7 @@ class LiveApi:
     pid: int
     log_path: Path
     queue: str
+    env: dict[str, str]
 
 
 def _free_port() -> int:
@@ -75,7 +76,7 @@ def live_api(**settings: str) -> Iterator[LiveApi]:
             wait_until_up(url, timeout=60, process=api)
         except (ServerExited, TimeoutError) as e:
             raise RuntimeError(f"the API did not start ({e}): {log_path.read_text()}") from None
-        yield LiveApi(url, db_url, api.pid, log_path, queue)
+        yield LiveApi(url, db_url, api.pid, log_path, queue, env)
     finally:
         os.killpg(api.pid, signal.SIGTERM)
         api.wait(timeout=30)

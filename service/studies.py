@@ -33,8 +33,14 @@ log = logging.getLogger(__name__)
 
 
 def request_digest(spec: StudySpec) -> str:
-    """SHA-256 of the validated spec: the same study whatever the key order or defaults."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """SHA-256 of the validated spec: the same study whatever the key order or defaults.
+    The dispatcher's fields are left out at their defaults, so a key recorded before they
+    existed still replays."""
+    fields = spec.model_dump(mode="json")
+    for name in ("priority", "max_concurrent_trials"):
+        if fields[name] == StudySpec.model_fields[name].default:
+            del fields[name]
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -118,6 +124,8 @@ def _insert(
         optuna_study_name=optuna_store.study_name(spec.name, study_id),
         owner=owner,
         idempotency_key=idempotency_key,
+        priority=spec.priority,
+        max_concurrent_trials=spec.max_concurrent_trials,
     )
     try:
         session.add(study)

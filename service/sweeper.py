@@ -1,15 +1,19 @@
 """The API's background sweep: the database is the source of truth for the queue.
 
-Each round it (1) returns to the queue every RUNNING trial whose worker stopped
-heartbeating (a killed worker, a lost host), up to `max_attempts`, after which the
-trial FAILs with the reason; and (2) hands the broker every QUEUED trial it has
-not received (it was down, or the trial was just returned to the queue).
+Every SAMSWEEP_SWEEP_SECONDS it (1) returns to the queue every RUNNING trial whose worker
+stopped heartbeating (a killed worker, a lost host), up to `max_attempts`, after which
+the trial FAILs with the reason; (2) marks every sent trial unsent again if the broker
+restarted (its queue may be lost); (3) marks unsent again a trial that was sent, taken
+by a consumer and never claimed (a worker killed between receiving its message and
+claiming the trial: `resend_unclaimed`). In between, every SAMSWEEP_DISPATCH_SECONDS,
+the dispatcher (service/dispatch.py) tops up the broker's window from the unsent trials.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 
 from celery import Celery
@@ -17,10 +21,10 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from samsweep.core.db import Meta, Study, Trial, rows_updated, session_factory, utcnow
-from samsweep.core.queue import broker_identity
+from samsweep.core.queue import broker_identity, waiting_trial_ids
 from samsweep.core.settings import Settings
 from samsweep.core.states import TrialState
-from service.dispatch import enqueue_pending
+from service.dispatch import dispatch
 
 log = logging.getLogger(__name__)
 BROKER_IDENTITY = "broker_identity"
@@ -96,18 +100,62 @@ def resend_after_broker_restart(session: Session, celery: Celery) -> int:
     return n
 
 
+def resend_unclaimed(session: Session, celery: Celery, queue: str, unclaimed_seconds: float) -> int:
+    """Mark unsent again the trials sent more than `unclaimed_seconds` ago, still QUEUED,
+    whose message no longer waits in the queue: a consumer took it and never claimed the
+    trial (killed before its claim; on Redis the message would wait for the visibility
+    timeout, on the embedded broker forever). The dispatcher sends them again; if the
+    first message is alive after all, the claim absorbs the duplicate. A trial whose
+    message still waits for a free worker is left alone, however long it waits."""
+    cutoff = utcnow() - timedelta(seconds=unclaimed_seconds)
+    old = set(
+        session.scalars(
+            select(Trial.id).where(
+                Trial.state == TrialState.QUEUED,
+                Trial.enqueued_at.is_not(None),
+                Trial.enqueued_at < cutoff,
+            )
+        )
+    )
+    if not old:
+        return 0
+    taken = old - waiting_trial_ids(celery, queue)
+    if taken:
+        n = rows_updated(
+            session,
+            update(Trial)
+            .where(
+                Trial.id.in_(taken),
+                Trial.state == TrialState.QUEUED,
+                Trial.enqueued_at < cutoff,
+            )
+            .values(enqueued_at=None),
+        )
+        log.warning("%d trial(s) taken by a consumer but never claimed: sending them again", n)
+    session.commit()
+    return len(taken)
+
+
 def sweep_once(session: Session, celery: Celery, settings: Settings) -> None:
     requeue_stale(session, settings.stale_after_seconds, settings.max_attempts)
     resend_after_broker_restart(session, celery)
-    if n := enqueue_pending(session, celery, settings.queue):
+    resend_unclaimed(session, celery, settings.queue, settings.unclaimed_seconds)
+    if n := dispatch(session, celery, settings):
         log.info("sent %d queued trial(s) to the broker", n)
 
 
 def sweep_forever(settings: Settings, celery: Celery, stop: threading.Event) -> None:
+    """The sweep every SAMSWEEP_SWEEP_SECONDS, a dispatch round every
+    SAMSWEEP_DISPATCH_SECONDS in between (one cheap count while the window is full)."""
     sessions = session_factory(settings.resolved_database_url)
-    while not stop.wait(settings.sweep_seconds):
+    next_sweep = time.monotonic() + settings.sweep_seconds
+    while not stop.wait(settings.dispatch_seconds):
         try:
             with sessions() as session:
-                sweep_once(session, celery, settings)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + settings.sweep_seconds
+                    sweep_once(session, celery, settings)
+                else:
+                    dispatch(session, celery, settings)
         except Exception as e:  # the database may be down for a while: next round
             log.warning("sweep failed: %s", e)

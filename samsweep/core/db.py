@@ -82,6 +82,11 @@ class Study(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     cancelled_at: Mapped[datetime | None]
+    # The dispatcher's inputs (service/dispatch.py), from the spec: its priority and bound
+    # on running trials; and when it was last sent a trial (round robin between equals).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_concurrent_trials: Mapped[int | None] = mapped_column(Integer)
+    dispatched_at: Mapped[datetime | None]
 
     trials: Mapped[list[Trial]] = relationship(back_populates="study", order_by="Trial.number")
 

@@ -7,6 +7,8 @@ task itself must be idempotent: it claims its trial row in the database first
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -73,6 +75,41 @@ def broker_identity(app: Celery) -> str | None:
         if client is None or not hasattr(client, "info"):
             return None  # the embedded broker: its messages live in a file
         return str(client.info("server")["run_id"])
+
+
+def waiting_trial_ids(app: Celery, queue: str) -> set[int]:
+    """The trials whose messages wait in the queue, not yet delivered to any consumer
+    (Redis: the queue's list; the embedded broker: its visible rows). A trial that was
+    sent, is not claimed and is not here was taken by a consumer (service/sweeper.py)."""
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        client = getattr(channel, "client", None)
+        if client is not None and hasattr(client, "lrange"):  # Redis
+            payloads = client.lrange(queue, 0, -1)
+        else:  # kombu's SQLAlchemy transport: delivered rows are kept, not visible
+            rows = channel._query_all(queue).filter(channel.message_cls.visible.is_(True))
+            payloads = [row.payload for row in rows]
+    ids = set()
+    for payload in payloads:
+        trial_id = _trial_id(payload)
+        if trial_id is not None:
+            ids.add(trial_id)
+    return ids
+
+
+def _trial_id(payload: bytes | str) -> int | None:
+    """The trial a message names (Celery's protocol 2: a base64 JSON body [args, ...])."""
+    try:
+        message = json.loads(payload)
+        if message.get("headers", {}).get("task") != RUN_TRIAL:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return int(args[0])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None  # not a message of ours
 
 
 def enqueue_trial(app: Celery, queue: str, trial_id: int, producer: Producer | None = None) -> None:

@@ -41,6 +41,17 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(5.0, gt=0, description="worker heartbeat period")
     max_attempts: int = Field(3, ge=1, description="runs of a trial whose worker died")
     sweep_seconds: float = Field(10.0, gt=0, description="API re-sends never-queued trials")
+    # The dispatcher (service/dispatch.py): the broker holds at most `dispatch_window` trials
+    # sent but not yet claimed; the API tops it up every `dispatch_seconds`.
+    dispatch_window: int | None = Field(
+        None, ge=1, le=10_000,
+        description="trials sent but not yet claimed, at most; default: the trials running "
+        "now (about the worker slots busy), at least 2",
+    )  # fmt: skip
+    dispatch_seconds: float = Field(0.25, gt=0, le=60, description="the dispatcher's period")
+    unclaimed_seconds: float = Field(
+        30.0, gt=0, description="a trial a consumer took but nobody claimed this long is re-sent"
+    )
     api_url: str = Field("http://127.0.0.1:8000", description="where `samsweep run` submits")
     api_token: SecretStr | None = Field(None, description="bearer token `samsweep run` sends")
     # Credentials. With tokens configured, every write needs `Authorization: Bearer <token>`;

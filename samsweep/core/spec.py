@@ -234,6 +234,16 @@ class StudySpec(_Strict):
         "when dataset.val_fraction > 0 (select on held-out data), else test_accuracy",
     )
     sharpness: SharpnessSpec = SharpnessSpec()
+    # How the dispatcher shares the workers (service/dispatch.py): the study's place
+    # among those with work, and a bound on its trials running at once.
+    priority: int = Field(
+        0, ge=-1000, le=1000, description="studies of higher priority are sent trials first; "
+        "equal priorities share the workers round robin"
+    )  # fmt: skip
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, le=100_000,
+        description="at most this many of the study's trials running at once (default: no bound)",
+    )  # fmt: skip
 
     _unique_seeds = field_validator("seeds")(_unique)
 

@@ -127,6 +127,41 @@ def test_curves_arrays_move_to_epoch_rows_and_back(settings):
     engine.dispose()
 
 
+# issue 16: 0005 gives studies the dispatcher's columns, from their stored spec (absent
+# there: priority 0, no bound); a downgrade drops them and keeps every trial (no table copy
+# on SQLite: recreating samsweep_studies would cascade to its trials)
+def test_dispatch_columns_come_from_the_stored_spec(settings):
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "0004")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for sid, spec in [("s1", {}), ("s2", {"priority": 3, "max_concurrent_trials": 2})]:
+            conn.execute(sa.insert(STUDIES).values(
+                id=sid, name="s", spec=spec, n_trials=1, optuna_study_name=f"o-{sid}",
+                created_at=datetime.now(UTC)))  # fmt: skip
+            conn.execute(
+                sa.text(
+                    "INSERT INTO samsweep_trials (study_id, number, cell_key, seed, params, state,"
+                    " attempts, epoch) VALUES (:s, 0, 'c', 0, '{}', 'QUEUED', 0, 0)"
+                ),
+                {"s": sid},
+            )
+    command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT id, priority, max_concurrent_trials, dispatched_at FROM samsweep_studies"
+            " ORDER BY id")).all()  # fmt: skip
+    assert [tuple(r) for r in rows] == [("s1", 0, None, None), ("s2", 3, 2, None)]
+    command.downgrade(cfg, "0004")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM samsweep_trials")).scalar_one() == 2
+    command.upgrade(cfg, "head")
+    engine.dispose()
+
+
 # docs/deploy.md "Production": the dashboard's role may only read Optuna's schema: its DELETE fails
 # and the study stays; it cannot read the service's tables
 def test_dashboard_role_reads_optuna_and_changes_nothing(pg_url):

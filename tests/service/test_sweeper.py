@@ -1,11 +1,10 @@
 """The API's sweep on PostgreSQL: a RUNNING trial whose worker stopped heartbeating goes
-back to the queue (or FAILs after the last attempt); a live one is left alone; trials
-the broker never received are sent, and every QUEUED one again after a broker restart
-(real Redis)."""
+back to the queue (or FAILs after the last attempt); a live one is left alone; every
+QUEUED trial is sent again after a broker restart (real Redis). The dispatcher's own
+tests: tests/service/test_dispatch.py."""
 
 from __future__ import annotations
 
-import contextlib
 from datetime import timedelta
 
 import pytest
@@ -16,7 +15,6 @@ from samsweep.core.migrate import migrate
 from samsweep.core.settings import Settings
 from samsweep.core.spec import StudySpec
 from samsweep.core.states import TrialState
-from service.dispatch import enqueue_pending
 from service.sweeper import requeue_stale
 from tests.support.specs import digits_spec
 
@@ -78,36 +76,6 @@ def test_a_stale_trial_of_a_cancelled_study_is_cancelled_not_requeued(session):
     assert dead.claim_token is None and dead.finished_at is not None
 
 
-class _RecordingCelery:
-    """Celery's producer side as enqueue_pending uses it, recording what it sends."""
-
-    def __init__(self, fail_after: int | None = None) -> None:
-        self.sent: list[int] = []
-        self.fail_after = fail_after
-
-    @contextlib.contextmanager
-    def producer_or_acquire(self):
-        yield None
-
-    def send_task(self, name, args, queue, producer=None):
-        if self.fail_after is not None and len(self.sent) >= self.fail_after:
-            raise ConnectionError("broker down")
-        self.sent.append(args[0])
-
-
-# docs/api.md "Calls" (POST /studies) and docs/faults.md "What must hold": the trials reach the
-# broker after the answer; any QUEUED trial the broker never received is sent by the sweeper
-def test_enqueue_pending_sends_each_trial_once_and_survives_a_broker_outage(session):
-    down = _RecordingCelery(fail_after=1)
-    assert enqueue_pending(session, down, "q") == 1
-    pending = session.scalars(select(Trial).where(Trial.enqueued_at.is_(None))).all()
-    assert len(pending) == 3  # the refused one was unmarked, the rest never tried
-    up = _RecordingCelery()
-    assert enqueue_pending(session, up, "q") == 3
-    assert enqueue_pending(session, up, "q") == 0
-    assert sorted(down.sent + up.sent) == sorted(t.id for t in session.scalars(select(Trial)))
-
-
 # docs/faults.md "What must hold": the sweeper re-sends every QUEUED trial when Redis's run_id
 # changes (a restart that may have lost the queue; the id is kept in the database, so a
 # restart while the API was down counts: docs/faults.md "What must hold", "Sweeper")
@@ -123,7 +91,7 @@ def test_a_broker_restart_while_the_api_was_down_resends_the_queued_trials(
     from service.sweeper import BROKER_IDENTITY, sweep_once
 
     queue = f"samsweep-test-{uuid.uuid4().hex[:8]}"
-    settings = Settings(database_url=pg_url, broker_url=redis_url, queue=queue)
+    settings = Settings(database_url=pg_url, broker_url=redis_url, queue=queue, dispatch_window=10)
     celery = make_celery(settings)
     trials = session.scalars(select(Trial).order_by(Trial.number)).all()
     sent_before = utcnow()

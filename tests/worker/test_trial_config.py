@@ -24,7 +24,8 @@ SECTIONS = {
     "train": (s.TrainSpec, trainer.TrainConfig),
     "sharpness": (s.SharpnessSpec, trainer.SharpnessConfig),
 }
-NOT_A_TRIALS = {"name", "seeds", "objective", "search"}
+# the study's, not a trial's: its grid, and how the dispatcher shares the workers with it
+NOT_A_TRIALS = {"name", "seeds", "objective", "search", "priority", "max_concurrent_trials"}
 EXECUTION = {"device", "channels_last", "checkpoint_path"}  # the worker's, not the spec's
 
 

@@ -38,7 +38,7 @@ from service.api.conditional import NotModified, cached_json, etag, not_modified
 from service.api.deps import CacheDep, CeleryDep, DbDep, ReadOwner, SettingsDep, WriteOwner
 from service.api.offload import heavy
 from service.cache import VersionedCache
-from service.dispatch import enqueue_study
+from service.dispatch import dispatch_now
 from service.errors import responses
 
 router = APIRouter(prefix="/studies", tags=["studies"])
@@ -99,7 +99,7 @@ def create_study(
             session, settings, spec, owner=owner, idempotency_key=idempotency_key
         )
     if created:
-        background.add_task(enqueue_study, db, celery, settings.queue, study.id)
+        background.add_task(dispatch_now, db, celery, settings)
     else:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/studies/{study.id}"

@@ -484,8 +484,9 @@ def test_a_full_redis_refuses_new_tasks_and_loses_none(tmp_path):
         with fresh_pg_database() as db_url:
             queue = f"samsweep-test-{uuid.uuid4().hex[:8]}"
             d = Deployment(
+                # a window as large as the study: every trial is sent (and fills Redis)
                 env=base_env(tmp_path, database_url=db_url, queue=queue,
-                             broker_url=f"redis://127.0.0.1:{port}/0"),
+                             broker_url=f"redis://127.0.0.1:{port}/0", dispatch_window="2000"),
                 tmp=tmp_path,
             )  # fmt: skip
             assert d.run("migrate").returncode == 0
