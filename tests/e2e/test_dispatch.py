@@ -20,13 +20,15 @@ from tests.support.specs import digits_spec
 
 @pytest.fixture(params=["embedded", "postgresql+redis"])
 def deployment(request, deployment_factory):
-    if request.param == "embedded":
-        return deployment_factory()
-    pg_url, redis_url = request.getfixturevalue("pg_url"), request.getfixturevalue("redis_url")
-    d = deployment_factory(
-        database_url=pg_url, broker_url=redis_url, queue=f"samsweep-test-{uuid.uuid4().hex[:8]}"
-    )
-    assert d.run("migrate").returncode == 0
+    settings = {"queue": f"samsweep-test-{uuid.uuid4().hex[:8]}"}
+    if request.param != "embedded":
+        settings.update(
+            database_url=request.getfixturevalue("pg_url"),
+            broker_url=request.getfixturevalue("redis_url"),
+        )
+    d = deployment_factory(**settings)
+    result = d.run("migrate")
+    assert result.returncode == 0, result.stderr
     return d
 
 
