@@ -19,10 +19,9 @@ from samsweep.core.settings import get_settings, redact, with_search_path
 from tests.support.cli import (
     COMMANDS,
     MALFORMED,
-    MISBEHAVIOURS,
     VALID_YAML,
-    Misbehaving,
     args_for,
+    in_process,
     mkdir,
     one_line,
     write,
@@ -256,11 +255,6 @@ def test_optuna_sqlite_file_sits_beside_the_database_even_with_odd_characters(mo
 # `python -m samsweep.cli`, as a subprocess.
 
 
-def _in_process(capsys, *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("command", ["submit", "run"])
 @pytest.mark.parametrize("case,name,make,says", MALFORMED, ids=[m[0] for m in MALFORMED])
 def test_every_malformed_spec_file_is_one_line_and_exit_2(
@@ -273,7 +267,7 @@ def test_every_malformed_spec_file_is_one_line_and_exit_2(
     args = [command, str(path), "--server", dead]
     if command == "run":
         args += ["--state-dir", str(tmp_path / "state")]
-    err = one_line(_in_process(capsys, *args), 2)
+    err = one_line(in_process(capsys, *args), 2)
     assert says in err and str(path) in err, err
     assert not (tmp_path / "state").exists()
 
@@ -281,7 +275,7 @@ def test_every_malformed_spec_file_is_one_line_and_exit_2(
 def test_an_unreadable_spec_file_is_one_line_and_exit_2(capsys):
     """Root reads any file mode; /proc/1/mem is refused even to root (EACCES or EIO)."""
     target = "/proc/1/mem"
-    err = one_line(_in_process(capsys, "submit", target, "--server", "http://127.0.0.1:9"), 2)
+    err = one_line(in_process(capsys, "submit", target, "--server", "http://127.0.0.1:9"), 2)
     assert err.startswith(f"samsweep: {target}: "), err
 
 
@@ -292,36 +286,6 @@ def spec_file(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("how", MISBEHAVIOURS)
-@pytest.mark.parametrize("command", [["studies"], ["submit"]], ids=["studies", "submit"])
-def test_a_misbehaving_server_is_one_line_and_exit_1(tmp_path, capsys, spec_file, how, command):
-    """A proxy's HTML page, JSON of another shape, a 500 (with terminal escapes in its
-    message), a body too big to read, bytes that are not HTTP, a server that never
-    answers: one line saying so, exit 1."""
-    server = Misbehaving(how)
-    try:
-        err = one_line(_in_process(capsys, *args_for(command, spec_file, server.url)), 1)
-    finally:
-        server.close()
-    assert server.url in err or "500" in err, err
-
-
-@pytest.mark.parametrize("how", ["html 200", "garbage JSON", "JSON list"])
-@pytest.mark.parametrize("command", [*COMMANDS, ["run"]], ids=lambda c: c[0])
-def test_every_command_survives_a_server_that_is_not_samsweep(
-    tmp_path, capsys, spec_file, how, command
-):
-    server = Misbehaving(how)
-    args = args_for(command, spec_file, server.url)
-    if command == ["run"]:
-        args += ["--state-dir", str(tmp_path / "state")]
-    try:
-        one_line(_in_process(capsys, *args), 1)
-    finally:
-        server.close()
-    assert not (tmp_path / "state").exists()  # `run --server` never starts its own
-
-
 @pytest.mark.parametrize(
     "server", ["http://127.0.0.1:{port}", "http://[::1", "ftp://127.0.0.1/", "not a url", ""]
 )
@@ -330,7 +294,7 @@ def test_an_unreachable_or_malformed_server_url_is_one_line_and_exit_1(
     capsys, spec_file, server, command
 ):
     url = server.format(port=free_port())
-    one_line(_in_process(capsys, *args_for(command, spec_file, url)), 1)
+    one_line(in_process(capsys, *args_for(command, spec_file, url)), 1)
 
 
 def test_a_bad_timeout_is_a_usage_error(capsys):
@@ -349,6 +313,6 @@ def test_a_defect_is_one_line_and_exit_70(monkeypatch, capsys):
     monkeypatch.setattr(studies, "_submit", broken)
     monkeypatch.delenv("SAMSWEEP_TRACEBACK", raising=False)
     path = ROOT / "examples" / "digits-label-noise.yaml"
-    code, err = _in_process(capsys, "submit", str(path))
+    code, err = in_process(capsys, "submit", str(path))
     assert code == 70 and "internal error: RuntimeError: boom" in err, err
     assert len(err.strip().splitlines()) == 1

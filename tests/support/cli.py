@@ -199,3 +199,11 @@ def args_for(command: list[str], spec_file, url: str) -> list[str]:
     else:
         extra = [STUDY_ID]
     return [*command, *extra, "--server", url, "--timeout", "0.5"]
+
+
+def in_process(capsys, *args: str) -> tuple[int, str]:
+    """Run the CLI's `main` in this process: (exit code, what it wrote to stderr)."""
+    from samsweep.cli import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
