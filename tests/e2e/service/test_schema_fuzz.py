@@ -37,6 +37,9 @@ def live(tmp_path_factory):
         env = base_env(tmp, database_url=db_url, broker_url=REDIS, queue=queue)
         env["SAMSWEEP_MAX_GRID_TRIALS"] = "20"  # valid generated specs stay small
         env["SAMSWEEP_MAX_STUDIES_PER_OWNER"] = "100000"  # hundreds of valid ones are made
+        # no worker claims: a window this wide sends every accepted trial, so the broker's
+        # length counts them (refusals must leave it as it was)
+        env["SAMSWEEP_DISPATCH_WINDOW"] = "10000"
         d = Deployment(env=env, tmp=tmp)
         assert d.run("migrate").returncode == 0
         try:
@@ -177,7 +180,7 @@ def test_hostile_mutations_are_refused_quickly_without_harm(live):
         if r.status_code != 201:
             assert _state(d, engine) == before, (path, r.text)
             assert set(r.json()["error"]) == {"code", "message", "field", "details"}
-        else:  # its trials reach the broker after the answer: let that settle first
+        else:  # its trials reach the broker (the window) after the answer: let that settle
             queued = before[-1] + r.json()["n_trials"]
             wait_for(lambda: _state(d, engine)[-1] == queued, 30, d, "the study's tasks")
 
