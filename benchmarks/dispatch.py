@@ -38,14 +38,20 @@ CLI = [sys.executable, "-m", "samsweep.cli"]
 
 
 def _spec(n: int, epochs: int = 1) -> dict:
-    """n one-epoch digits trials: n seeds of one cell."""
+    """n one-epoch digits trials (n <= 100, or a multiple of 100): baselines over seeds,
+    at as many batch sizes as it takes."""
+    seeds = min(n, 100)
     return {
         "name": "dispatch-bench",
         "dataset": {"name": "digits"},
         "model": {"name": "cnn"},
-        "search": {"rho": [0.0], "batch_size": [256], "base_optimizer": ["sgd"]},
+        "search": {
+            "rho": [0.0],
+            "batch_size": list(range(256, 256 + n // seeds)),
+            "base_optimizer": ["sgd"],
+        },
         "train": {"epochs": epochs, "lr": 0.05},
-        "seeds": list(range(n)),
+        "seeds": list(range(seeds)),
         "sharpness": {"samples": 0},
     }
 
@@ -117,7 +123,9 @@ def slot_gaps_embedded(n: int) -> dict:
 def queue_length_large_study(seconds: float = 30) -> dict:
     """A 2 000-trial study with one worker: the most messages Redis held meanwhile."""
     with live_api() as api:
-        study = httpx.post(f"{api.url}/studies", json=_spec(2000)).json()
+        r = httpx.post(f"{api.url}/studies", json=_spec(2000))
+        assert r.status_code == 201, r.text
+        study = r.json()
         worker = _spawn(["worker"], {**api.env, "SAMSWEEP_TORCH_THREADS": "1"},
                         api.log_path.with_name("worker.log"))  # fmt: skip
         broker = redis.Redis.from_url(REDIS)
