@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.cli import VALID_YAML
 from tests.support.db import REDIS, fresh_pg_database, require
 from tests.support.tiers import in_e2e, refused_process
 
@@ -123,3 +124,11 @@ def _no_settings_leak(monkeypatch):
     from samsweep.core.settings import get_settings
 
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    """A valid spec file (the CLI tests' `samsweep submit FILE`)."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(VALID_YAML)
+    return path

@@ -279,13 +279,6 @@ def test_an_unreadable_spec_file_is_one_line_and_exit_2(capsys):
     assert err.startswith(f"samsweep: {target}: "), err
 
 
-@pytest.fixture
-def spec_file(tmp_path):
-    path = tmp_path / "spec.yaml"
-    path.write_text(VALID_YAML)
-    return path
-
-
 @pytest.mark.parametrize(
     "server", ["http://127.0.0.1:{port}", "http://[::1", "ftp://127.0.0.1/", "not a url", ""]
 )

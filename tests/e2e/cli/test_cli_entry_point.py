@@ -24,13 +24,6 @@ from tests.support.http import free_port, wait_for
 from tests.support.processes import wait_healthy
 
 
-@pytest.fixture
-def spec_file(tmp_path):
-    path = tmp_path / "spec.yaml"
-    path.write_text(VALID_YAML)
-    return path
-
-
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

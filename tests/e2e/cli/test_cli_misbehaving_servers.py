@@ -10,7 +10,6 @@ import pytest
 from tests.support.cli import (
     COMMANDS,
     MISBEHAVIOURS,
-    VALID_YAML,
     Misbehaving,
     args_for,
     in_process,
@@ -19,13 +18,6 @@ from tests.support.cli import (
 
 
 # docs/cli.md "Exit codes": no traceback for bad input; a one-line reason and its exit code
-@pytest.fixture
-def spec_file(tmp_path):
-    path = tmp_path / "spec.yaml"
-    path.write_text(VALID_YAML)
-    return path
-
-
 @pytest.mark.parametrize("how", MISBEHAVIOURS)
 @pytest.mark.parametrize("command", [["studies"], ["submit"]], ids=["studies", "submit"])
 def test_a_misbehaving_server_is_one_line_and_exit_1(tmp_path, capsys, spec_file, how, command):
