@@ -149,6 +149,12 @@ def finish(
     with_db_retry(write, f"record trial {c.trial_id}", retry)
 
 
+def trial_deleted(sessions: sessionmaker[Session], c: Claim) -> bool:
+    """Whether the trial's row is gone (its study was deleted: DELETE /studies/{id})."""
+    with sessions() as session:
+        return session.scalar(select(Trial.id).where(Trial.id == c.trial_id)) is None
+
+
 def study_cancelled(sessions: sessionmaker[Session], c: Claim) -> bool:
     with sessions() as session:
         return session.scalar(select(Study.cancelled_at).where(Study.id == c.study_id)) is not None

@@ -17,6 +17,7 @@ class Outcome(enum.StrEnum):
     SKIPPED = "skipped"  # not QUEUED: another worker has it, or it is finished
     CLAIM_LOST = "claim lost"  # the sweeper gave it to another worker mid-training
     CANCELLED = "cancelled"  # its study was cancelled
+    DELETED = "deleted"  # its study was deleted: nothing left to record it in
     DIVERGED = "diverged"  # the loss became NaN or infinite (trainer.DivergedError)
     INFEASIBLE = "infeasible"  # out of memory at this batch size on this device
     ERROR = "error"  # any other failure, recorded with its exception

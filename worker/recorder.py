@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from samsweep.core import optuna_store
 from samsweep.core.db import utcnow
 from trainer import EpochMetrics, TrialResult
-from worker.claim import Claim, finish, study_cancelled, write_claimed
+from worker.claim import Claim, finish, study_cancelled, trial_deleted, write_claimed
 from worker.dashboard import save_learning_curves
 from worker.heartbeat import Heartbeat
 from worker.outcome import Outcome
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class Stop(Exception):
-    """Raised from `on_epoch` to stop training: the study was cancelled, or the claim
-    went to another worker. fit() lets it through unchanged."""
+    """Raised from `on_epoch` to stop training: the study was cancelled or deleted, or
+    the claim went to another worker. fit() lets it through unchanged."""
 
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome.value)
@@ -71,7 +71,8 @@ class TrialRecorder:
         return list(self._rows.values())
 
     def on_epoch(self, m: EpochMetrics) -> None:
-        """Record epoch `m`; raise Stop if the claim is lost or the study cancelled."""
+        """Record epoch `m`; raise Stop if the claim is lost or the study cancelled or
+        deleted."""
         record = m.to_dict()
         last = next(reversed(self._rows), 0)  # the keys stay in epoch order
         retrained = [e for e in self._rows if e > m.epoch] if last > m.epoch else []
@@ -86,6 +87,8 @@ class TrialRecorder:
             "epoch",
         )
         if not kept or self.heartbeat.lost.is_set():
+            if self._retry(lambda: trial_deleted(self.sessions, self.claim), "check for delete"):
+                raise Stop(Outcome.DELETED)
             raise Stop(Outcome.CLAIM_LOST)
         if self._retry(lambda: study_cancelled(self.sessions, self.claim), "check for cancel"):
             raise Stop(Outcome.CANCELLED)

@@ -55,6 +55,15 @@ def checkpoint_path(settings: Settings, c: Claim) -> Path:
     return settings.resolved_checkpoint_dir / c.study_id / f"trial-{c.trial_id}.pt"
 
 
+def remove_checkpoint(path: Path) -> None:
+    """Remove a checkpoint, and its study's directory once it holds no other."""
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:  # another trial's checkpoint is there, or it is gone already
+        pass
+
+
 def _run_claimed(c: Claim, settings: Settings, sessions: sessionmaker[Session]) -> Outcome:
     url, retry = settings.resolved_optuna_url, settings.db_retry_seconds
     if c.attempt > 1:  # only a re-run can find Optuna trials of earlier attempts
@@ -100,6 +109,9 @@ def _train(c: Claim, settings: Settings, recorder: TrialRecorder) -> Outcome:
         )
         result = trainer.fit(config, on_epoch=recorder.on_epoch)
     except Stop as e:
+        if e.outcome is Outcome.DELETED:  # the API removed the study's checkpoints already,
+            remove_checkpoint(ckpt)  # perhaps before this epoch's was written
+            return e.outcome
         if e.outcome is not Outcome.CANCELLED:
             return e.outcome  # the claim went to another worker: leave its checkpoint
         outcome = recorder.finish(Outcome.CANCELLED, error="cancelled")

@@ -15,13 +15,18 @@ from functools import lru_cache
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 from sqlalchemy import text
 
 from samsweep.core.db import engine_for
 from samsweep.core.settings import OPTUNA_SCHEMA, Settings
-from samsweep.core.spec import StudySpec, TrialParams
+from samsweep.core.spec import MAX_BATCH, RHO_MAX, StudySpec, TrialParams, axis_choices
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -107,6 +112,12 @@ def grant_read_only(db_url: str, role: str, password: str) -> None:
 # The grid axes are Optuna params. The seed is not a hyperparameter (optuna-dashboard's
 # importance would rank it beside batch size): it is a user attribute.
 AXES = ("rho", "batch_size", "base_optimizer", "sam_variant", "m")
+# How a study's axes are recorded, kept on the Optuna study (user attribute): 2 = the
+# ranges any spec allows, so a study that grows (PATCH) keeps one distribution per param
+# (Optuna refuses a categorical whose choices change: "does not support dynamic value
+# space"); absent = 1, studies created before: each axis a categorical of its values.
+PARAM_SPACE = "samsweep_param_space"
+GROWABLE = 2
 
 
 def study_name(name: str, samsweep_id: str) -> str:
@@ -115,14 +126,44 @@ def study_name(name: str, samsweep_id: str) -> str:
     return f"{name[:60]}-{samsweep_id}"
 
 
-def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
-    """Every grid axis as a categorical; choices are the values the trials really take
-    (sam_variant and m are None on rho = 0 trials)."""
-    trials = spec.trials()
-    return {
-        axis: CategoricalDistribution(tuple(dict.fromkeys(getattr(t, axis) for t in trials)))
-        for axis in AXES
+def recorded_params(
+    spec: StudySpec, params: TrialParams, space: int = GROWABLE
+) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
+    """A trial's params as Optuna records them, with their distributions.
+
+    Param space 2: rho a float in [0, RHO_MAX], batch size and m integers (log scale),
+    the optimizer and SAM's variant categoricals of every value a spec allows. SAM's
+    variant and m are conditional params, as Optuna records a search space that
+    branches: a rho = 0 trial (the base optimizer) has neither, a whole-batch trial no m.
+    Param space 1 (older studies): every axis a categorical of the values the study's
+    trials take."""
+    if space < GROWABLE:
+        trials = spec.trials()
+        dists: dict[str, BaseDistribution] = {
+            axis: CategoricalDistribution(tuple(dict.fromkeys(getattr(t, axis) for t in trials)))
+            for axis in AXES
+        }
+        return {axis: getattr(params, axis) for axis in AXES}, dists
+    dists = {
+        "rho": FloatDistribution(0.0, RHO_MAX),
+        "batch_size": IntDistribution(1, MAX_BATCH, log=True),
+        "base_optimizer": CategoricalDistribution(axis_choices("base_optimizer")),
+        "sam_variant": CategoricalDistribution(axis_choices("sam_variant")),
+        "m": IntDistribution(1, MAX_BATCH, log=True),
     }
+    values = {axis: getattr(params, axis) for axis in AXES}
+    if params.rho == 0:
+        del values["sam_variant"], values["m"]
+    elif params.m is None:
+        del values["m"]
+    return values, {axis: dists[axis] for axis in values}
+
+
+def param_space(url: str, study_name: str) -> int:
+    """How the Optuna study records its axes (`PARAM_SPACE`)."""
+    storage = get_storage(url)
+    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name))
+    return int(attrs.get(PARAM_SPACE, 1))
 
 
 def create_optuna_study(url: str, name: str, samsweep_id: str, spec: StudySpec) -> None:
@@ -133,6 +174,7 @@ def create_optuna_study(url: str, name: str, samsweep_id: str, spec: StudySpec) 
     study.set_user_attr("samsweep_study_id", samsweep_id)
     study.set_user_attr("objective", spec.objective)
     study.set_user_attr("spec_name", spec.name)
+    study.set_user_attr(PARAM_SPACE, GROWABLE)
 
 
 def delete_study(url: str, name: str) -> None:
@@ -152,13 +194,16 @@ def start_trial(
     died before recording the Optuna id on our row.
     """
     storage = get_storage(url)
+    study_id = storage.get_study_id_from_name(study_name)
+    space = int(storage.get_study_user_attrs(study_id).get(PARAM_SPACE, 1))
+    values, dists = recorded_params(spec, params, space)
     template = optuna.trial.create_trial(
         state=TrialState.RUNNING,
-        params={axis: getattr(params, axis) for axis in AXES},
-        distributions=distributions(spec),
+        params=values,
+        distributions=dists,
         user_attrs={"samsweep_trial_id": samsweep_trial_id, "seed": params.seed},
     )
-    trial_id = storage.create_new_trial(storage.get_study_id_from_name(study_name), template)
+    trial_id = storage.create_new_trial(study_id, template)
     return trial_id, storage.get_trial_number_from_id(trial_id)
 
 

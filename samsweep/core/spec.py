@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -45,13 +45,16 @@ Printable = Annotated[str, AfterValidator(_printable)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
 # SAM's useful rho is 0.01-0.5; ASAM's is 10-40x larger (0.5-2.0): 10 bounds both.
+RHO_MAX = 10.0
 Rho = Annotated[
     float,
-    Field(ge=0.0, le=10.0, allow_inf_nan=False),
+    Field(ge=0.0, le=RHO_MAX, allow_inf_nan=False),
     AfterValidator(lambda rho: rho + 0.0),  # -0.0 (>= 0) is the baseline's 0.0
 ]
 BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+BaseOptimizer = Literal["sgd", "adam", "adamw"]
+SamVariant = Literal["sam", "asam"]
 FILE_DATASETS = ("cifar10", "cifar100")
 FLIP_SAFE_DATASETS = FILE_DATASETS  # natural images: a mirror image keeps its class
 
@@ -132,8 +135,8 @@ class SearchSpec(_Strict):
         min_length=1, max_length=MAX_AXIS, description="SAM neighbourhood sizes; 0 = base optimizer"
     )
     batch_size: list[BatchSize] = Field(min_length=1, max_length=MAX_AXIS)
-    base_optimizer: list[Literal["sgd", "adam", "adamw"]] = Field(min_length=1, max_length=3)
-    sam_variant: list[Literal["sam", "asam"]] = Field(
+    base_optimizer: list[BaseOptimizer] = Field(min_length=1, max_length=3)
+    sam_variant: list[SamVariant] = Field(
         ["sam"], min_length=1, max_length=2, description="asam scales the perturbation by |w|"
     )
     m: list[Annotated[int, Field(ge=1, le=MAX_BATCH)] | None] = Field(
@@ -157,6 +160,11 @@ class SearchSpec(_Strict):
                 if m is not None and b % m:
                     raise ValueError(f"m = {m} does not divide batch size {b}")
         return ms
+
+
+def axis_choices(axis: Literal["base_optimizer", "sam_variant"]) -> tuple[str, ...]:
+    """Every value a spec allows on a categorical axis."""
+    return get_args({"base_optimizer": BaseOptimizer, "sam_variant": SamVariant}[axis])
 
 
 class TrainSpec(_Strict):

@@ -11,7 +11,7 @@ import json
 
 import optuna
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.engine import Engine
 
 import worker.claim
@@ -96,6 +96,19 @@ def test_a_cancelled_study_stops_training_at_the_epoch(claimed):
     assert stopped.value.outcome is Outcome.CANCELLED
 
 
+# docs/api.md "Delete": a deleted study's running trials stop at their next epoch boundary
+def test_a_deleted_study_stops_training_at_the_epoch(claimed):
+    recorder, sessions, _ = claimed
+    with sessions() as s:
+        s.execute(delete(Study))  # its trials and their epochs go with it (ON DELETE CASCADE)
+        s.commit()
+    with pytest.raises(Stop) as stopped:
+        recorder.on_epoch(epoch(1))
+    assert stopped.value.outcome is Outcome.DELETED
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Trial)) == 0
+
+
 def test_a_lost_claim_stops_training_and_writes_nothing_more(claimed):
     recorder, sessions, _ = claimed
     with sessions() as s:  # the sweeper re-queued it and another worker claimed it
@@ -153,7 +166,8 @@ def test_a_failed_trial_records_its_reason_in_both_places(claimed, outcome, stat
 
 
 def test_every_outcome_names_the_state_it_records():
-    recorded_elsewhere = {Outcome.SKIPPED, Outcome.CLAIM_LOST}  # this worker writes nothing
+    # this worker writes nothing: another owns the trial, or there is no row to write to
+    recorded_elsewhere = {Outcome.SKIPPED, Outcome.CLAIM_LOST, Outcome.DELETED}
     for outcome in Outcome:
         assert (outcome.state is None) == (outcome in recorded_elsewhere), outcome
 
