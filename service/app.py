@@ -17,7 +17,7 @@ from swagger_ui_bundle import swagger_ui_path
 from samsweep import __version__
 from samsweep.core.queue import make_celery
 from samsweep.core.settings import Settings, get_settings
-from samsweep.core.spec import StudySpec
+from samsweep.core.spec import StudyPatch, StudySpec
 from service import errors
 from service.api.routes import health, pages
 from service.api.routes import plots as plots_routes
@@ -77,16 +77,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _document_spec_body(app: FastAPI) -> None:
-    """POST /studies parses its body itself (service/api/body.py: after authentication,
-    off the loop), so FastAPI does not see the model: its schema is added here, under
-    components.schemas, where the route's requestBody refers to it."""
+    """POST /studies and PATCH /studies/{id} parse their bodies themselves
+    (service/api/body.py: after authentication, off the loop), so FastAPI does not see
+    the models: their schemas are added here, under components.schemas, where the
+    routes' requestBody refers to them."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
             _, defs = models_json_schema(
-                [(StudySpec, "validation")], ref_template="#/components/schemas/{model}"
+                [(StudySpec, "validation"), (StudyPatch, "validation")],
+                ref_template="#/components/schemas/{model}",
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
             app.openapi_schema = schema

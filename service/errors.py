@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -60,6 +61,13 @@ class LimitExceeded(ApiError):
     """An owner's quota (SAMSWEEP_MAX_STUDIES_PER_OWNER, ..._PENDING_TRIALS_PER_OWNER)."""
 
     status, code = 429, "limit_exceeded"
+
+
+def body_errors(e: ValidationError) -> RequestValidationError:
+    """A body's validation errors as FastAPI's own (located under "body"), answered by the
+    one handler below."""
+    errors = e.errors(include_url=False, include_input=False, include_context=False)
+    return RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors])
 
 
 # An error answer stays small whatever the request: a body with thousands of faults gets

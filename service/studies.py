@@ -1,25 +1,29 @@
 """The writes behind the routes: create a study (its rows, its Optuna study, quotas and
-Idempotency-Key) and cancel one. The reads are service/reads.py; sending the new
-study's trials to the broker, service/dispatch.py."""
+Idempotency-Key), grow one (PATCH), retry its failed trials, cancel it, delete it. The
+reads are service/reads.py; sending trials to the broker, service/dispatch.py."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from pydantic import ValidationError
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from samsweep.core import optuna_store
 from samsweep.core.admission import AdmissionError, check_admission
-from samsweep.core.db import IdempotencyKey, Study, Trial, new_id, utcnow
+from samsweep.core.db import IdempotencyKey, Study, Trial, new_id, rows_updated, utcnow
 from samsweep.core.settings import Settings
-from samsweep.core.spec import StudySpec
+from samsweep.core.spec import PatchError, StudySpec, TrialParams, patched
 from samsweep.core.states import TrialState
 from service.errors import (
     Busy,
@@ -27,7 +31,10 @@ from service.errors import (
     IdempotencyMismatch,
     InvalidSpec,
     LimitExceeded,
+    NotFound,
+    body_errors,
 )
+from service.reads import stored_spec
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +151,7 @@ def _insert(
         if existing is None:  # the other request rolled back after all: let the client retry
             raise Conflict("a study with this Idempotency-Key is being created; retry") from e
         return existing, False
-    # All trials in one executemany (psycopg pipelines it: one round trip, not one per
-    # trial). Measured for the largest allowed grid: faster than insertmanyvalues with
-    # RETURNING, and far faster than one multi-VALUES statement, whose compile dominates.
-    rows = [
-        {"study_id": study_id, "number": i, "cell_key": t.cell_key, "seed": t.seed,
-         "params": t.model_dump()}
-        for i, t in enumerate(spec.trials())
-    ]  # fmt: skip
-    session.execute(insert(Trial), rows)
+    _insert_trials(session, study_id, spec.trials())
     # Optuna's study is created inside our transaction's lifetime: if it fails we roll
     # back, and if our commit fails we delete it, so a failed create leaves nothing.
     optuna_url = settings.resolved_optuna_url
@@ -164,6 +163,23 @@ def _insert(
         optuna_store.delete_study(optuna_url, study.optuna_study_name)
         raise
     return study, True
+
+
+def _insert_trials(
+    session: Session, study_id: str, trials: list[TrialParams], first: int = 0
+) -> None:
+    """One row per trial, numbered from `first`, all in one executemany (psycopg pipelines
+    it: one round trip, not one per trial). Measured for the largest allowed grid: faster
+    than insertmanyvalues with RETURNING, and far faster than one multi-VALUES statement,
+    whose compile dominates."""
+    if not trials:
+        return
+    rows = [
+        {"study_id": study_id, "number": first + i, "cell_key": t.cell_key, "seed": t.seed,
+         "params": t.model_dump()}
+        for i, t in enumerate(trials)
+    ]  # fmt: skip
+    session.execute(insert(Trial), rows)
 
 
 _sqlite_quota = threading.Lock()
@@ -193,8 +209,15 @@ def _quota_lock(session: Session, scope: str) -> Iterator[None]:
         yield
 
 
-def check_quota(session: Session, settings: Settings, owner: str | None, n_trials: int) -> None:
-    """429 when creating `n_trials` more would take `owner` past their unfinished studies
+def check_quota(
+    session: Session,
+    settings: Settings,
+    owner: str | None,
+    n_trials: int,
+    adds_study: bool = True,
+) -> None:
+    """429 when queueing `n_trials` more (in a new study, or in one that has nothing queued
+    or running when `adds_study`) would take `owner` past their unfinished studies
     (SAMSWEEP_MAX_STUDIES_PER_OWNER) or queued-and-running trials
     (SAMSWEEP_MAX_PENDING_TRIALS_PER_OWNER). On an open API (no tokens) every study is
     the anonymous owner's, so the limits bound the whole service."""
@@ -205,7 +228,7 @@ def check_quota(session: Session, settings: Settings, owner: str | None, n_trial
         .where(who, Trial.state.in_((TrialState.QUEUED, TrialState.RUNNING)))
     ).one()
     name = "this API's anonymous owner" if owner is None else f"owner {owner[:80]!r}"
-    if studies_ + 1 > settings.max_studies_per_owner:
+    if adds_study and studies_ + 1 > settings.max_studies_per_owner:
         raise LimitExceeded(
             f"{name} has {studies_} unfinished studies; SAMSWEEP_MAX_STUDIES_PER_OWNER "
             f"allows {settings.max_studies_per_owner}: wait for one to finish or cancel one"
@@ -213,7 +236,7 @@ def check_quota(session: Session, settings: Settings, owner: str | None, n_trial
     if trials + n_trials > settings.max_pending_trials_per_owner:
         raise LimitExceeded(
             f"{name} has {trials} queued or running trials and this study adds "
-            f"{n_trials}; SAMSWEEP_MAX_PENDING_TRIALS_PER_OWNER allows "
+            f"{n_trials} more; SAMSWEEP_MAX_PENDING_TRIALS_PER_OWNER allows "
             f"{settings.max_pending_trials_per_owner}: wait for trials to finish or cancel "
             "a study"
         )
@@ -239,3 +262,166 @@ def cancel_study(session: Session, study: Study) -> None:
     )
     session.commit()
     session.refresh(study)
+
+
+def patch_digest(study_id: str, patch: Mapping[str, Any]) -> str:
+    """SHA-256 of a PATCH: the study and the body as sent, whatever its key order."""
+    canonical = json.dumps({"study": study_id, "patch": patch}, sort_keys=True,
+                           separators=(",", ":"))  # fmt: skip
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def extend_study(
+    session: Session,
+    settings: Settings,
+    study_id: str,
+    patch: Mapping[str, Any],
+    owner: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Study, int, bool]:
+    """Apply a PATCH (samsweep.core.spec.patched): create a trial for every new (cell,
+    seed), numbered after the study's last, and store the grown spec, its n_trials, its
+    priority and bound; the trials that exist stay exactly as they are. Returns (study,
+    trials added, replayed). Validated as a new study is (the grid's maximum, the data,
+    the owner's quotas: 4xx and nothing changes), one patch at a time per owner; with an
+    Idempotency-Key, a replay changes nothing more and another body with it is a 422."""
+    scope, digest = owner or "", patch_digest(study_id, patch)
+    study = _owned(session, study_id, owner)
+    new = _patched(settings, study, patch)  # the checks that read files, outside the lock
+    session.rollback()
+    if not _creating.acquire(timeout=CREATE_WAIT_SECONDS):
+        raise Busy(f"{CREATES} studies are being created or changed; retry shortly")
+    try:
+        with _quota_lock(session, scope):
+            if idempotency_key is not None and _replay(session, scope, idempotency_key, digest):
+                return _owned(session, study_id, owner), 0, True
+            study = _owned(session, study_id, owner)  # as it is now, under the lock
+            if _patched(settings, study, patch, admit=False) != new:
+                raise Conflict("the study changed while this patch was checked; retry")
+            if study.cancelled_at is not None:
+                raise Conflict(
+                    "the study is cancelled: POST /studies/{id}/retry resumes it, then it can grow"
+                )
+            old = stored_spec(study)
+            if new.search != old.search and (
+                optuna_store.param_space(settings.resolved_optuna_url, study.optuna_study_name)
+                < optuna_store.GROWABLE
+            ):
+                raise Conflict(
+                    "this study was created before grids could grow (its Optuna study "
+                    "records each axis as a fixed set of choices): it can take more seeds, "
+                    "not new grid values; post a new study for those",
+                    field="search",
+                )
+            existing = {
+                (key, seed)
+                for key, seed in session.execute(
+                    select(Trial.cell_key, Trial.seed).where(Trial.study_id == study.id)
+                )
+            }
+            added = [t for t in new.trials() if (t.cell_key, t.seed) not in existing]
+            grows = bool(added) and not _unfinished(session, study.id)  # runs again
+            check_quota(session, settings, owner, len(added), adds_study=grows)
+            _insert_trials(session, study.id, added, first=study.n_trials)
+            study.spec = new.model_dump(mode="json")
+            study.n_trials = new.n_trials
+            study.priority = new.priority
+            study.max_concurrent_trials = new.max_concurrent_trials
+            if idempotency_key is not None:
+                session.add(IdempotencyKey(owner=scope, key=idempotency_key, study_id=study.id,
+                                           request_digest=digest))  # fmt: skip
+            session.commit()
+            return study, len(added), False
+    finally:
+        _creating.release()
+
+
+def _owned(session: Session, study_id: str, owner: str | None) -> Study:
+    """The study, read afresh, or 404 (another owner's too)."""
+    study = session.get(Study, study_id, populate_existing=True)
+    if study is None or (owner is not None and study.owner != owner):
+        raise NotFound(f"no study with id {study_id[:64]!r}")
+    return study
+
+
+def _patched(
+    settings: Settings, study: Study, patch: Mapping[str, Any], admit: bool = True
+) -> StudySpec:
+    """The study's spec after `patch`, validated as a new study's is (4xx if not)."""
+    try:
+        new = patched(stored_spec(study), patch)
+    except PatchError as e:
+        raise InvalidSpec(str(e), field=e.field) from e
+    except ValidationError as e:
+        raise body_errors(e) from None
+    if admit:
+        try:
+            check_admission(new, settings.data_dir, settings.max_grid_trials)
+        except AdmissionError as e:
+            raise InvalidSpec(str(e), field=e.field) from e
+    return new
+
+
+def _unfinished(session: Session, study_id: str) -> bool:
+    """Whether the study has a trial queued or running."""
+    return bool(
+        session.scalar(
+            select(func.count()).where(
+                Trial.study_id == study_id,
+                Trial.state.in_((TrialState.QUEUED, TrialState.RUNNING)),
+            )
+        )
+    )
+
+
+RETRIED = (TrialState.FAILED, TrialState.CANCELLED)
+
+
+def retry_study(
+    session: Session, settings: Settings, study: Study, owner: str | None, infeasible: bool = False
+) -> int:
+    """Queue every FAILED and CANCELLED trial of the study again (INFEASIBLE ones too with
+    `infeasible`: they ran out of memory and will again on the same hardware), and
+    resume the study if it was cancelled. Each gets a fresh attempt (its `attempts` goes
+    up when a worker claims it; one from a checkpoint resumes there). What finished
+    stays. Returns how many were queued; within the owner's quotas (429 if not)."""
+    states = (*RETRIED, TrialState.INFEASIBLE) if infeasible else RETRIED
+    with _quota_lock(session, owner or ""):
+        n = session.scalar(
+            select(func.count()).where(Trial.study_id == study.id, Trial.state.in_(states))
+        ) or 0  # fmt: skip
+        unfinished = _unfinished(session, study.id)
+        check_quota(session, settings, owner, n, adds_study=bool(n) and not unfinished)
+        session.execute(update(Study).where(Study.id == study.id).values(cancelled_at=None))
+        n = rows_updated(
+            session,
+            update(Trial)
+            .where(Trial.study_id == study.id, Trial.state.in_(states))
+            .values(state=TrialState.QUEUED, enqueued_at=None, claim_token=None,
+                    finished_at=None, error=None, value=None, metrics=None),
+        )  # fmt: skip
+        session.commit()
+    session.refresh(study)
+    return n
+
+
+def delete_study(session: Session, settings: Settings, study: Study) -> None:
+    """Remove the study: its rows (trials, their epochs, its Idempotency-Keys), its
+    Optuna study and its checkpoints. It is cancelled first, so nothing more is sent and
+    its running trials stop at their next epoch (the worker also removes the checkpoint
+    it holds: worker/runner.py); then Optuna's study goes, then the rows. A DELETE that
+    fails midway leaves the study to delete again, never an Optuna study without it."""
+    session.execute(
+        update(Study)
+        .where(Study.id == study.id, Study.cancelled_at.is_(None))
+        .values(cancelled_at=utcnow())
+    )
+    session.commit()
+    # gone already: an earlier DELETE that failed after it, or optuna-dashboard's
+    with contextlib.suppress(KeyError):
+        optuna_store.delete_study(settings.resolved_optuna_url, study.optuna_study_name)
+    session.execute(delete(Study).where(Study.id == study.id))
+    session.commit()
+    # The id is 32 hex digits (service/reads.py get_study): a name, never a path.
+    shutil.rmtree(settings.resolved_checkpoint_dir / study.id, ignore_errors=True)
+    log.info("study %s deleted", study.id)

@@ -8,6 +8,7 @@ per-epoch and final recording (recorder.py). This module puts them in order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -58,10 +59,8 @@ def checkpoint_path(settings: Settings, c: Claim) -> Path:
 def remove_checkpoint(path: Path) -> None:
     """Remove a checkpoint, and its study's directory once it holds no other."""
     path.unlink(missing_ok=True)
-    try:
+    with contextlib.suppress(OSError):  # another trial's checkpoint is there, or it is gone
         path.parent.rmdir()
-    except OSError:  # another trial's checkpoint is there, or it is gone already
-        pass
 
 
 def _run_claimed(c: Claim, settings: Settings, sessions: sessionmaker[Session]) -> Outcome:

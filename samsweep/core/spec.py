@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import (
     AfterValidator,
@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -401,3 +402,73 @@ class TrialParams(_Strict):
     def cell_key(self) -> str:
         """Identifies the grid cell (without the seed); unique with the seed per study."""
         return self.cell.key
+
+
+class StudyPatch(_Strict):
+    """What a PATCH may change (docs/api.md "Studies that grow"): the seeds and the grid's
+    axes grow, each list given whole; the dispatcher's fields are set. Anything else
+    would change trials that ran. `patched` applies one; this model documents it."""
+
+    seeds: list[Seed] | None = None
+    search: SearchPatch | None = None
+    max_concurrent_trials: int | None = Field(None, description="null removes the bound")
+    priority: int | None = None
+
+
+_optional_axes: dict[str, Any] = {  # every axis of the grid, each optional
+    name: (cast(Any, f.annotation) | None, None) for name, f in SearchSpec.model_fields.items()
+}
+SearchPatch = create_model("SearchPatch", __base__=_Strict, **_optional_axes)
+StudyPatch.model_rebuild()
+PATCHABLE = tuple(StudyPatch.model_fields)
+
+
+class PatchError(ValueError):
+    """A patch that cannot apply: `field` names what is at fault."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def patched(spec: StudySpec, patch: Mapping[str, Any]) -> StudySpec:
+    """`spec` with `patch` applied: a body in the spec's own shape holding only what
+    changes, each list given whole (`{"seeds": [0, 1, 2]}`, `{"search": {"rho": [...]}}`,
+    `{"max_concurrent_trials": 2}`; null there removes the bound).
+
+    Raises PatchError for a field a patch cannot change, or a list that loses a value (a
+    patch never deletes results), and pydantic's ValidationError if the patched spec is
+    not a valid spec (the same rules as a new study's)."""
+    if not patch:
+        raise PatchError(f"an empty patch changes nothing; give one of {', '.join(PATCHABLE)}",
+                         "body")  # fmt: skip
+    for key in patch:
+        if key not in PATCHABLE:
+            raise PatchError(
+                f"{key[:80]!r} cannot be changed: it would change the trials that ran. A patch "
+                f"adds seeds or grid values, or sets {' or '.join(PATCHABLE[2:])}; post a new "
+                "study for anything else",
+                key[:80],
+            )
+    data = spec.model_dump(mode="json")
+    search = patch.get("search", {})
+    if not isinstance(search, Mapping):
+        raise PatchError("must be an object: the axes that grow, each list given whole", "search")
+    data["search"].update(search)
+    data.update({k: v for k, v in patch.items() if k != "search"})
+    new = StudySpec.model_validate(data)
+    lists = [("seeds", spec.seeds, new.seeds)] + [
+        (f"search.{axis}", getattr(spec.search, axis), getattr(new.search, axis))
+        for axis in SearchSpec.model_fields
+    ]
+    for field, before, after in lists:
+        kept = set(after)
+        gone = [v for v in before if v not in kept]
+        if gone:
+            raise PatchError(
+                f"{', '.join(map(repr, gone[:10]))} would be taken away, and a patch never "
+                f"deletes results: give the whole list, the current values {before} and the "
+                "new ones",
+                field,
+            )
+    return new

@@ -100,6 +100,21 @@ class StudyDetail(StudySummary):
         return self.status.finished
 
 
+class StudyExtended(StudyDetail):
+    """The study after a PATCH."""
+
+    added: int = Field(description="trials this patch created (0 for a replay)")
+    replayed: bool = Field(
+        False, description="an Idempotency-Key replay: the study as it is, nothing changed"
+    )
+
+
+class StudyRetried(StudyDetail):
+    """The study after POST /studies/{id}/retry."""
+
+    retried: int = Field(description="trials queued again")
+
+
 class TrialPublic(_Wire):
     number: int
     params: dict[str, Any]

@@ -21,7 +21,8 @@ the one error shape (with at most `MAX_DETAILS` details).
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, Request
@@ -31,8 +32,9 @@ from pydantic import ValidationError
 from samsweep.core.spec import StudySpec
 from service.api.deps import WriteOwner
 from service.api.offload import limiter
-from service.errors import Busy
+from service.errors import Busy, body_errors
 
+T = TypeVar("T")
 MAX_KEYS = 64
 PARSERS = 2  # parse/validate threads per process: the other threads stay free for reads
 # Bodies read into memory at once per process (each up to SAMSWEEP_MAX_BODY_BYTES); more
@@ -69,47 +71,75 @@ def _invalid_json(position: int, reason: str) -> RequestValidationError:
     )
 
 
-def parse_spec(body: bytes) -> StudySpec:
-    """The validated spec in `body`, or RequestValidationError saying why not."""
+def parse_json(body: bytes) -> Any:
+    """The strict JSON document in `body`, or RequestValidationError saying why not."""
     try:
         text = body.decode()
     except UnicodeDecodeError as e:
         raise _invalid_json(e.start, "not UTF-8 text") from None
     try:
-        data = json.loads(text, object_pairs_hook=_strict_object)
+        return json.loads(text, object_pairs_hook=_strict_object)
     except json.JSONDecodeError as e:
         raise _invalid_json(e.pos, e.msg) from None
     except _Refused as e:
         raise _invalid_json(0, str(e)) from None
     except RecursionError:
         raise _invalid_json(0, "nested too deeply") from None
+
+
+def parse_spec(body: bytes) -> StudySpec:
+    """The validated spec in `body`, or RequestValidationError saying why not."""
+    data = parse_json(body)
     try:
         return StudySpec.model_validate(data)
     except ValidationError as e:
-        errors = e.errors(include_url=False, include_input=False, include_context=False)
-        raise RequestValidationError(
-            [{**err, "loc": ("body", *err["loc"])} for err in errors]
-        ) from None
+        raise body_errors(e) from None
     except RecursionError:
         raise _invalid_json(0, "nested too deeply") from None
 
 
-async def study_spec(request: Request, owner: WriteOwner) -> StudySpec:
-    """The request's spec, once `owner` (a valid token, where tokens are configured) is
-    known: the body is read only then (at most `BODIES` at once), and parsed in a thread."""
+def parse_patch(body: bytes) -> dict[str, Any]:
+    """A PATCH body: a JSON object in the spec's shape (applied to the stored spec by
+    samsweep.core.spec.patched, which says what a patch may hold)."""
+    data = parse_json(body)
+    if not isinstance(data, dict):
+        message = 'a patch is a JSON object, e.g. {"seeds": [0, 1, 2]}'
+        raise RequestValidationError([{"type": "dict_type", "loc": ("body",), "msg": message}])
+    return data
+
+
+async def _read(request: Request, parse: Callable[[bytes], T]) -> T:
     bodies = limiter("bodies", BODIES)
     if bodies.statistics().tasks_waiting >= WAITING:  # waiting costs no body in memory
         raise Busy(f"{WAITING} request bodies are waiting to be read; retry shortly")
     async with bodies:
         body = await request.body()
-        return await anyio.to_thread.run_sync(parse_spec, body, limiter=limiter("parse", PARSERS))
+        return await anyio.to_thread.run_sync(parse, body, limiter=limiter("parse", PARSERS))
+
+
+async def study_spec(request: Request, owner: WriteOwner) -> StudySpec:
+    """The request's spec, once `owner` (a valid token, where tokens are configured) is
+    known: the body is read only then (at most `BODIES` at once), and parsed in a thread."""
+    return await _read(request, parse_spec)
+
+
+async def study_patch(request: Request, owner: WriteOwner) -> dict[str, Any]:
+    """A PATCH's body, read and parsed as a spec's is (`study_spec`)."""
+    return await _read(request, parse_patch)
 
 
 SpecBody = Annotated[StudySpec, Depends(study_spec)]
+PatchBody = Annotated[dict[str, Any], Depends(study_patch)]
 # The request body as OpenAPI documents it (parsed by `study_spec`, not by FastAPI).
 OPENAPI_BODY = {
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StudySpec"}}},
+    }
+}
+OPENAPI_PATCH = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StudyPatch"}}},
     }
 }

@@ -26,14 +26,16 @@ from samsweep.core.wire import (
     Links,
     StudyCreated,
     StudyDetail,
+    StudyExtended,
     StudyPage,
+    StudyRetried,
     StudySummary,
     Timings,
     TrialList,
     TrialPublic,
 )
 from service import reads, studies
-from service.api.body import OPENAPI_BODY, SpecBody
+from service.api.body import OPENAPI_BODY, OPENAPI_PATCH, PatchBody, SpecBody
 from service.api.conditional import NotModified, cached_json, etag, not_modified, validators
 from service.api.deps import CacheDep, CeleryDep, DbDep, ReadOwner, SettingsDep, WriteOwner
 from service.api.offload import heavy
@@ -45,6 +47,16 @@ router = APIRouter(prefix="/studies", tags=["studies"])
 # Visible ASCII, no spaces: a key is an opaque token (a UUID, say), never free text.
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]+$"
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=200,
+        pattern=IDEMPOTENCY_KEY,
+        description="one study per (owner, key) for a POST, one change for a PATCH: a replay "
+        "returns the study and changes nothing; the same key with another body is a 422",
+    ),
+]
 Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
 
 
@@ -82,16 +94,7 @@ def create_study(
     response: Response,
     background: BackgroundTasks,
     owner: WriteOwner,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=200,
-            pattern=IDEMPOTENCY_KEY,
-            description="one study per (owner, key): a replay returns it with 200; "
-            "the same key with another body is a 422",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> StudyCreated:
     """Create a study: one trial per grid cell and seed, queued for the workers."""
     with db() as session:
@@ -139,6 +142,79 @@ def cancel_study(study_id: str, db: DbDep, owner: WriteOwner) -> StudyDetail:
         study = reads.get_study(session, study_id, owner)
         studies.cancel_study(session, study)
         return _detail(session, study)
+
+
+@router.patch(
+    "/{study_id}",
+    response_model=StudyExtended,
+    responses=responses(401, 404, 409, 413, 422, 429, 503),
+    openapi_extra=OPENAPI_PATCH,
+)
+def extend_study(
+    study_id: str,
+    patch: PatchBody,
+    db: DbDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    background: BackgroundTasks,
+    owner: WriteOwner,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> StudyExtended:
+    """Grow the study: more seeds, more values on a grid axis (each list given whole), or
+    a new `max_concurrent_trials` / `priority`. Only the new cells' trials are created
+    and run; taking a value away is a 422 (a patch never deletes results)."""
+    with db() as session:
+        study, added, replayed = studies.extend_study(
+            session, settings, study_id, patch, owner=owner, idempotency_key=idempotency_key
+        )
+        detail = _detail(session, study)
+    if not replayed:  # new trials, or a bound that may now let more run
+        background.add_task(dispatch_now, db, celery, settings)
+    return StudyExtended(**detail.model_dump(), added=added, replayed=replayed)
+
+
+@router.post(
+    "/{study_id}/retry", response_model=StudyRetried, responses=responses(401, 404, 422, 429, 503)
+)
+def retry_study(
+    study_id: str,
+    db: DbDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    background: BackgroundTasks,
+    owner: WriteOwner,
+    infeasible: Annotated[
+        bool,
+        Query(
+            description="INFEASIBLE trials too (they ran out of memory: on the same "
+            "hardware they will again)"
+        ),
+    ] = False,
+) -> StudyRetried:
+    """Queue the study's FAILED and CANCELLED trials again, each for a fresh attempt; a
+    cancelled study resumes. What finished stays."""
+    with db() as session:
+        study = reads.get_study(session, study_id, owner)
+        retried = studies.retry_study(session, settings, study, owner, infeasible=infeasible)
+        detail = _detail(session, study)
+    if retried:
+        background.add_task(dispatch_now, db, celery, settings)
+    return StudyRetried(**detail.model_dump(), retried=retried)
+
+
+@router.delete(
+    "/{study_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=responses(401, 404, 422, 503),
+)
+def delete_study(study_id: str, db: DbDep, settings: SettingsDep, owner: WriteOwner) -> Response:
+    """Delete the study: its trials stop at their next epoch; its rows, Optuna study and
+    checkpoints are removed. 404 afterwards."""
+    with db() as session:
+        study = reads.get_study(session, study_id, owner)
+        studies.delete_study(session, settings, study)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def _detail(session: Session, study: Study) -> StudyDetail:
