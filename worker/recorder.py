@@ -4,6 +4,7 @@ The trainer calls `on_epoch`; the runner calls `finish`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -79,8 +80,6 @@ class TrialRecorder:
         for e in retrained:
             del self._rows[e]
         self._rows[m.epoch] = record
-        # the first epoch of an attempt also reports the epochs an earlier one recorded
-        self._report_epochs(self._rows.values() if not self._reported else [record])
         values = {"epoch": m.epoch, "heartbeat_at": utcnow()}
         kept = self._retry(
             lambda: write_claimed(self.sessions, self.claim, [record], retrained, **values),
@@ -90,8 +89,14 @@ class TrialRecorder:
             if self._retry(lambda: trial_deleted(self.sessions, self.claim), "check for delete"):
                 raise Stop(Outcome.DELETED)
             raise Stop(Outcome.CLAIM_LOST)
+        # the first epoch of an attempt also reports the epochs an earlier one recorded
+        report = self._rows.values() if not self._reported else [record]
         if self._retry(lambda: study_cancelled(self.sessions, self.claim), "check for cancel"):
+            # A DELETE cancels, then removes the Optuna study: the trial may be gone there.
+            with contextlib.suppress(KeyError):
+                self._report_epochs(report)
             raise Stop(Outcome.CANCELLED)
+        self._report_epochs(report)
 
     def finish(
         self, outcome: Outcome, result: TrialResult | None = None, error: str | None = None

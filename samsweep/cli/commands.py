@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     ou.add_argument("--show-password", action="store_true", help="print the password, not ***")
     ou.set_defaults(func=cmd_optuna_url)
 
-    add_commands(sub)  # studies, status, report, best, trials, export, cancel, submit
+    add_commands(sub)  # studies, status, ..., cancel, submit, extend, retry, delete
     return p
 
 

@@ -1,6 +1,7 @@
 """The commands on a running API: `studies`, `status`, `report`, `best`, `trials`,
-`export`, `cancel`, `submit`. Each talks to the API through `samsweep.Client` at
---server (default SAMSWEEP_API_URL) with --token (default SAMSWEEP_API_TOKEN).
+`export`, `cancel`, `submit`, `extend`, `retry`, `delete`. Each talks to the API through
+`samsweep.Client` at --server (default SAMSWEEP_API_URL) with --token (default
+SAMSWEEP_API_TOKEN).
 
 Exit codes, as for `run` (docs/cli.md "Exit codes"): 0 done; 1 the API refused, could not be
 reached or did not answer as samsweep does (one line: its code and message, or why); 2 a
@@ -170,6 +171,77 @@ def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+@_calling
+def cmd_extend(args: argparse.Namespace, client: Client) -> int:
+    """Grow a study: more seeds or grid values (added to what it has), a new bound or
+    priority. Only the new cells' trials run."""
+    axes = {
+        axis: values
+        for axis in ("rho", "batch_size", "base_optimizer", "sam_variant", "m")
+        if (values := getattr(args, axis)) is not None
+    }
+    if not (axes or args.seeds or args.max_concurrent_trials or args.unbounded
+            or args.priority is not None):  # fmt: skip
+        say("nothing to change: give --seeds, a grid axis, --max-concurrent-trials, "
+            "--unbounded or --priority")  # fmt: skip
+        return 2
+    detail = client.extend(
+        args.study_id,
+        seeds=args.seeds,
+        max_concurrent_trials=args.max_concurrent_trials,
+        unbounded=args.unbounded,
+        priority=args.priority,
+        idempotency_key=args.idempotency_key,
+        **axes,
+    )
+    print(f"study {detail.id}: {detail.added} new trial(s), {detail.n_trials} in all "
+          f"({detail.status}); page: {client.page_url(detail.id)}")  # fmt: skip
+    return 0
+
+
+@_calling
+def cmd_retry(args: argparse.Namespace, client: Client) -> int:
+    """Queue a study's failed and cancelled trials again; a cancelled study resumes."""
+    detail = client.retry(args.study_id, infeasible=args.infeasible)
+    print(f"study {detail.id}: {detail.retried} trial(s) queued again ({detail.status})")
+    return 0
+
+
+@_calling
+def cmd_delete(args: argparse.Namespace, client: Client) -> int:
+    """Delete a study: its trials, results, Optuna study and checkpoints."""
+    if not args.yes:
+        detail = client.study(args.study_id)
+        if not sys.stdin.isatty():
+            say(f"delete study {detail.id} ({detail.name!r}, {detail.n_trials} trials) and "
+                "every result it has? Not a terminal to ask on: add --yes")  # fmt: skip
+            return 2
+        answer = input(f"delete study {detail.id} ({detail.name!r}, {detail.n_trials} trials) "
+                       "and every result it has? [y/N] ")  # fmt: skip
+        if answer.strip().lower() not in ("y", "yes"):
+            say("not deleted")
+            return 1
+    client.delete(args.study_id)
+    print(f"deleted study {args.study_id}")
+    return 0
+
+
+def _listed(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """An argparse type: comma-separated values of `kind` ("3,4")."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            return [kind(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+
+    return parse
+
+
+def _m(text: str) -> int | None:
+    return None if text.lower() in ("none", "null", "whole") else int(text)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Submit a spec and return: prints the study's id (stdout) and its page (stderr)."""
     from samsweep.client import SpecError, load_spec
@@ -217,3 +289,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     submit = command("submit", cmd_submit, "submit a spec (YAML/JSON) and return", study=False)
     submit.add_argument("spec", type=Path)
     submit.add_argument("--idempotency-key", help="resubmitting with the same key: one study")
+    extend = command("extend", cmd_extend, "grow a study: more seeds or grid values, run the new")
+    extend.add_argument("--seeds", type=_listed(int), metavar="S,...", help="seeds to add")
+    extend.add_argument("--rho", type=_listed(float), metavar="R,...", help="ρ values to add")
+    extend.add_argument("--batch-size", dest="batch_size", type=_listed(int), metavar="B,...")
+    extend.add_argument("--base-optimizer", dest="base_optimizer", type=_listed(str),
+                        metavar="NAME,...")  # fmt: skip
+    extend.add_argument("--sam-variant", dest="sam_variant", type=_listed(str), metavar="V,...")
+    extend.add_argument("--m", type=_listed(_m), metavar="M,...", help="m values (none: whole)")
+    bound = extend.add_mutually_exclusive_group()
+    bound.add_argument("--max-concurrent-trials", type=int, metavar="N")
+    bound.add_argument("--unbounded", action="store_true", help="no max_concurrent_trials")
+    extend.add_argument("--priority", type=int)
+    extend.add_argument("--idempotency-key", help="repeating with the same key: one change")
+    retry = command("retry", cmd_retry, "queue a study's failed and cancelled trials again")
+    retry.add_argument("--infeasible", action="store_true", help="out-of-memory trials too")
+    delete = command("delete", cmd_delete, "delete a study, its results and checkpoints")
+    delete.add_argument("--yes", "-y", action="store_true", help="do not ask")

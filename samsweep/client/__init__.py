@@ -34,6 +34,8 @@ from samsweep.core.wire import (
     BestTrial,
     StudyCreated,
     StudyDetail,
+    StudyExtended,
+    StudyRetried,
     StudySummary,
     Trials,
 )
@@ -57,6 +59,8 @@ __all__ = [
     "SpecError",
     "StudyCreated",
     "StudyDetail",
+    "StudyExtended",
+    "StudyRetried",
     "StudySummary",
     "Trial",
     "Trials",

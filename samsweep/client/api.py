@@ -17,7 +17,8 @@ API's (HTML from a proxy, JSON of another shape, a body over `max_answer_bytes`)
 escapes a call for anything the server does. Reads are retried on a
 lost connection and on 502/503/504 (honouring Retry-After); a submission is retried
 only with an Idempotency-Key (the client makes one when none is given), so a retry
-never creates a second study; a cancel is retried (cancelling twice is cancelling once).
+never creates a second study; so is a patch (`extend`, `patch`); a cancel, a retry and a
+delete are retried (doing them twice is doing them once).
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ import httpx
 
 from samsweep.core.ids import is_study_id
 from samsweep.core.report import Report
-from samsweep.core.wire import Best, StudyCreated, StudyDetail, StudySummary, TrialPublic, Trials
+from samsweep.core.wire import (
+    Best,
+    StudyCreated,
+    StudyDetail,
+    StudyExtended,
+    StudyRetried,
+    StudySummary,
+    TrialPublic,
+    Trials,
+)
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 PAGE = 1000  # the API's largest page
@@ -300,6 +310,68 @@ class Client:
         r = self._request("POST", f"/studies/{_checked(study_id)}/cancel", retry=True)
         return StudyDetail.model_validate(r.json())
 
+    @_answers
+    def patch(
+        self, study_id: str, patch: dict[str, Any], idempotency_key: str | None = None
+    ) -> StudyExtended:
+        """PATCH /studies/{id} with `patch` as the API takes it: the spec's shape, only
+        what changes, each list given whole (`{"seeds": [0, 1, 2]}`,
+        `{"max_concurrent_trials": None}` to remove the bound). Retried under an
+        Idempotency-Key (made for this call when none is given)."""
+        key = idempotency_key or f"samsweep-client-{uuid.uuid4()}"
+        r = self._request("PATCH", f"/studies/{_checked(study_id)}", json=patch,
+                          headers={"Idempotency-Key": key}, retry=True)  # fmt: skip
+        return StudyExtended.model_validate(r.json())
+
+    def extend(
+        self,
+        study_id: str,
+        *,
+        seeds: list[int] | None = None,
+        max_concurrent_trials: int | None = None,
+        unbounded: bool = False,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        **axes: list[Any],
+    ) -> StudyExtended:
+        """Grow a study by these values: `extend(id, seeds=[3, 4], rho=[0.2])` adds seeds 3
+        and 4 and ρ = 0.2 to what the study has (values it has already are skipped), and
+        sets `max_concurrent_trials` / `priority` when given (`unbounded` removes the
+        bound on running trials). Grid axes are keyword
+        arguments named as in the spec's `search` (rho, batch_size, base_optimizer,
+        sam_variant, m). Only the new cells' trials run; nothing is ever taken away."""
+        spec = self.study(study_id).spec
+        patch: dict[str, Any] = {}
+        if seeds:
+            patch["seeds"] = _grown(spec.get("seeds", [0]), seeds)
+        search = spec.get("search", {})
+        grown = {axis: _grown(search.get(axis, []), values) for axis, values in axes.items()}
+        if grown:
+            patch["search"] = grown
+        if max_concurrent_trials is not None or unbounded:
+            patch["max_concurrent_trials"] = None if unbounded else max_concurrent_trials
+        if priority is not None:
+            patch["priority"] = priority
+        return self.patch(study_id, patch, idempotency_key=idempotency_key)
+
+    @_answers
+    def retry(self, study_id: str, infeasible: bool = False) -> StudyRetried:
+        """Queue the study's FAILED and CANCELLED trials again (INFEASIBLE ones too with
+        `infeasible`), each for a fresh attempt; a cancelled study resumes."""
+        r = self._request("POST", f"/studies/{_checked(study_id)}/retry",
+                          params={"infeasible": infeasible}, retry=True)  # fmt: skip
+        return StudyRetried.model_validate(r.json())
+
+    def delete(self, study_id: str, missing_ok: bool = False) -> None:
+        """Delete the study: its trials stop at their next epoch; its rows, Optuna study
+        and checkpoints are removed. NotFound if there is none (unless `missing_ok`:
+        then a retried DELETE whose first answer was lost is not an error either)."""
+        try:
+            self._request("DELETE", f"/studies/{_checked(study_id)}", retry=True)
+        except NotFound:
+            if not missing_ok:
+                raise
+
     # --- helpers ------------------------------------------------------------------------
 
     def page_url(self, study_id: str) -> str:
@@ -406,6 +478,11 @@ class Client:
             request=request,
             extensions=response.extensions,
         )
+
+
+def _grown(current: list[Any], more: list[Any]) -> list[Any]:
+    """`current` and then each value of `more` it does not have."""
+    return [*current, *(v for v in dict.fromkeys(more) if v not in current)]
 
 
 def _page(page: Any, key: str) -> tuple[list[Any], int]:

@@ -9,7 +9,11 @@
   const id = document.body.dataset.studyId;
   const base = `/studies/${encodeURIComponent(id)}`;
   const POLL_MS = 2000;
-  let lastFinished = null;
+  // A finished study is still asked every IDLE_POLL_MS (one small read), so a study that
+  // grows (PATCH) or is retried shows its new trials without a reload.
+  const IDLE_POLL_MS = 15000;
+  let lastProgress = null;
+  let lastSeen = null;
   let curvesTrial = null; // null: the best cell's trials
   let updates = 0;
 
@@ -166,24 +170,29 @@
     }
     renderDetail(detail);
     const done = detail.status === "complete" || detail.status === "cancelled";
-    try {
-      renderTrials(await get(`${base}/trials?curves=false&limit=1000`));
-      const finished = detail.progress.finished; // the API's own count of finished trials
-      if (finished !== lastFinished) {
-        renderReport(await get(`${base}/report`));
-        lastFinished = finished;
-        await loadPlots();
-      } else if (curvesTrial !== null) {
-        loadPlot(document.getElementById("plot-curves")); // the chosen trial's epochs
+    // the API's own counts: finished of total trials (a grown study has more)
+    const progress = `${detail.progress.finished}/${detail.progress.total}`;
+    const seen = `${detail.status}/${progress}`;
+    if (!(done && seen === lastSeen)) {  // a finished study that has not changed: no more
+      try {
+        renderTrials(await get(`${base}/trials?curves=false&limit=1000`));
+        if (progress !== lastProgress) {
+          renderReport(await get(`${base}/report`));
+          lastProgress = progress;
+          await loadPlots();
+        } else if (curvesTrial !== null) {
+          loadPlot(document.getElementById("plot-curves")); // the chosen trial's epochs
+        }
+        lastSeen = seen;
+      } catch (e) {
+        status(`could not load the report: ${e.message}`);
       }
-    } catch (e) {
-      status(`could not load the report: ${e.message}`);
+      updates += 1;
+      document.body.dataset.updates = String(updates);
     }
-    updates += 1;
-    document.body.dataset.updates = String(updates);
     document.body.dataset.status = detail.status;
-    document.body.dataset.polling = done ? "off" : "on";
-    if (!done) setTimeout(refresh, POLL_MS);
+    document.body.dataset.polling = done ? "idle" : "on";
+    setTimeout(refresh, done ? IDLE_POLL_MS : POLL_MS);
   }
 
   document.addEventListener("DOMContentLoaded", () => {

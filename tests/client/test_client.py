@@ -102,6 +102,45 @@ def test_a_submission_is_retried_with_one_idempotency_key(monkeypatch):
     assert len(keys) == 2 and keys[0] and keys[0] == keys[1]
 
 
+def _detail(spec: dict, **extra) -> dict:
+    """A StudyDetail as the API sends it."""
+    when = "2026-12-07T00:00:00Z"
+    return {
+        "id": S1, "name": "x", "status": "queued", "n_trials": 4, "created_at": when,
+        "links": {"self": "s", "trials": "t", "best": "b", "report": "r"},
+        "optuna_study_name": "x", "counts": {},
+        "progress": {"total": 4, "finished": 0, "fraction": 0.0},
+        "timings": {"created_at": when, "started_at": None, "last_finished_at": None,
+                    "elapsed_seconds": None},
+        "spec": spec, **extra,
+    }  # fmt: skip
+
+
+# docs/cli.md "Python client": Client.extend adds values to what the study has, sends each
+# list whole, and is retried under one Idempotency-Key
+def test_extend_sends_whole_lists_and_retries_under_one_key(monkeypatch):
+    import json
+
+    _sleepless(monkeypatch)
+    spec = digits_spec(rho=(0.0, 0.05), seeds=(0, 1))
+    patches = []
+
+    def handler(request):
+        if request.method == "GET":
+            return httpx.Response(200, json=_detail(spec))
+        patches.append((json.loads(request.content), request.headers["Idempotency-Key"]))
+        if len(patches) == 1:
+            raise httpx.ReadTimeout("lost", request=request)
+        return httpx.Response(200, json=_detail(spec, added=6, replayed=True))
+
+    grown = _client(handler).extend(S1, seeds=[1, 2, 3], rho=[0.1], unbounded=True)
+    assert grown.added == 6 and grown.replayed
+    (body, key), (again, key2) = patches
+    assert body == again and key == key2 and key.startswith("samsweep-client-")
+    assert body == {"seeds": [0, 1, 2, 3], "search": {"rho": [0.0, 0.05, 0.1]},
+                    "max_concurrent_trials": None}  # fmt: skip
+
+
 def test_no_connection_is_unreachable_after_retries(monkeypatch):
     pauses = _sleepless(monkeypatch)
 

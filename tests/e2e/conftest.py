@@ -42,6 +42,22 @@ def server_deployment(deployment_factory, pg_url: str, redis_url: str) -> Deploy
     return d
 
 
+@pytest.fixture(params=["embedded", "postgresql+redis"])
+def deployment(request, deployment_factory) -> Deployment:
+    """The embedded default (SQLite, the SQLite broker) and PostgreSQL + Redis, migrated;
+    start the API and workers in the test."""
+    settings = {"queue": f"samsweep-test-{uuid.uuid4().hex[:8]}"}
+    if request.param != "embedded":
+        settings.update(
+            database_url=request.getfixturevalue("pg_url"),
+            broker_url=request.getfixturevalue("redis_url"),
+        )
+    d = deployment_factory(**settings)
+    result = d.run("migrate")
+    assert result.returncode == 0, result.stderr
+    return d
+
+
 @pytest.fixture(scope="session")
 def finished_study(tmp_path_factory) -> Iterator[FinishedStudy]:
     """PostgreSQL + Redis, the API and one worker, and FINISHED_SPEC run to completion:

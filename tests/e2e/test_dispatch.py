@@ -8,28 +8,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 
 import httpx
-import pytest
 import redis
 
 from tests.support.http import wait_for, wait_study
 from tests.support.specs import digits_spec
-
-
-@pytest.fixture(params=["embedded", "postgresql+redis"])
-def deployment(request, deployment_factory):
-    settings = {"queue": f"samsweep-test-{uuid.uuid4().hex[:8]}"}
-    if request.param != "embedded":
-        settings.update(
-            database_url=request.getfixturevalue("pg_url"),
-            broker_url=request.getfixturevalue("redis_url"),
-        )
-    d = deployment_factory(**settings)
-    result = d.run("migrate")
-    assert result.returncode == 0, result.stderr
-    return d
 
 
 def _trials(api: str, study: str) -> list[dict]:

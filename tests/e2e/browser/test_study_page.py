@@ -117,7 +117,7 @@ def test_study_page_live_in_a_real_browser(server_deployment, browser, tmp_path)
     )
     print(f"\nfirst trial appeared on the page {time.monotonic() - start:.1f}s after the worker")
     page.wait_for_selector("#trials tbody tr.state-COMPLETE")  # the same poll's trial list
-    page.wait_for_selector("body[data-status=complete][data-polling=off]", timeout=180_000)
+    page.wait_for_selector("body[data-status=complete][data-polling=idle]", timeout=180_000)
     assert len(navigations) == 1, navigations  # the first load only: no reload
     assert _count(page, "COMPLETE") == "4" and _count(page, "QUEUED") == "0"
     assert int(page.locator("body").get_attribute("data-updates")) > 2
@@ -154,6 +154,20 @@ def test_study_page_live_in_a_real_browser(server_deployment, browser, tmp_path)
     row.locator("a").click()
     page.wait_for_url(f"{api}/studies/{sid}/page")
     page.wait_for_selector("body[data-status=complete]")
+
+    # docs/report.md "The study page and the index": a study that grows shows its new trials
+    # on the open page, without a reload, and runs them
+    grown = httpx.patch(f"{api}/studies/{sid}", json={"seeds": [0, 1, 2]}, timeout=60)
+    assert grown.status_code == 200 and grown.json()["added"] == 2, grown.text
+    page.wait_for_function(
+        "() => document.querySelectorAll('#trials tbody tr').length === 6", timeout=60_000
+    )
+    page.wait_for_selector("body[data-status=complete]", timeout=180_000)
+    page.wait_for_function(
+        "() => document.querySelector('#counts li[data-state=COMPLETE] .count').textContent"
+        " === '6'",
+        timeout=60_000,
+    )
 
     assert guard.remote == [], guard.remote
     assert guard.errors == [], guard.errors
