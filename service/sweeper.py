@@ -144,11 +144,37 @@ def sweep_once(session: Session, celery: Celery, settings: Settings) -> None:
         log.info("sent %d queued trial(s) to the broker", n)
 
 
+FAILURE_LOG_SECONDS = 60.0
+
+
+class Failures:
+    """The sweep's failures as the log sees them: the first at once, then one line a
+    minute while they go on (a round runs every SAMSWEEP_DISPATCH_SECONDS: a database
+    outage must not write four lines a second), and one when a round succeeds again."""
+
+    def __init__(self, every: float = FAILURE_LOG_SECONDS) -> None:
+        self.every, self.count, self.logged_at = every, 0, 0.0
+
+    def failed(self, e: Exception) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if self.count == 1 or now - self.logged_at >= self.every:
+            more = f" ({self.count} failed rounds so far)" if self.count > 1 else ""
+            log.warning("sweep failed%s: %s", more, e)
+            self.logged_at = now
+
+    def succeeded(self) -> None:
+        if self.count:
+            log.warning("sweep recovered after %d failed round(s)", self.count)
+            self.count = 0
+
+
 def sweep_forever(settings: Settings, celery: Celery, stop: threading.Event) -> None:
     """The sweep every SAMSWEEP_SWEEP_SECONDS, a dispatch round every
     SAMSWEEP_DISPATCH_SECONDS in between (one cheap count while the window is full)."""
     sessions = session_factory(settings.resolved_database_url)
     next_sweep = time.monotonic() + settings.sweep_seconds
+    failures = Failures()
     while not stop.wait(settings.dispatch_seconds):
         try:
             with sessions() as session:
@@ -158,4 +184,6 @@ def sweep_forever(settings: Settings, celery: Celery, stop: threading.Event) -> 
                 else:
                     dispatch(session, celery, settings)
         except Exception as e:  # the database may be down for a while: next round
-            log.warning("sweep failed: %s", e)
+            failures.failed(e)
+        else:
+            failures.succeeded()

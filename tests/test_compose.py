@@ -156,11 +156,11 @@ def test_interpolation_follows_compose():
 
 # The paths each samsweep command reads or writes, from its settings. With server URLs
 # (PostgreSQL, Redis) nothing else touches the disk: migrate nothing, the API the data
-# root (it checks a study's files before accepting it), a worker the data root and the
-# checkpoints a re-run trial resumes from.
+# root (it checks a study's files before accepting it) and the checkpoints (it removes a
+# deleted study's), a worker the data root and the checkpoints a re-run trial resumes from.
 DISK = {
     "migrate": lambda s: {},
-    "api": lambda s: {"data_dir": s.data_dir},
+    "api": lambda s: {"data_dir": s.data_dir, "checkpoint_dir": s.resolved_checkpoint_dir},
     "worker": lambda s: {"data_dir": s.data_dir, "checkpoint_dir": s.resolved_checkpoint_dir},
 }
 
@@ -220,18 +220,24 @@ def test_api_and_workers_read_the_same_data_read_only(resolved):
     assert len(seen) == 1  # the API accepts exactly what the workers will train on
 
 
-# docs/deploy.md "Production": checkpoints on the named volume `checkpoints` outlive the container
+# docs/deploy.md "Production": checkpoints on the named volume `checkpoints` outlive the container;
+# the API sees the workers' checkpoints (a DELETE removes a study's)
 def test_checkpoints_outlive_the_worker_container_and_can_be_shared(compose):
-    worker = interpolate_tree(compose, DOTENV)["services"]["worker"]
-    ckpt = _settings(worker["environment"]).resolved_checkpoint_dir
-    mount = _volume_at(worker, ckpt)
-    assert mount, f"worker: checkpoints in {ckpt} are on no volume"
-    source, _, read_only = mount
-    assert not read_only and source in compose["volumes"]  # a named volume by default
-    # several hosts: one shared filesystem, given as a host path in each host's .env
-    shared = {**DOTENV, "SAMSWEEP_CHECKPOINTS": "/mnt/nfs/samsweep-checkpoints"}
-    worker = interpolate_tree(compose, shared)["services"]["worker"]
-    assert _volume_at(worker, ckpt)[0] == "/mnt/nfs/samsweep-checkpoints"
+    for env in (DOTENV, {**DOTENV, "SAMSWEEP_CHECKPOINTS": "/mnt/nfs/samsweep-checkpoints"}):
+        services = interpolate_tree(compose, env)["services"]
+        seen = set()
+        for name in ("worker", "api"):
+            ckpt = _settings(services[name]["environment"]).resolved_checkpoint_dir
+            mount = _volume_at(services[name], ckpt)
+            assert mount, f"{name}: checkpoints in {ckpt} are on no volume"
+            source, target, read_only = mount
+            assert not read_only, name
+            seen.add((source, str(ckpt.relative_to(target))))
+        ((source, _),) = seen  # one directory for all
+        if "SAMSWEEP_CHECKPOINTS" in env:  # several hosts: one shared filesystem
+            assert source == "/mnt/nfs/samsweep-checkpoints"
+        else:
+            assert source in compose["volumes"]  # a named volume by default
 
 
 # docs/deploy.md "Production": SAMSWEEP_API_TOKENS unset -> compose refuses to start; set empty on

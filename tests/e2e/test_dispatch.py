@@ -10,6 +10,7 @@ import sys
 import time
 
 import httpx
+import pytest
 import redis
 
 from tests.support.http import wait_for, wait_study
@@ -82,8 +83,10 @@ def test_max_concurrent_trials_holds_with_two_workers(server_deployment):
 # docs/faults.md "The fault contract": a worker killed between receiving a trial's message and
 # claiming the trial: the trial is sent again after SAMSWEEP_UNCLAIMED_SECONDS and trained
 # (on Redis the message would wait for the visibility timeout; on the embedded broker,
-# forever)
-def test_a_message_taken_by_a_consumer_that_died_is_not_lost(deployment):
+# forever); and its sibling, a message acknowledged but never run (a consumer that acks
+# early and exits)
+@pytest.mark.parametrize("how", ["unacked-killed", "acked-never-run"])
+def test_a_message_taken_by_a_consumer_that_died_is_not_lost(deployment, how):
     d = deployment
     d.env["SAMSWEEP_UNCLAIMED_SECONDS"] = "3"
     api = d.start_api()
@@ -98,13 +101,14 @@ def test_a_message_taken_by_a_consumer_that_died_is_not_lost(deployment):
         "s = Settings()\n"
         "app = make_celery(s)\n"
         "conn = app.connection_for_write()\n"
-        "message = conn.default_channel.basic_get(s.queue, no_ack=False)\n"
-        "sys.exit(3 if message is None else os.kill(os.getpid(), 9))\n"
+        f"message = conn.default_channel.basic_get(s.queue, no_ack={how == 'acked-never-run'})\n"
+        "if message is None: sys.exit(3)\n"
+        + ("os.kill(os.getpid(), 9)\n" if how == "unacked-killed" else "sys.exit(0)\n")
     )
 
     def taken():
         done = subprocess.run([sys.executable, "-c", take], env=d.env, cwd=d.tmp, timeout=60)
-        return done.returncode == -9 or None  # 3: not sent yet, try again
+        return done.returncode in (-9, 0) or None  # 3: not sent yet, try again
 
     wait_for(taken, 60, d, "the trial's message to be taken")
     (trial,) = _trials(api, sid)

@@ -114,3 +114,47 @@ def test_a_broker_restart_while_the_api_was_down_resends_the_queued_trials(
     finally:
         r.delete(queue)
         r.close()
+
+
+# docs/faults.md "The fault contract": a database outage is one warning a minute in the API's
+# log, not one per dispatch round, and a line when it is over
+def test_a_database_outage_is_logged_once_a_minute_not_every_round(caplog, tmp_path, monkeypatch):
+    import threading
+
+    from service.sweeper import Failures, sweep_forever
+
+    rounds = []
+    failed = Failures.failed
+    monkeypatch.setattr(Failures, "failed", lambda self, e: (rounds.append(e), failed(self, e)))
+
+    down = Settings(
+        state_dir=tmp_path,
+        database_url="postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1",
+        dispatch_seconds=0.01,
+    )
+    stop = threading.Event()
+    timer = threading.Timer(1.5, stop.set)
+    timer.start()
+    with caplog.at_level("WARNING", logger="service.sweeper"):
+        sweep_forever(down, celery=None, stop=stop)  # refused at once: many rounds
+    lines = [r.getMessage() for r in caplog.records if r.name == "service.sweeper"]
+    assert len(lines) == 1 and lines[0].startswith("sweep failed: "), lines
+    assert len(rounds) > 5  # many rounds failed meanwhile
+
+
+def test_failures_are_counted_and_the_recovery_said(caplog):
+    from service.sweeper import Failures
+
+    failures = Failures(every=0.0)  # every failure logged: the count shows
+    with caplog.at_level("WARNING", logger="service.sweeper"):
+        for _ in range(3):
+            failures.failed(ConnectionError("refused"))
+        failures.succeeded()
+        failures.succeeded()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "sweep failed: refused",
+        "sweep failed (2 failed rounds so far): refused",
+        "sweep failed (3 failed rounds so far): refused",
+        "sweep recovered after 3 failed round(s)",
+    ]
