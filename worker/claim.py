@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from samsweep.core.db import Study, Trial, curves_for, new_id, put_epochs, rows_updated, utcnow
@@ -47,10 +47,13 @@ def worker_name() -> str:
 
 
 def claim(sessions: sessionmaker[Session], trial_id: int) -> Claim | None:
-    """Take the trial if it is QUEUED; None if someone else has it or it is finished."""
+    """Take the trial if it is QUEUED; None if someone else has it, it is finished, or
+    its study has `max_concurrent_trials` running already (`at_bound`)."""
     token = new_id()
     now = utcnow()
     with sessions() as session:
+        if at_bound(session, trial_id):
+            return None
         taken = rows_updated(
             session,
             update(Trial)
@@ -97,6 +100,37 @@ def claim(sessions: sessionmaker[Session], trial_id: int) -> Claim | None:
             curves=curves_for(session, [trial_id])[trial_id],
             attempt=trial.attempts,
         )
+
+
+def at_bound(session: Session, trial_id: int) -> bool:
+    """Whether the trial's study has `max_concurrent_trials` trials running already. Then
+    the trial goes back to the dispatcher (marked unsent, still QUEUED), which sends it
+    again when a place frees. The dispatcher never sends past the bound; this holds it
+    when the bound was lowered (PATCH) after trials were sent. The study's row is locked
+    until the claim's commit (PostgreSQL), so two claims of one study take turns; SQLite
+    writers take turns anyway."""
+    found = session.execute(
+        select(Study.id, Study.max_concurrent_trials)
+        .join(Trial, Trial.study_id == Study.id)
+        .where(Trial.id == trial_id, Trial.state == TrialState.QUEUED)
+        .with_for_update(of=Study)
+    ).first()
+    if found is None or found.max_concurrent_trials is None:
+        return False
+    running = session.scalar(
+        select(func.count()).where(Trial.study_id == found.id, Trial.state == TrialState.RUNNING)
+    )
+    if (running or 0) < found.max_concurrent_trials:
+        return False
+    session.execute(
+        update(Trial)
+        .where(Trial.id == trial_id, Trial.state == TrialState.QUEUED)
+        .values(enqueued_at=None)
+    )
+    session.commit()
+    log.info("trial %s: its study runs %s trials, its max_concurrent_trials: back to the "
+             "dispatcher", trial_id, running)  # fmt: skip
+    return True
 
 
 def write_claimed(

@@ -36,7 +36,7 @@ def run_trial(trial_id: int, settings: Settings) -> Outcome:
     retry = settings.db_retry_seconds
     c = with_db_retry(lambda: claim(sessions, trial_id), f"claim trial {trial_id}", retry)
     if c is None:
-        log.info("trial %s is not QUEUED (taken or finished): not training it again", trial_id)
+        log.info("trial %s not claimed (taken, finished, or its study at its bound)", trial_id)
         return Outcome.SKIPPED
     try:
         return _run_claimed(c, settings, sessions)
