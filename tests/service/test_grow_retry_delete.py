@@ -160,11 +160,15 @@ def test_a_bad_patch_is_422_naming_the_field_and_changes_nothing(api, patch, fie
     "body",
     [
         b"[1, 2]",
-        b'{"seeds": [0, 1], "seeds": [0]}',
+        b'{"seeds": [0, 1], "seeds": [0]}',  # a key twice: never "the last one wins"
         b"{not json",
         "\udcff".encode(errors="surrogatepass"),
+        b'{"seeds": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nested past the parser
+        ("{" + ",".join(f'"k{i}": 0' for i in range(100)) + "}").encode(),  # 100 keys
     ],
+    ids=["array", "duplicate-key", "not-json", "not-utf8", "deep", "many-keys"],
 )
+# docs/api.md "Studies that grow": a malformed body is 422, as a POST's (service/api/body.py)
 def test_a_malformed_patch_body_is_422(api, body):
     client, _ = api
     study = _create(client)

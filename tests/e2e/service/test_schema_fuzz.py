@@ -187,3 +187,55 @@ def test_hostile_mutations_are_refused_quickly_without_harm(live):
     check()
     assert slowest[0] < 2.0, slowest[0]  # a denial-of-service guard, not a speed claim
     assert api.memory_info().rss - rss_before < 100 * 2**20
+
+
+PATCH = {"seeds": [0, 1], "search": {"rho": [0.0, 0.05, 0.1]}, "max_concurrent_trials": 2,
+         "priority": 1}  # fmt: skip
+PATCH_PATHS = [p for p in _leaves(PATCH) if p]
+
+
+@st.composite
+def hostile_patches(draw):
+    path = draw(st.sampled_from(PATCH_PATHS))
+    return path, _replace(PATCH, path, draw(HOSTILE))
+
+
+# docs/api.md "Studies that grow": hostile mutations of a valid patch on an existing study: no
+# 5xx, quick, and a refused patch changes nothing (rows, spec, broker)
+def test_hostile_patches_are_refused_quickly_without_harm(live):
+    d, engine = live
+    created = httpx.post(f"{d.api_url}/studies", json=digits_spec(rho=(0.0,), batch_size=(16,)))
+    assert created.status_code == 201, created.text
+    study = created.json()["id"]
+    slowest = [0.0]
+
+    def spec_now() -> str:
+        with engine.connect() as conn:
+            return conn.execute(
+                text("SELECT spec::text FROM samsweep_studies WHERE id = :s"), {"s": study}
+            ).scalar_one()
+
+    @settings(
+        max_examples=200,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    @given(case=hostile_patches())
+    def check(case) -> None:
+        path, patch = case
+        before, spec = _state(d, engine), spec_now()
+        t = time.monotonic()
+        r = httpx.patch(f"{d.api_url}/studies/{study}", json=patch, timeout=60)
+        slowest[0] = max(slowest[0], time.monotonic() - t)
+        assert r.status_code in (200, 413, 422, 429), (path, r.status_code, r.text)
+        if r.status_code != 200:
+            assert (_state(d, engine), spec_now()) == (before, spec), (path, r.text)
+            assert set(r.json()["error"]) == {"code", "message", "field", "details"}
+        else:
+            queued = before[-1] + r.json()["added"]
+            wait_for(lambda: _state(d, engine)[-1] == queued, 30, d, "the new trials' tasks")
+
+    check()
+    assert slowest[0] < 2.0, slowest[0]  # a denial-of-service guard, not a speed claim
