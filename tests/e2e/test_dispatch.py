@@ -5,6 +5,8 @@ whose message a consumer took and died with is trained all the same."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +15,8 @@ import httpx
 import pytest
 import redis
 
-from tests.support.http import wait_for, wait_study
+from tests.support.http import free_port, wait_for, wait_study
+from tests.support.processes import wait_healthy
 from tests.support.specs import digits_spec
 
 
@@ -118,3 +121,26 @@ def test_a_message_taken_by_a_consumer_that_died_is_not_lost(deployment, how):
     assert detail["counts"]["COMPLETE"] == 1
     (trial,) = _trials(api, sid)
     assert trial["attempts"] == 1  # trained once
+
+
+# docs/api.md "The dispatcher": two API replicas on one deployment; one SIGKILLed mid-study
+# (its dispatch round's lock dies with it): the other goes on dispatching, every trial runs,
+# each once
+def test_a_replica_killed_mid_study_does_not_stall_the_other(server_deployment):
+    d = server_deployment
+    ports = free_port(), free_port()
+    apis = [f"http://127.0.0.1:{p}" for p in ports]
+    first = d.spawn("api-1", "api", "--port", str(ports[0]))
+    second = d.spawn("api-2", "api", "--port", str(ports[1]))
+    wait_healthy(apis[0], first)
+    wait_healthy(apis[1], second)
+    spec = digits_spec(rho=(0.0, 0.05), batch_size=(16, 32), seeds=(0, 1))
+    study = httpx.post(f"{apis[0]}/studies", json=spec).json()["id"]
+    d.start_worker()
+    wait_for(lambda: any(t["state"] == "COMPLETE" for t in _trials(apis[1], study)) or None,
+             120, d, "a first result")  # fmt: skip
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    detail = wait_study(apis[1], study, timeout=300, d=d)
+    assert detail["counts"]["COMPLETE"] == 8, detail
+    assert all(t["attempts"] == 1 for t in _trials(apis[1], study))  # each trained once
