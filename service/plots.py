@@ -131,11 +131,11 @@ def too_large(kind: str, report: Report, trials: Sequence[TrialRecord]) -> str |
     groups = len(report.groups)
     if kind in ("rho", "gap") and groups > MAX_GROUPS:
         return (
-            f"{groups} groups (optimizer × batch size × SAM setting):\n"
+            f"{groups} groups (optimizer × batch size × train and SAM setting):\n"
             f"more than the {MAX_GROUPS} this plot draws readably;\n{READ_INSTEAD}"
         )
     if kind == "heatmap":
-        panels = {(g.base_optimizer, g.sam_variant, g.m) for g in report.groups}
+        panels = {g.kind() for g in report.groups}
         rhos = {r.rho for g in report.groups for r in g.rows}
         sizes = {g.batch_size for g in report.groups}
         if len(panels) > MAX_PANELS or len(rhos) * len(sizes) > MAX_CELLS:
@@ -173,13 +173,16 @@ def _mean_std(group: Group, rho: float, metric: str) -> tuple[float | None, floa
 
 
 def _label(report: Report, g: Group) -> str:
-    """A legend's name for the group: `batch 128`, with the optimizer and the SAM setting
-    only where the study has several (Group.title names them all)."""
+    """A legend's name for the group: `batch 128`, with the optimizer, the train setting
+    and the SAM setting only where the study has several (Group.title names them all)."""
     opts = {x.base_optimizer for x in report.groups}
+    trains = {x.train for x in report.groups}
     kinds = {(x.sam_variant, x.m) for x in report.groups}
     parts = [f"batch {g.batch_size}"]
     if len(opts) > 1:
         parts.insert(0, g.base_optimizer)
+    if len(trains) > 1:
+        parts.append(g.train)
     if len(kinds) > 1:
         parts.append(g.sam)
     return ", ".join(parts)
@@ -258,11 +261,11 @@ def _gap(fig: Figure, report: Report, trials: Sequence[TrialRecord]) -> None:
 def _heatmap(fig: Figure, report: Report, trials: Sequence[TrialRecord]) -> None:
     panels: dict[tuple, list[Group]] = {}
     for g in report.groups:
-        panels.setdefault((g.base_optimizer, g.sam_variant, g.m), []).append(g)
+        panels.setdefault(g.kind(), []).append(g)
     rhos = sorted({r.rho for g in report.groups for r in g.rows})
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     image = None
-    for ax, ((opt, variant, m), gs) in zip(axes, panels.items(), strict=True):
+    for ax, ((opt, variant, m, *_), gs) in zip(axes, panels.items(), strict=True):
         gs = sorted(gs, key=lambda g: g.batch_size)
         grid = [[_mean_std(g, rho, "test_accuracy") for g in gs] for rho in rhos]
         values = [[math.nan if mean is None else mean for mean, _ in row] for row in grid]
@@ -281,7 +284,8 @@ def _heatmap(fig: Figure, report: Report, trials: Sequence[TrialRecord]) -> None
         ax.set_ylabel("ρ (0 = baseline)")
         ax.grid(False)
         if len(panels) > 1:
-            ax.set_title(", ".join(x for x in (opt, sam_setting(variant, m)) if x), fontsize=8)
+            title = (opt, gs[0].train, sam_setting(variant, m))
+            ax.set_title(", ".join(x for x in title if x), fontsize=8)
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="mean test accuracy")
     fig.suptitle("Mean test accuracy over ρ × batch size")

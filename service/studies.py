@@ -176,7 +176,7 @@ def _insert_trials(
         return
     rows = [
         {"study_id": study_id, "number": first + i, "cell_key": t.cell_key, "seed": t.seed,
-         "params": t.model_dump()}
+         "params": t.stored()}
         for i, t in enumerate(trials)
     ]  # fmt: skip
     session.execute(insert(Trial), rows)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from samsweep.core.admission import contained_dataset_dir
-from samsweep.core.spec import StudySpec, TrialParams
+from samsweep.core.spec import TRAIN_AXES, StudySpec, TrialParams
 from trainer import DatasetConfig, ModelConfig, SharpnessConfig, TrainConfig, TrialConfig
 
 
@@ -31,12 +31,15 @@ def trial_config(
         if data_dir is None:
             raise ValueError(f"dataset {spec.dataset.name!r} is on disk: data_dir is needed")
         path = str(contained_dataset_dir(data_dir, spec.dataset.name, spec.dataset.path))
+    point = params.model_dump(exclude=set(TRAIN_AXES))
+    # a train setting that is a grid axis (a list in the spec) takes this trial's value
+    train = {**spec.train.model_dump(), **dict(params.cell.settings)}
     return TrialConfig(
         dataset=DatasetConfig(**{**spec.dataset.model_dump(), "path": path}),
         model=ModelConfig(**spec.model.model_dump()),
-        train=TrainConfig(**spec.train.model_dump()),
+        train=TrainConfig(**train),
         sharpness=SharpnessConfig(**spec.sharpness.model_dump()),
-        **params.model_dump(),
+        **point,
         device=device,
         checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
     )

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from samsweep.core.report import Group, Report, Row, Stat
-from samsweep.core.spec import Cell
+from samsweep.core.spec import Cell, train_setting
 from samsweep.core.wire import Best, StudyDetail, StudySummary
 from samsweep.core.wire import TrialPublic as Trial
 
@@ -124,8 +124,10 @@ def stat_text(metric: str, s: Stat) -> str:
 
 
 def method(params: dict[str, Any]) -> str:
-    """The trial's cell within its optimizer and batch size (`Cell.method`)."""
-    return Cell.from_params(params).method
+    """The trial's cell within its optimizer and batch size (`Cell.method`), with its
+    train settings where those are grid axes ('sam 0.05, lr 0.1')."""
+    cell = Cell.from_params(params)
+    return cell.method + train_setting(cell.lr, cell.weight_decay)
 
 
 def _table(title: str | None = None) -> Table:
@@ -259,7 +261,7 @@ def large_batch_table(report: Report) -> Table | None:
         frac = lb.recovered_fraction
         t.add_row(
             lb.base_optimizer,
-            lb.sam or "-",
+            ", ".join(x for x in (lb.train, lb.sam) if x) or "-",
             str(lb.batch_size),
             str(lb.small_batch_size),
             "-" if lb.selected_rho is None else f"{lb.selected_rho:g}",

@@ -26,7 +26,16 @@ from sqlalchemy import text
 
 from samsweep.core.db import engine_for
 from samsweep.core.settings import OPTUNA_SCHEMA, Settings
-from samsweep.core.spec import MAX_BATCH, RHO_MAX, StudySpec, TrialParams, axis_choices
+from samsweep.core.spec import (
+    LR_MAX,
+    MAX_BATCH,
+    RHO_MAX,
+    TRAIN_AXES,
+    WEIGHT_DECAY_MAX,
+    StudySpec,
+    TrialParams,
+    axis_choices,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -132,7 +141,8 @@ def recorded_params(
     """A trial's params as Optuna records them, with their distributions.
 
     Param space 2: rho a float in [0, RHO_MAX], batch size and m integers (log scale),
-    the optimizer and SAM's variant categoricals of every value a spec allows. SAM's
+    the optimizer and SAM's variant categoricals of every value a spec allows, and the
+    learning rate and weight decay floats where they are axes of the grid. SAM's
     variant and m are conditional params, as Optuna records a search space that
     branches: a rho = 0 trial (the base optimizer) has neither, a whole-batch trial no m.
     Param space 1 (older studies): every axis a categorical of the values the study's
@@ -150,12 +160,17 @@ def recorded_params(
         "base_optimizer": CategoricalDistribution(axis_choices("base_optimizer")),
         "sam_variant": CategoricalDistribution(axis_choices("sam_variant")),
         "m": IntDistribution(1, MAX_BATCH, log=True),
+        "lr": FloatDistribution(0.0, LR_MAX),
+        "weight_decay": FloatDistribution(0.0, WEIGHT_DECAY_MAX),
     }
-    values = {axis: getattr(params, axis) for axis in AXES}
+    values = {axis: getattr(params, axis) for axis in (*AXES, *TRAIN_AXES)}
     if params.rho == 0:
         del values["sam_variant"], values["m"]
     elif params.m is None:
         del values["m"]
+    for name in TRAIN_AXES:  # an axis of this study's grid only
+        if values[name] is None:
+            del values[name]
     return values, {axis: dists[axis] for axis in values}
 
 

@@ -1,9 +1,10 @@
 """The generalization-gap report: per grid cell, mean ± std over seeds; per group, the
 selected ρ, SAM's paired gain over the base optimizer, and the large-batch question.
 
-A *group* is one (base optimizer, batch size, SAM variant, m): its rows are the
-baseline (ρ = 0, the base optimizer alone, shared by every variant and m of that
-optimizer and batch size) and one row per SAM ρ. The protocol is the paper's:
+A *group* is one (base optimizer, batch size, SAM variant, m), and learning rate and
+weight decay where those are grid axes: its rows are the baseline (ρ = 0, the base
+optimizer alone, shared by every variant and m of that optimizer, batch size and
+train setting) and one row per SAM ρ. The protocol is the paper's:
 
 - **Selection.** ρ is chosen per group by the mean over seeds of the study's selection
   metric: validation accuracy when the spec holds out a split, else test accuracy,
@@ -33,7 +34,7 @@ from typing import Any
 from pydantic import BaseModel, Field, computed_field
 from scipy import stats
 
-from samsweep.core.spec import Cell, StudySpec, TrialParams, sam_setting
+from samsweep.core.spec import Cell, StudySpec, TrialParams, axis, sam_setting, train_setting
 from samsweep.core.states import TrialState
 
 # The per-trial metrics the rows aggregate, in the order tables show them.
@@ -98,6 +99,8 @@ class Group(BaseModel):
     batch_size: int
     sam_variant: str | None
     m: int | None
+    lr: float | None = Field(None, description="when train.lr is a grid axis")
+    weight_decay: float | None = Field(None, description="when train.weight_decay is an axis")
     rows: list[Row]
     selected_rho: float | None = Field(description="best SAM rho by the selection metric")
     gain: Gain | None
@@ -106,9 +109,9 @@ class Group(BaseModel):
     @property
     def title(self) -> str:
         """How tables name the group: 'sgd, batch 128, sam m=32' ('sgd, batch 128' in a
-        study without SAM)."""
-        title = f"{self.base_optimizer}, batch {self.batch_size}"
-        return f"{title}, {self.sam}" if self.sam else title
+        study without SAM; 'sgd, batch 128, lr 0.1, sam' where lr is an axis)."""
+        parts = (f"{self.base_optimizer}, batch {self.batch_size}", self.train, self.sam)
+        return ", ".join(p for p in parts if p)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -116,9 +119,21 @@ class Group(BaseModel):
         """Its SAM setting: 'sam', 'asam m=32'; '' in a study without SAM."""
         return sam_setting(self.sam_variant, self.m) if self.sam_variant else ""
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def train(self) -> str:
+        """Its train settings that are grid axes: 'lr 0.1, wd 0.0005'; '' if none is."""
+        return train_setting(self.lr, self.weight_decay).removeprefix(", ")
+
+    def kind(self) -> tuple[Any, ...]:
+        """The group apart from its batch size: what the large-batch question compares
+        across batch sizes, and a plot's panel."""
+        return (self.base_optimizer, self.sam_variant, self.m, self.lr, self.weight_decay)
+
     def cell(self, row: Row) -> Cell:
         """The grid cell of one of this group's rows (the baseline's has no SAM setting)."""
-        return _cell(row.rho, self.batch_size, self.base_optimizer, self.sam_variant, self.m)
+        return _cell(row.rho, self.batch_size, self.base_optimizer, self.sam_variant, self.m,
+                     self.lr, self.weight_decay)  # fmt: skip
 
 
 class LargeBatch(BaseModel):
@@ -127,6 +142,8 @@ class LargeBatch(BaseModel):
     base_optimizer: str
     sam_variant: str | None
     m: int | None
+    lr: float | None = None
+    weight_decay: float | None = None
     small_batch_size: int
     batch_size: int
     selected_rho: float | None
@@ -141,6 +158,12 @@ class LargeBatch(BaseModel):
     def sam(self) -> str:
         """Its SAM setting: 'sam', 'asam m=32'."""
         return sam_setting(self.sam_variant, self.m) if self.sam_variant else ""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def train(self) -> str:
+        """Its train settings that are grid axes: 'lr 0.1'; '' if none is."""
+        return train_setting(self.lr, self.weight_decay).removeprefix(", ")
 
 
 class Report(BaseModel):
@@ -241,9 +264,12 @@ def build_report(spec: StudySpec, trials: Iterable[TrialRecord]) -> Report:
     kinds = [(v, m) for v in s.sam_variant for m in s.m] if sam_rhos else [(None, None)]
     groups: list[Group] = []
     batches = sorted(s.batch_size)
-    for opt, batch, (variant, m) in itertools.product(s.base_optimizer, batches, kinds):
-        base_key = _key(0.0, batch, opt, None, None)
-        sam_keys = [_key(r, batch, opt, variant, m) for r in sam_rhos]
+    settings = list(itertools.product(axis(spec.train.lr), axis(spec.train.weight_decay)))
+    for opt, batch, (lr, wd), (variant, m) in itertools.product(
+        s.base_optimizer, batches, settings, kinds
+    ):
+        base_key = _key(0.0, batch, opt, None, None, lr, wd)
+        sam_keys = [_key(r, batch, opt, variant, m, lr, wd) for r in sam_rhos]
         keys = [k for k in [base_key, *sam_keys] if k in rows]
         if not keys:
             continue
@@ -259,6 +285,8 @@ def build_report(spec: StudySpec, trials: Iterable[TrialRecord]) -> Report:
                 batch_size=batch,
                 sam_variant=variant,
                 m=m,
+                lr=lr,
+                weight_decay=wd,
                 rows=[rows[k] for k in keys],
                 selected_rho=rows[selected].rho if selected else None,
                 gain=gain,
@@ -275,14 +303,21 @@ def build_report(spec: StudySpec, trials: Iterable[TrialRecord]) -> Report:
     )
 
 
-def _cell(rho: float, batch: int, opt: str, variant: str | None, m: int | None) -> Cell:
+def _cell(
+    rho: float, batch: int, opt: str, variant: str | None, m: int | None,
+    lr: float | None = None, wd: float | None = None,
+) -> Cell:  # fmt: skip
     if rho == 0:
         variant, m = None, None
-    return Cell(rho=rho, batch_size=batch, base_optimizer=opt, sam_variant=variant, m=m)
+    return Cell(rho=rho, batch_size=batch, base_optimizer=opt, sam_variant=variant, m=m,
+                lr=lr, weight_decay=wd)  # fmt: skip
 
 
-def _key(rho: float, batch: int, opt: str, variant: str | None, m: int | None) -> str:
-    return _cell(rho, batch, opt, variant, m).key
+def _key(
+    rho: float, batch: int, opt: str, variant: str | None, m: int | None,
+    lr: float | None = None, wd: float | None = None,
+) -> str:  # fmt: skip
+    return _cell(rho, batch, opt, variant, m, lr, wd).key
 
 
 def _select(keys: list[str], rows: dict[str, Row], metric: str) -> str | None:
@@ -300,9 +335,9 @@ def _mean(group: Group, rho: float | None) -> float | None:
 def _large_batch(groups: list[Group]) -> list[LargeBatch]:
     by_kind: dict[tuple, list[Group]] = defaultdict(list)
     for g in groups:
-        by_kind[(g.base_optimizer, g.sam_variant, g.m)].append(g)
+        by_kind[g.kind()].append(g)
     out = []
-    for (opt, variant, m), gs in by_kind.items():
+    for (opt, variant, m, lr, wd), gs in by_kind.items():
         gs = sorted(gs, key=lambda g: g.batch_size)
         small = next((g for g in gs if _mean(g, 0.0) is not None), None)
         if small is None:
@@ -322,6 +357,8 @@ def _large_batch(groups: list[Group]) -> list[LargeBatch]:
                     base_optimizer=opt,
                     sam_variant=variant,
                     m=m,
+                    lr=lr,
+                    weight_decay=wd,
                     small_batch_size=small.batch_size,
                     batch_size=g.batch_size,
                     selected_rho=g.selected_rho,
@@ -352,7 +389,18 @@ def complete_trials(cell: Cell, trials: Iterable[TrialRecord]) -> list[TrialReco
 
 
 CSV_COLUMNS = (
-    ["base_optimizer", "batch_size", "sam_variant", "m", "rho", "baseline", "selected", "n"]
+    [
+        "base_optimizer",
+        "batch_size",
+        "sam_variant",
+        "m",
+        "lr",
+        "weight_decay",
+        "rho",
+        "baseline",
+        "selected",
+        "n",
+    ]  # fmt: skip
     + [f"{metric}_{part}" for metric in METRICS for part in ("mean", "std")]
     + ["gain_mean", "gain_ci_low", "gain_ci_high", "gain_n_pairs", "counts", "errors"]
 )
@@ -370,6 +418,8 @@ def to_rows(report: Report) -> list[dict[str, Any]]:
                 "batch_size": g.batch_size,
                 "sam_variant": None if row.baseline else g.sam_variant,
                 "m": None if row.baseline else g.m,
+                "lr": g.lr,
+                "weight_decay": g.weight_decay,
                 "rho": row.rho,
                 "baseline": row.baseline,
                 "selected": selected,

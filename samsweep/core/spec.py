@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, cast, get_args
+from typing import Annotated, Any, Literal, TypeVar, cast, get_args
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
+    ValidationError,
     ValidationInfo,
     create_model,
     field_validator,
@@ -53,6 +56,10 @@ Rho = Annotated[
     AfterValidator(lambda rho: rho + 0.0),  # -0.0 (>= 0) is the baseline's 0.0
 ]
 BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+LR_MAX, WEIGHT_DECAY_MAX = 10.0, 1.0
+LearningRate = Annotated[float, Field(gt=0.0, le=LR_MAX, allow_inf_nan=False)]
+WeightDecay = Annotated[float, Field(ge=0.0, le=WEIGHT_DECAY_MAX, allow_inf_nan=False)]
+
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 BaseOptimizer = Literal["sgd", "adam", "adamw"]
 SamVariant = Literal["sam", "asam"]
@@ -72,6 +79,38 @@ def _unique(values: list[Any]) -> list[Any]:
             raise ValueError(f"duplicate value {v!r}: each grid value must appear once")
         seen.add(v)
     return values
+
+
+T = TypeVar("T")
+# The train settings that may be grid axes (a list in the spec); a trial carries its value.
+TRAIN_AXES = ("lr", "weight_decay")
+# A train setting given as a list: a grid axis, each value once.
+Axis = Annotated[list[T], Field(min_length=1, max_length=MAX_AXIS), AfterValidator(_unique)]
+
+
+def _number_or_axis(item: Any) -> BeforeValidator:
+    """One number, or a list (an axis): validated as whichever it is, so an error is about
+    that one (a plain union would report both), at the field itself."""
+    number, listed = TypeAdapter(item), TypeAdapter(Axis[item])
+
+    def check(value: Any) -> Any:
+        try:
+            return (listed if isinstance(value, list) else number).validate_python(
+                value, strict=True
+            )
+        except ValidationError as e:
+            first = e.errors()[0]
+            at, message = "".join(f"[{p}]" for p in first["loc"]), first["msg"]
+            message = message.removeprefix("Value error, ")
+            raise ValueError(f"item {at}: {message}" if at else message) from None
+
+    return BeforeValidator(check)
+
+
+def axis(value: float | list[float]) -> list[float | None]:
+    """A train setting's values as a grid axis: its list, or [None] when it is one
+    number (then not an axis: every trial takes the spec's value)."""
+    return list(value) if isinstance(value, list) else [None]
 
 
 class DatasetSpec(_Strict):
@@ -170,7 +209,9 @@ def axis_choices(axis: Literal["base_optimizer", "sam_variant"]) -> tuple[str, .
 
 class TrainSpec(_Strict):
     epochs: int = Field(ge=1, le=10_000)
-    lr: FiniteFloat = Field(gt=0.0, le=10.0, description="learning rate at base_batch_size")
+    lr: LearningRate | Axis[LearningRate] = Field(
+        description="learning rate at base_batch_size; a list is a grid axis"
+    )
     base_batch_size: int | None = Field(
         None, ge=1, le=MAX_BATCH, description="batch size `lr` is given for"
     )
@@ -183,8 +224,8 @@ class TrainSpec(_Strict):
     )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, allow_inf_nan=False)
     nesterov: bool = False
-    weight_decay: float = Field(
-        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="applied by the base optimizer"
+    weight_decay: WeightDecay | Axis[WeightDecay] = Field(
+        0.0, description="applied by the base optimizer; a list is a grid axis"
     )
     grad_clip: float | None = Field(
         None,
@@ -196,6 +237,11 @@ class TrainSpec(_Strict):
     label_smoothing: Fraction = 0.0
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast on CUDA, fp32 on the CPU"
+    )
+
+    _lr_number_or_axis = field_validator("lr", mode="before")(_number_or_axis(LearningRate).func)
+    _wd_number_or_axis = field_validator("weight_decay", mode="before")(
+        _number_or_axis(WeightDecay).func
     )
 
     @field_validator("lr_scaling")
@@ -282,20 +328,23 @@ class StudySpec(_Strict):
         s = self.search
         sam_rhos = sum(1 for r in s.rho if r > 0)
         per_pair = sam_rhos * len(s.sam_variant) * len(s.m) + (len(s.rho) - sam_rhos)
-        return len(s.base_optimizer) * len(s.batch_size) * len(self.seeds) * per_pair
+        settings = len(axis(self.train.lr)) * len(axis(self.train.weight_decay))
+        return len(s.base_optimizer) * len(s.batch_size) * settings * len(self.seeds) * per_pair
 
     def trials(self) -> list[TrialParams]:
         """Every trial's grid point and seed, in a fixed order: trial numbers follow it.
 
         rho = 0 is the base optimizer alone: SAM's variant and m do not apply to it,
         so it is one grid cell per (optimizer, batch size) with sam_variant and m None,
-        not one identical run per variant and m.
+        not one identical run per variant and m. `train.lr` and `train.weight_decay` are
+        axes when they are lists (then each trial carries its value; None otherwise).
         """
         s, trials, seen = self.search, [], set()
         grid = itertools.product(
-            s.base_optimizer, s.batch_size, s.rho, s.sam_variant, s.m, self.seeds
-        )
-        for opt, batch, rho, variant, m, seed in grid:
+            s.base_optimizer, s.batch_size, axis(self.train.lr), axis(self.train.weight_decay),
+            s.rho, s.sam_variant, s.m, self.seeds,
+        )  # fmt: skip
+        for opt, batch, lr, wd, rho, variant, m, seed in grid:
             sam = rho != 0
             params = TrialParams(
                 rho=rho,
@@ -303,6 +352,8 @@ class StudySpec(_Strict):
                 base_optimizer=opt,
                 sam_variant=variant if sam else None,
                 m=m if sam else None,
+                lr=lr,
+                weight_decay=wd,
                 seed=seed,
             )
             if (params.cell_key, seed) not in seen:
@@ -325,6 +376,8 @@ class Cell(_Strict):
     base_optimizer: str
     sam_variant: str | None = None
     m: int | None = None
+    lr: float | None = None  # when train.lr is an axis; None: the spec's one value
+    weight_decay: float | None = None  # likewise for train.weight_decay
 
     @model_validator(mode="before")
     @classmethod
@@ -341,11 +394,19 @@ class Cell(_Strict):
 
     @property
     def key(self) -> str:
-        return (
+        """The cell's identity in the trials table; a train setting that is an axis is
+        appended, so the keys of cells without one are as they always were."""
+        key = (
             f"rho={self.rho + 0.0!r}|batch_size={self.batch_size}"
             f"|base_optimizer={self.base_optimizer}"
             f"|sam_variant={self.sam_variant}|m={self.m}"
         )
+        return key + "".join(f"|{name}={v!r}" for name, v in self.settings)
+
+    @property
+    def settings(self) -> list[tuple[str, float]]:
+        """The train settings that are axes, with this cell's values: [("lr", 0.1)]."""
+        return [(n, v) for n in TRAIN_AXES if (v := getattr(self, n)) is not None]
 
     @property
     def baseline(self) -> bool:
@@ -363,6 +424,7 @@ class Cell(_Strict):
     def label(self) -> str:
         """The whole cell: 'ρ=0.05, batch 128, sgd, sam m=32' ('ρ=0, batch 128, sgd')."""
         text = f"ρ={self.rho:g}, batch {self.batch_size}, {self.base_optimizer}"
+        text += train_setting(self.lr, self.weight_decay)
         if not self.baseline and self.sam_variant:
             text += ", " + sam_setting(self.sam_variant, self.m)
         return text
@@ -372,6 +434,14 @@ def sam_setting(variant: str | None, m: int | None) -> str:
     """SAM's variant and m-sharpness as labels name them: 'sam', 'asam m=32' (without a
     variant, only ' m=32' or '')."""
     return (variant or "") + (f" m={m}" if m else "")
+
+
+def train_setting(lr: float | None, weight_decay: float | None) -> str:
+    """The train settings that are axes, as labels name them: ', lr 0.1, wd 0.0005'
+    ('' when neither is)."""
+    return (f", lr {lr:g}" if lr is not None else "") + (
+        f", wd {weight_decay:g}" if weight_decay is not None else ""
+    )
 
 
 _CELL_AXES = tuple(Cell.model_fields)
@@ -386,7 +456,16 @@ class TrialParams(_Strict):
     base_optimizer: str
     sam_variant: str | None = "sam"  # None for rho = 0
     m: int | None = None
+    lr: float | None = None  # when train.lr is an axis
+    weight_decay: float | None = None  # when train.weight_decay is an axis
     seed: int
+
+    def stored(self) -> dict[str, Any]:
+        """As the trials table stores it: the train settings only where they are axes
+        (a grid without such an axis stores exactly what it always has)."""
+        return self.model_dump(
+            exclude={n for n in ("lr", "weight_decay") if getattr(self, n) is None}
+        )
 
     @property
     def cell(self) -> Cell:
@@ -396,6 +475,8 @@ class TrialParams(_Strict):
             base_optimizer=self.base_optimizer,
             sam_variant=self.sam_variant,
             m=self.m,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
         )
 
     @property

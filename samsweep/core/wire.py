@@ -183,6 +183,8 @@ class BestCell(_Wire):
     rho: float
     sam_variant: str | None
     m: int | None
+    lr: float | None = Field(None, description="where train.lr is a grid axis")
+    weight_decay: float | None = Field(None, description="where train.weight_decay is an axis")
     n: int = Field(description="complete trials (seeds) the mean is over")
     seeds: list[int]
     objective: Stat = Field(description="the study's objective, mean ± std over seeds")

@@ -87,7 +87,7 @@
     const lb = document.querySelector("#large-batch tbody");
     lb.replaceChildren(...r.large_batch.map((x) => {
       const tr = el("tr");
-      const sam = x.sam || "–";
+      const sam = [x.train, x.sam].filter(Boolean).join(", ") || "–";
       const recovered = x.recovered_fraction === null ? "–" : `${(100 * x.recovered_fraction).toFixed(0)} %`;
       for (const v of [x.base_optimizer, sam, x.small_batch_size, x.batch_size, x.selected_rho ?? "–",
         fmt(x.baseline_drop, 4), fmt(x.sam_drop, 4), recovered]) tr.appendChild(el("td", v));
@@ -107,7 +107,10 @@
       const p = x.params;
       const tr = el("tr", null, { class: `state-${x.state}`, "data-number": String(x.number) });
       const sam = p.rho > 0 && p.sam_variant ? p.sam_variant + (p.m == null ? "" : ` m=${p.m}`) : "–";
-      for (const v of [x.number, p.rho, p.batch_size, p.base_optimizer, sam, p.seed]) tr.appendChild(el("td", v));
+      // lr and weight decay where they are grid axes (absent from the params otherwise)
+      const optimizer = [p.base_optimizer, p.lr == null ? "" : `lr ${p.lr}`,
+        p.weight_decay == null ? "" : `wd ${p.weight_decay}`].filter(Boolean).join(", ");
+      for (const v of [x.number, p.rho, p.batch_size, optimizer, sam, p.seed]) tr.appendChild(el("td", v));
       tr.appendChild(el("td", x.state, { class: "state" }));
       tr.appendChild(el("td", x.epoch));
       for (const k of ["train_accuracy", "val_accuracy", "test_accuracy", "gap"]) tr.appendChild(el("td", fmt(m[k], 4), { class: "num" }));

@@ -57,6 +57,24 @@ def test_a_grown_grid_is_recorded_in_the_same_optuna_study(url):
     assert optuna_store.param_space(url, "s") == optuna_store.GROWABLE
 
 
+# docs/spec.md "The study spec": lr and weight decay as grid axes are Optuna params too
+def test_train_settings_that_are_axes_are_recorded_as_params(url):
+    raw = digits_spec(rho=(0.05,), batch_size=(16,))
+    raw["train"].update(lr=[0.1, 0.01], weight_decay=[0.0, 5e-4])
+    spec = StudySpec.model_validate(raw)
+    optuna_store.create_optuna_study(url, "s", "id1", spec)
+    for i, t in enumerate(spec.trials()):
+        optuna_store.start_trial(url, "s", spec, t, i)
+    frozen = _frozen(url, "s")
+    assert {(f.params["lr"], f.params["weight_decay"]) for f in frozen} == {
+        (0.1, 0.0), (0.1, 5e-4), (0.01, 0.0), (0.01, 5e-4)
+    }  # fmt: skip
+    assert isinstance(frozen[0].distributions["lr"], FloatDistribution)
+    fixed = _spec(rho=(0.05,), batch_size=(16,))  # a fixed lr is no param
+    values, _ = optuna_store.recorded_params(fixed, fixed.trials()[0])
+    assert "lr" not in values and "weight_decay" not in values
+
+
 def test_a_study_created_before_keeps_its_categoricals(url):
     spec = _spec(rho=(0.0, 0.05), batch_size=(16,))
     optuna.create_study(storage=optuna_store.get_storage(url), study_name="old")  # no attr

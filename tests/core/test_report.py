@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 import trainer
-from samsweep.core.report import TrialRecord, build_report
+from samsweep.core.report import TrialRecord, best_cell, build_report, to_rows
 from samsweep.core.spec import StudySpec
 from samsweep.core.states import TrialState
 from tests.support.specs import digits_spec
@@ -190,3 +190,33 @@ def test_a_baseline_trial_stored_with_a_sam_setting_is_in_the_baseline_cell():
     report = build_report(spec, [base, _record(0.05, 16, 0, 0.9)])
     group, row = best_cell(report, "test_accuracy")
     assert row.baseline and complete_trials(group.cell(row), [base]) == [base]
+
+
+# docs/report.md "The report": with train.lr (or weight_decay) a grid axis, each value is its own
+# group: its baseline, its selected rho and SAM's gain over the baseline at the same lr
+def test_a_learning_rate_axis_gives_each_value_its_own_group():
+    from dataclasses import replace
+
+    raw = digits_spec(rho=(0.0, 0.05), batch_size=(16, 64), seeds=(0, 1))
+    raw["train"]["lr"] = [0.1, 0.01]
+    spec = StudySpec.model_validate(raw)
+    accuracy = {0.1: 0.90, 0.01: 0.80}  # SAM adds 0.03 at lr 0.1, 0.01 at lr 0.01
+    records = [
+        replace(
+            _record(p.rho, p.batch_size, p.seed, accuracy[p.lr] + p.seed / 100
+                    + (0.03 if p.lr == 0.1 else 0.01) * (p.rho > 0)),
+            params=p,
+        )
+        for p in spec.trials()
+    ]  # fmt: skip
+    report = build_report(spec, records)
+    assert [g.title for g in report.groups] == [
+        "sgd, batch 16, lr 0.1, sam", "sgd, batch 16, lr 0.01, sam",
+        "sgd, batch 64, lr 0.1, sam", "sgd, batch 64, lr 0.01, sam",
+    ]  # fmt: skip
+    gains = {(g.batch_size, g.lr): round(g.gain.mean, 6) for g in report.groups}
+    assert gains == {(16, 0.1): 0.03, (16, 0.01): 0.01, (64, 0.1): 0.03, (64, 0.01): 0.01}
+    assert {(lb.lr, lb.train) for lb in report.large_batch} == {(0.1, "lr 0.1"), (0.01, "lr 0.01")}
+    assert all(r["lr"] in (0.1, 0.01) for r in to_rows(report))
+    group, row = best_cell(report, "test_accuracy")
+    assert (group.lr, row.rho) == (0.1, 0.05) and group.cell(row).key.endswith("|lr=0.1")

@@ -45,7 +45,9 @@ def test_every_spec_field_has_a_trainer_field_of_the_same_name_and_default(secti
 
 def test_the_config_is_the_specs_sections_plus_one_trial_and_its_execution():
     top = set(trainer_fields(trainer.TrialConfig))
-    assert top == set(SECTIONS) | set(TrialParams.model_fields) | EXECUTION
+    point = set(TrialParams.model_fields) - set(s.TRAIN_AXES)  # those go into train
+    assert top == set(SECTIONS) | point | EXECUTION
+    assert set(s.TRAIN_AXES) < set(s.TrainSpec.model_fields)
     assert set(StudySpec.model_fields) == set(SECTIONS) | NOT_A_TRIALS
     assert set(s.SearchSpec.model_fields) < set(TrialParams.model_fields)  # + seed
 
@@ -75,6 +77,22 @@ def test_the_door_knows_what_the_trainer_can_run():
     assert literal(search["sam_variant"].annotation) == set(config.SAM_VARIANTS)
 
 
+# docs/spec.md "The study spec": train.lr and train.weight_decay as lists are grid axes: each
+# trial trains with its own value
+def test_a_train_setting_that_is_an_axis_takes_the_trials_value():
+    raw = digits_spec(rho=(0.0,), batch_size=(16,))
+    raw["train"].update(lr=[0.1, 0.01], weight_decay=[0.0, 5e-4])
+    spec = StudySpec.model_validate(raw)
+    trials = spec.trials()
+    assert spec.n_trials == len(trials) == 4
+    got = {(trial_config(spec, t).train.lr, trial_config(spec, t).train.weight_decay)
+           for t in trials}  # fmt: skip
+    assert got == {(0.1, 0.0), (0.1, 5e-4), (0.01, 0.0), (0.01, 5e-4)}
+    assert len({t.cell_key for t in trials}) == 4
+    fixed = StudySpec.model_validate(digits_spec()).trials()[0]
+    assert "lr" not in fixed.stored() and "lr" not in fixed.cell_key  # grids as before
+
+
 def test_the_mapping_passes_every_value_through_unchanged():
     """Every field set away from its default in the spec arrives as it was."""
     raw = digits_spec()
@@ -90,7 +108,7 @@ def test_the_mapping_passes_every_value_through_unchanged():
     cfg = trial_config(spec, params, device="cpu")
     for section in SECTIONS:
         assert dataclasses.asdict(getattr(cfg, section)) == getattr(spec, section).model_dump()
-    for name, value in params.model_dump().items():
+    for name, value in params.model_dump(exclude=set(s.TRAIN_AXES)).items():
         assert getattr(cfg, name) == value
     cfg.validate()
 
