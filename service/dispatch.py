@@ -15,6 +15,12 @@ lowest-numbered unsent trial):
   running or sent, so no more than that can ever run at once;
 - a cancelled study is sent nothing.
 
+A sampler's study (spec `sampler`: random, tpe) has no trials until they are asked for:
+`next_trials` then draws its next configuration from its Optuna sampler, which sees
+every result recorded by then, and creates one trial per seed (`draw`). Configurations
+alternate between SAM and the baseline (ρ = 0), so each has its half of the budget
+and the baseline is tuned over the same search as SAM.
+
 The API calls it after a create and every SAMSWEEP_DISPATCH_SECONDS (service/sweeper.py).
 One round at a time per deployment: a PostgreSQL advisory lock held for the round's
 transaction (another API replica skips the round; the lock dies with a killed one), and
@@ -32,12 +38,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from celery import Celery
-from sqlalchemy import case, func, select, text, update
+from sqlalchemy import ColumnElement, case, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from samsweep.core import optuna_store
 from samsweep.core.db import Study, Trial, utcnow
 from samsweep.core.queue import enqueue_trial
 from samsweep.core.settings import Settings
+from samsweep.core.spec import Range, StudySpec, TrialParams
 from samsweep.core.states import TrialState
 
 log = logging.getLogger(__name__)
@@ -87,9 +95,10 @@ def choose(candidates: list[Candidate], places: int) -> list[str]:
     return picks
 
 
-def next_trials(session: Session, study_id: str, n: int) -> list[int]:
-    """What the study runs next, asked now: a grid's lowest-numbered unsent trials."""
-    return list(
+def next_trials(session: Session, settings: Settings, study_id: str, n: int) -> list[int]:
+    """What the study runs next, asked now: its lowest-numbered unsent trials, and for a
+    sampler's study, new configurations drawn now when those are not enough."""
+    ids = list(
         session.scalars(
             select(Trial.id)
             .where(
@@ -101,6 +110,63 @@ def next_trials(session: Session, study_id: str, n: int) -> list[int]:
             .limit(n)
         )
     )
+    if len(ids) < n:
+        ids += draw(session, settings, study_id, n - len(ids))
+    return ids
+
+
+DRAWS = 20  # draws of one configuration before a sampler's space counts as exhausted
+
+
+def draw(session: Session, settings: Settings, study_id: str, n: int) -> list[int]:
+    """New trials of a sampler's study, at least `n` where its budget allows: each
+    configuration drawn (optuna_store.suggest) becomes one trial per seed, numbered after
+    the last, the first seed's holding the configuration's Optuna trial. A configuration
+    it has already run is drawn again (its Optuna trial FAILed); after DRAWS in a row the
+    space counts as exhausted and the study's budget shrinks to what it has."""
+    study = session.get(Study, study_id)
+    if study is None or study.sampler is None:
+        return []
+    spec = StudySpec.model_validate(study.spec)
+    seeds, url = spec.seeds, settings.resolved_optuna_url
+    have = session.scalar(select(func.count()).where(Trial.study_id == study_id)) or 0
+    baselines = session.scalar(
+        select(func.count()).where(Trial.study_id == study_id, Trial.cell_key.like("rho=0.0|%"))
+    ) or 0  # fmt: skip
+    has_sam = isinstance(spec.search.rho, Range) or any(r > 0 for r in spec.search.rho)
+    made: list[int] = []
+    while len(made) < n and have + len(seeds) <= study.n_trials:
+        index = have // len(seeds)
+        base_configs, sam_configs = baselines // len(seeds), index - baselines // len(seeds)
+        baseline = not has_sam or base_configs < sam_configs  # SAM first, then in turns
+        for _ in range(DRAWS):
+            params, optuna_id, optuna_number = optuna_store.suggest(
+                url, study.optuna_study_name, spec, index, baseline
+            )
+            trials = [TrialParams(**params, seed=seed) for seed in seeds]
+            taken = session.scalar(
+                select(func.count()).where(
+                    Trial.study_id == study_id, Trial.cell_key == trials[0].cell_key
+                )
+            )
+            if not taken:
+                break
+            optuna_store.fail_trial(url, optuna_id, "a configuration this study already ran")
+        else:
+            log.warning("study %s: %d draws in a row were configurations it already ran: "
+                        "its space is exhausted at %d trials", study_id, DRAWS, have)  # fmt: skip
+            study.n_trials = have
+            break
+        rows = [Trial(study_id=study_id, number=have + i, cell_key=t.cell_key, seed=t.seed,
+                      params=t.stored()) for i, t in enumerate(trials)]  # fmt: skip
+        rows[0].optuna_trial_id, rows[0].optuna_trial_number = optuna_id, optuna_number
+        session.add_all(rows)
+        session.flush()
+        optuna_store.tag(url, optuna_id, rows[0].id, seeds[0])
+        made += [r.id for r in rows]
+        have += len(seeds)
+        baselines += len(seeds) if baseline else 0
+    return made
 
 
 def window(session: Session, settings: Settings) -> tuple[int, int]:
@@ -115,9 +181,29 @@ def window(session: Session, settings: Settings) -> tuple[int, int]:
 
 
 def candidates(session: Session) -> list[Candidate]:
-    """Every study that is not cancelled and has a QUEUED trial never sent, with its
-    running-or-sent count: one grouped query over the QUEUED and RUNNING trials."""
+    """Every study that is not cancelled and has a QUEUED trial never sent, or is a
+    sampler's study with configurations still to draw, with its running-or-sent count:
+    one grouped query over the QUEUED and RUNNING trials, one over the sampler studies."""
     unsent = (Trial.state == TrialState.QUEUED) & Trial.enqueued_at.is_(None)
+    found = {c.study_id: c for c in _with_queued(session, unsent)}
+    drawn = func.count(Trial.id)
+    for sid, priority, bound, last, room in session.execute(
+        select(Study.id, Study.priority, Study.max_concurrent_trials, Study.dispatched_at,
+               Study.n_trials - drawn)
+        .outerjoin(Trial, Trial.study_id == Study.id)
+        .where(Study.sampler.is_not(None), Study.cancelled_at.is_(None))
+        .group_by(Study.id, Study.priority, Study.max_concurrent_trials, Study.dispatched_at,
+                  Study.n_trials)
+        .having(drawn < Study.n_trials)
+    ):  # fmt: skip
+        if sid in found:
+            found[sid].unsent += room
+        else:
+            found[sid] = Candidate(sid, priority, bound, last, 0, room)
+    return [c for c in found.values() if c.unsent]
+
+
+def _with_queued(session: Session, unsent: ColumnElement[bool]) -> list[Candidate]:
     rows = session.execute(
         select(
             Study.id,
@@ -134,7 +220,7 @@ def candidates(session: Session) -> list[Candidate]:
         )
         .group_by(Study.id, Study.priority, Study.max_concurrent_trials, Study.dispatched_at)
     )
-    return [Candidate(*row) for row in rows if row[5]]
+    return [Candidate(*row) for row in rows]
 
 
 def _take_round(session: Session) -> bool:
@@ -166,7 +252,7 @@ def dispatch(session: Session, celery: Celery, settings: Settings) -> int:
         wanted: dict[str, int] = {}
         for study_id in picks:
             wanted[study_id] = wanted.get(study_id, 0) + 1
-        found = {s: iter(next_trials(session, s, n)) for s, n in wanted.items()}
+        found = {s: iter(next_trials(session, settings, s, n)) for s, n in wanted.items()}
         for study_id in picks:  # in the order chosen: the broker delivers in that order
             trial_id = next(found[study_id], None)
             if trial_id is not None:

@@ -133,6 +133,7 @@ def _insert(
         idempotency_key=idempotency_key,
         priority=spec.priority,
         max_concurrent_trials=spec.max_concurrent_trials,
+        sampler=spec.sampler.name if spec.sampler.searches else None,
     )
     try:
         session.add(study)
@@ -280,9 +281,10 @@ def extend_study(
     idempotency_key: str | None = None,
 ) -> tuple[Study, int, bool]:
     """Apply a PATCH (samsweep.core.spec.patched): create a trial for every new (cell,
-    seed), numbered after the study's last, and store the grown spec, its n_trials, its
-    priority and bound; the trials that exist stay exactly as they are. Returns (study,
-    trials added, replayed). Validated as a new study is (the grid's maximum, the data,
+    seed), numbered after the study's last (a sampler's study: a larger budget, its new
+    trials drawn as places free), and store the grown spec, its n_trials, its priority
+    and bound; the trials that exist stay exactly as they are. Returns (study, trials
+    added, replayed). Validated as a new study is (the grid's maximum, the data,
     the owner's quotas: 4xx and nothing changes), one patch at a time per owner; with an
     Idempotency-Key, a replay changes nothing more and another body with it is a 422."""
     scope, digest = owner or "", patch_digest(study_id, patch)
@@ -320,8 +322,10 @@ def extend_study(
                 )
             }
             added = [t for t in new.trials() if (t.cell_key, t.seed) not in existing]
-            grows = bool(added) and not _unfinished(session, study.id)  # runs again
-            check_quota(session, settings, owner, len(added), adds_study=grows)
+            # a sampler's study gets budget, its trials drawn as places free (dispatch.py)
+            more = new.n_trials - study.n_trials if new.sampler.searches else len(added)
+            grows = bool(more) and not _unfinished(session, study.id)  # runs again
+            check_quota(session, settings, owner, more, adds_study=grows)
             _insert_trials(session, study.id, added, first=study.n_trials)
             study.spec = new.model_dump(mode="json")
             study.n_trials = new.n_trials
@@ -331,7 +335,7 @@ def extend_study(
                 session.add(IdempotencyKey(owner=scope, key=idempotency_key, study_id=study.id,
                                            request_digest=digest))  # fmt: skip
             session.commit()
-            return study, len(added), False
+            return study, more, False
     finally:
         _creating.release()
 

@@ -40,6 +40,9 @@ class Claim:
     study_id: str
     curves: list[dict[str, Any]]  # epochs an earlier attempt recorded (a resume keeps them)
     attempt: int  # 1 for the first run; more after a lost worker
+    # (id, number) of the Optuna trial the dispatcher asked a sampler for, on a sampler's
+    # configuration's first seed, first attempt: it records this trial
+    asked: tuple[int, int] | None = None
 
 
 def worker_name() -> str:
@@ -99,6 +102,9 @@ def claim(sessions: sessionmaker[Session], trial_id: int) -> Claim | None:
             study_id=study.id,
             curves=curves_for(session, [trial_id])[trial_id],
             attempt=trial.attempts,
+            asked=(trial.optuna_trial_id, trial.optuna_trial_number or 0)
+            if trial.attempts == 1 and trial.optuna_trial_id is not None
+            else None,
         )
 
 

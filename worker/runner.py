@@ -77,11 +77,16 @@ def _run_claimed(c: Claim, settings: Settings, sessions: sessionmaker[Session]) 
             }
             finish(sessions, c, TrialState.COMPLETE, retry, value=earlier.value, metrics=metrics)
             return Outcome.ADOPTED
-    optuna_id, optuna_number = with_db_retry(
-        lambda: optuna_store.start_trial(url, c.optuna_study_name, c.spec, c.params, c.trial_id),
-        "create the Optuna trial",
-        retry,
-    )
+    if c.asked is not None:  # the sampler's own trial for this configuration
+        optuna_id, optuna_number = c.asked
+    else:
+        optuna_id, optuna_number = with_db_retry(
+            lambda: optuna_store.start_trial(
+                url, c.optuna_study_name, c.spec, c.params, c.trial_id
+            ),
+            "create the Optuna trial",
+            retry,
+        )
     with_db_retry(
         lambda: write_claimed(
             sessions, c, optuna_trial_id=optuna_id, optuna_trial_number=optuna_number

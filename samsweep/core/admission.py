@@ -383,8 +383,10 @@ def _check_batchnorm(spec: StudySpec, size: TrainSize) -> None:
             "BatchNorm cannot train on one example",
         )
 
-    whole = 0.0 in s.rho or None in s.m  # some trials step on whole batches
-    sam = any(r > 0 for r in s.rho)  # m applies to SAM's trials only
+    # some trials step on whole batches (a sampler's study always has baseline trials)
+    rhos = s.rho if isinstance(s.rho, list) else [0.0, s.rho.high]
+    whole = 0.0 in rhos or None in s.m
+    sam = any(r > 0 for r in rhos)  # m applies to SAM's trials only
     for i, b in enumerate(s.batch_size):
         if whole and 1 in _chunks(n, b, None):
             raise refuse(f"search.batch_size.{i}", f"batch size {b}")

@@ -87,6 +87,9 @@ class Study(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_concurrent_trials: Mapped[int | None] = mapped_column(Integer)
     dispatched_at: Mapped[datetime | None]
+    # A sampler's study (NULL: a grid): its configurations are drawn one at a time, so
+    # it has fewer rows than n_trials until its budget is spent.
+    sampler: Mapped[str | None] = mapped_column(String(16))
 
     trials: Mapped[list[Trial]] = relationship(back_populates="study", order_by="Trial.number")
 

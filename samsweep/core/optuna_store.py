@@ -32,6 +32,8 @@ from samsweep.core.spec import (
     RHO_MAX,
     TRAIN_AXES,
     WEIGHT_DECAY_MAX,
+    Range,
+    SamplerSpec,
     StudySpec,
     TrialParams,
     axis_choices,
@@ -127,6 +129,7 @@ AXES = ("rho", "batch_size", "base_optimizer", "sam_variant", "m")
 # space"); absent = 1, studies created before: each axis a categorical of its values.
 PARAM_SPACE = "samsweep_param_space"
 GROWABLE = 2
+SEARCHED = 3  # a sampler's study: the spec's own space (`search_space`)
 
 
 def study_name(name: str, samsweep_id: str) -> str:
@@ -147,6 +150,16 @@ def recorded_params(
     branches: a rho = 0 trial (the base optimizer) has neither, a whole-batch trial no m.
     Param space 1 (older studies): every axis a categorical of the values the study's
     trials take."""
+    if space == SEARCHED:
+        drawn = search_space(spec)
+        values = {name: getattr(params, name) for name in drawn}
+        if params.rho == 0:
+            for name in ("rho", "sam_variant", "m"):
+                values.pop(name, None)
+        for name in TRAIN_AXES:
+            if values.get(name, 0.0) is None:
+                del values[name]
+        return values, {name: drawn[name] for name in values}
     if space < GROWABLE:
         trials = spec.trials()
         dists: dict[str, BaseDistribution] = {
@@ -174,6 +187,86 @@ def recorded_params(
     return values, {axis: dists[axis] for axis in values}
 
 
+def search_space(spec: StudySpec) -> dict[str, BaseDistribution]:
+    """A sampler's study's params and their distributions, as it draws them: a list is a
+    categorical of its values, a range a float ({low, high, log}). ρ, SAM's variant and m
+    are a SAM configuration's only (the baseline's own share has ρ = 0: docs/spec.md
+    "Search"); lr and weight decay are params where the spec gives a list or a range."""
+    s, t = spec.search, spec.train
+
+    def dist(value: Any) -> BaseDistribution:
+        if isinstance(value, Range):
+            return FloatDistribution(value.low, value.high, log=value.log)
+        return CategoricalDistribution(tuple(value))
+
+    out = {
+        "base_optimizer": dist(s.base_optimizer),
+        "batch_size": dist(s.batch_size),
+        "rho": dist(s.rho if isinstance(s.rho, Range) else [r for r in s.rho if r > 0] or [0.0]),
+        "sam_variant": dist(s.sam_variant),
+        "m": dist(s.m),
+    }
+    for name in TRAIN_AXES:
+        value = getattr(t, name)
+        if isinstance(value, list | Range):
+            out[name] = dist(value)
+    return out
+
+
+def make_sampler(sampler: SamplerSpec, index: int) -> optuna.samplers.BaseSampler:
+    """The sampler that draws configuration `index`: seeded from the spec's seed and the
+    index (a sampler is made per draw, and one seeded alike each time would repeat
+    itself), so the draws are reproducible given the same order of results. TPE's
+    constant liar counts the configurations still running as bad ones, so workers in
+    parallel are not all sent near the same point."""
+    seed = None if sampler.seed is None else (sampler.seed * 1_000_003 + index) % 2**32
+    if sampler.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if sampler.name == "tpe":
+        with warnings.catch_warnings():  # constant_liar is stable, still flagged experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    raise ValueError(f"no sampler {sampler.name!r} draws configurations")
+
+
+def suggest(
+    url: str, study_name: str, spec: StudySpec, index: int, baseline: bool
+) -> tuple[dict[str, Any], int, int]:
+    """Ask the study's sampler for configuration `index` (a baseline one: ρ = 0, else
+    SAM's), seeing every result recorded so far. Returns its params (TrialParams without
+    the seed), and its Optuna trial's id and number: RUNNING, the trial of the
+    configuration's first seed."""
+    storage = get_storage(url)
+    study = optuna.load_study(study_name=study_name, storage=storage,
+                              sampler=make_sampler(spec.sampler, index))  # fmt: skip
+    trial = study.ask()
+    space = search_space(spec)
+
+    def draw(name: str) -> Any:
+        d = space[name]
+        if isinstance(d, CategoricalDistribution):
+            return trial.suggest_categorical(name, d.choices)
+        assert isinstance(d, FloatDistribution)
+        return trial.suggest_float(name, d.low, d.high, log=d.log)
+
+    params: dict[str, Any] = {"base_optimizer": draw("base_optimizer"),
+                              "batch_size": draw("batch_size")}  # fmt: skip
+    if baseline:
+        params.update(rho=0.0, sam_variant=None, m=None)
+    else:
+        params.update(rho=draw("rho"), sam_variant=draw("sam_variant"), m=draw("m"))
+    for name in TRAIN_AXES:
+        params[name] = draw(name) if name in space else None
+    return params, trial._trial_id, trial.number
+
+
+def tag(url: str, trial_id: int, samsweep_trial_id: int, seed: int) -> None:
+    """Tag an asked Optuna trial with the samsweep trial it is the record of."""
+    storage = get_storage(url)
+    storage.set_trial_user_attr(trial_id, "samsweep_trial_id", samsweep_trial_id)
+    storage.set_trial_user_attr(trial_id, "seed", seed)
+
+
 def param_space(url: str, study_name: str) -> int:
     """How the Optuna study records its axes (`PARAM_SPACE`)."""
     storage = get_storage(url)
@@ -189,7 +282,7 @@ def create_optuna_study(url: str, name: str, samsweep_id: str, spec: StudySpec) 
     study.set_user_attr("samsweep_study_id", samsweep_id)
     study.set_user_attr("objective", spec.objective)
     study.set_user_attr("spec_name", spec.name)
-    study.set_user_attr(PARAM_SPACE, GROWABLE)
+    study.set_user_attr(PARAM_SPACE, SEARCHED if spec.sampler.searches else GROWABLE)
 
 
 def delete_study(url: str, name: str) -> None:

@@ -75,6 +75,11 @@ class Stat(BaseModel):
 class Row(BaseModel):
     rho: float
     baseline: bool = Field(description="rho = 0: the base optimizer alone")
+    lr: float | None = Field(None, description="a searched study's configuration's lr")
+    weight_decay: float | None = Field(None, description="... and weight decay")
+    selected: bool = Field(
+        False, description="the selected SAM row; in a searched study also the tuned baseline"
+    )
     seeds: list[int] = Field(description="seeds of the complete trials, in order")
     counts: dict[str, int] = Field(description="trials per state")
     errors: list[str] = Field(description="reasons of failed or infeasible trials")
@@ -132,8 +137,20 @@ class Group(BaseModel):
 
     def cell(self, row: Row) -> Cell:
         """The grid cell of one of this group's rows (the baseline's has no SAM setting)."""
+        lr = row.lr if row.lr is not None else self.lr
+        wd = row.weight_decay if row.weight_decay is not None else self.weight_decay
         return _cell(row.rho, self.batch_size, self.base_optimizer, self.sam_variant, self.m,
-                     self.lr, self.weight_decay)  # fmt: skip
+                     lr, wd)  # fmt: skip
+
+    def baseline_row(self) -> Row | None:
+        """The baseline SAM is compared with: the tuned one in a searched study (the
+        selected baseline row), else the group's one."""
+        rows = [r for r in self.rows if r.baseline]
+        return next((r for r in rows if r.selected), rows[0] if rows else None)
+
+    def sam_row(self) -> Row | None:
+        """The selected SAM row, if any."""
+        return next((r for r in self.rows if r.selected and not r.baseline), None)
 
 
 class LargeBatch(BaseModel):
@@ -252,13 +269,37 @@ def build_report(spec: StudySpec, trials: Iterable[TrialRecord]) -> Report:
         rows[key] = Row(
             rho=ts[0].params.rho,
             baseline=ts[0].params.rho == 0,
+            lr=ts[0].params.lr if spec.sampler.searches else None,
+            weight_decay=ts[0].params.weight_decay if spec.sampler.searches else None,
             seeds=[seed for seed, _ in done],
             counts=dict(sorted(counts.items())),
             errors=[t.error for t in ts if t.error and t.state != TrialState.CANCELLED],
             metrics={name: stat(list(v.values())) for name, v in values.items()},
         )
 
+    if spec.sampler.searches:
+        groups = _searched_groups(cells, rows, per_seed, select_on)
+    else:
+        groups = _grid_groups(spec, rows, per_seed, select_on)
+    return Report(
+        objective=spec.objective,
+        selection_metric=select_on,
+        selected_on_test=select_on == "test_accuracy",
+        counts=dict(sorted(all_counts.items())),
+        n_trials=sum(all_counts.values()),
+        groups=groups,
+        large_batch=_large_batch(groups),
+    )
+
+
+PerSeed = dict[str, dict[str, dict[int, float]]]  # cell -> metric -> seed -> value
+
+
+def _grid_groups(
+    spec: StudySpec, rows: dict[str, Row], per_seed: PerSeed, select_on: str
+) -> list[Group]:
     s = spec.search
+    assert isinstance(s.rho, list)  # a grid's
     sam_rhos = sorted(r for r in s.rho if r > 0)  # rows and plots in rho order
     # Without a SAM rho there is one group per (optimizer, batch size): its baseline.
     kinds = [(v, m) for v in s.sam_variant for m in s.m] if sam_rhos else [(None, None)]
@@ -279,6 +320,7 @@ def build_report(spec: StudySpec, trials: Iterable[TrialRecord]) -> Report:
             gain = paired_gain(
                 per_seed[selected]["test_accuracy"], per_seed[base_key]["test_accuracy"]
             )
+        group_rows = [rows[k].model_copy(update={"selected": k == selected}) for k in keys]
         groups.append(
             Group(
                 base_optimizer=opt,
@@ -287,20 +329,63 @@ def build_report(spec: StudySpec, trials: Iterable[TrialRecord]) -> Report:
                 m=m,
                 lr=lr,
                 weight_decay=wd,
-                rows=[rows[k] for k in keys],
+                rows=group_rows,
                 selected_rho=rows[selected].rho if selected else None,
                 gain=gain,
             )  # fmt: skip
         )
-    return Report(
-        objective=spec.objective,
-        selection_metric=select_on,
-        selected_on_test=select_on == "test_accuracy",
-        counts=dict(sorted(all_counts.items())),
-        n_trials=sum(all_counts.values()),
-        groups=groups,
-        large_batch=_large_batch(groups),
-    )
+    return groups
+
+
+def _searched_groups(
+    cells: dict[str, list[TrialRecord]], rows: dict[str, Row], per_seed: PerSeed, select_on: str
+) -> list[Group]:
+    """A sampler's study: per (optimizer, batch size, SAM variant, m), every configuration
+    it ran is a row, the baselines first (each baseline configuration in every variant's
+    and m's group of its optimizer and batch size). SAM's best configuration by the
+    selection metric is compared with the best *baseline* configuration (the baseline is
+    tuned too), paired by seed."""
+    params = {key: ts[0].params for key, ts in cells.items()}
+    kinds = sorted({(p.sam_variant, p.m) for p in params.values() if p.rho > 0},
+                   key=lambda k: (k[0] or "", k[1] or 0)) or [(None, None)]  # fmt: skip
+    pairs = sorted({(p.base_optimizer, p.batch_size) for p in params.values()},
+                   key=lambda k: (k[1], k[0]))  # fmt: skip
+    groups = []
+    for (opt, batch), (variant, m) in itertools.product(pairs, kinds):
+
+        def order(k: str) -> tuple[float, float, float]:
+            p = params[k]
+            return (p.rho, p.lr or 0.0, p.weight_decay or 0.0)
+
+        mine = [k for k, p in params.items() if (p.base_optimizer, p.batch_size) == (opt, batch)]
+        base_keys = sorted((k for k in mine if params[k].rho == 0), key=order)
+        sam_keys = sorted(
+            (
+                k
+                for k in mine
+                if params[k].rho > 0 and (params[k].sam_variant, params[k].m) == (variant, m)
+            ),
+            key=order,
+        )
+        if not base_keys and not sam_keys:
+            continue
+        selected = _select(sam_keys, rows, select_on)
+        tuned = _select(base_keys, rows, select_on, baseline=True)
+        gain = None
+        if selected is not None and tuned is not None:
+            gain = paired_gain(
+                per_seed[selected]["test_accuracy"], per_seed[tuned]["test_accuracy"]
+            )
+        groups.append(
+            Group(
+                base_optimizer=opt, batch_size=batch, sam_variant=variant, m=m,
+                rows=[rows[k].model_copy(update={"selected": k in (selected, tuned)})
+                      for k in base_keys + sam_keys],
+                selected_rho=rows[selected].rho if selected else None,
+                gain=gain,
+            )
+        )  # fmt: skip
+    return groups
 
 
 def _cell(
@@ -320,15 +405,18 @@ def _key(
     return _cell(rho, batch, opt, variant, m, lr, wd).key
 
 
-def _select(keys: list[str], rows: dict[str, Row], metric: str) -> str | None:
-    """The SAM cell with the highest mean selection metric (ties: the smaller rho)."""
-    scored = [(rows[k].metrics[metric].mean, -rows[k].rho, k) for k in keys if k in rows]
+def _select(
+    keys: list[str], rows: dict[str, Row], metric: str, baseline: bool = False
+) -> str | None:
+    """The cell with the highest mean selection metric (ties: the smaller rho; for
+    baselines, the first)."""
+    scored = [(rows[k].metrics[metric].mean, 0.0 if baseline else -rows[k].rho, -i, k)
+              for i, k in enumerate(keys) if k in rows]  # fmt: skip
     scored = [s for s in scored if s[0] is not None]
-    return max(scored)[2] if scored else None
+    return max(scored)[3] if scored else None
 
 
-def _mean(group: Group, rho: float | None) -> float | None:
-    row = next((r for r in group.rows if rho is not None and r.rho == rho), None)
+def _mean(row: Row | None) -> float | None:
     return row.metrics["test_accuracy"].mean if row else None
 
 
@@ -339,15 +427,15 @@ def _large_batch(groups: list[Group]) -> list[LargeBatch]:
     out = []
     for (opt, variant, m, lr, wd), gs in by_kind.items():
         gs = sorted(gs, key=lambda g: g.batch_size)
-        small = next((g for g in gs if _mean(g, 0.0) is not None), None)
+        small = next((g for g in gs if _mean(g.baseline_row()) is not None), None)
         if small is None:
             continue
-        base_small = _mean(small, 0.0)
+        base_small = _mean(small.baseline_row())
         assert base_small is not None
         for g in gs:
             if g.batch_size <= small.batch_size:
                 continue
-            base, sam = _mean(g, 0.0), _mean(g, g.selected_rho)
+            base, sam = _mean(g.baseline_row()), _mean(g.sam_row())
             drop = None if base is None else base_small - base
             recovered = None
             if drop is not None and drop > 0 and sam is not None and base is not None:
@@ -412,14 +500,16 @@ def to_rows(report: Report) -> list[dict[str, Any]]:
     out = []
     for g in report.groups:
         for row in g.rows:
-            selected = row.rho == g.selected_rho and not row.baseline
+            selected = row.selected and not row.baseline
             record: dict[str, Any] = {
                 "base_optimizer": g.base_optimizer,
                 "batch_size": g.batch_size,
                 "sam_variant": None if row.baseline else g.sam_variant,
                 "m": None if row.baseline else g.m,
-                "lr": g.lr,
-                "weight_decay": g.weight_decay,
+                "lr": row.lr if row.lr is not None else g.lr,
+                "weight_decay": row.weight_decay
+                if row.weight_decay is not None
+                else g.weight_decay,
                 "rho": row.rho,
                 "baseline": row.baseline,
                 "selected": selected,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast, get_args
 
 from pydantic import (
     AfterValidator,
@@ -24,6 +24,10 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapSerializer,
+    WrapValidator,
     create_model,
     field_validator,
     model_validator,
@@ -88,12 +92,53 @@ TRAIN_AXES = ("lr", "weight_decay")
 Axis = Annotated[list[T], Field(min_length=1, max_length=MAX_AXIS), AfterValidator(_unique)]
 
 
+class Range(_Strict):
+    """A continuous range a sampler draws from (not the grid's): [low, high], on a log
+    scale with `log` (then low > 0)."""
+
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+    def within(self, item: Any) -> Range:
+        """Itself, if both ends are values `item` allows (ValueError naming the end if not)."""
+        check = TypeAdapter(item)
+        for end in ("low", "high"):
+            try:
+                check.validate_python(getattr(self, end))
+            except ValidationError as e:
+                raise ValueError(f"{end}: {e.errors()[0]['msg']}") from None
+        return self
+
+
+def _as_range(value: Any, item: Any) -> Range:
+    """`value` as a Range whose ends `item` allows; ValueError naming what is wrong."""
+    try:
+        return TypeAdapter(Range).validate_python(value, strict=True).within(item)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{where}: {message}" if where else message) from None
+
+
 def _number_or_axis(item: Any) -> BeforeValidator:
-    """One number, or a list (an axis): validated as whichever it is, so an error is about
-    that one (a plain union would report both), at the field itself."""
+    """One number, a list (an axis) or a range ({low, high, log}: for samplers): validated
+    as whichever it is, so an error is about that one (a plain union would report all),
+    at the field itself."""
     number, listed = TypeAdapter(item), TypeAdapter(Axis[item])
 
     def check(value: Any) -> Any:
+        if isinstance(value, dict | Range):
+            return _as_range(value, item)
         try:
             return (listed if isinstance(value, list) else number).validate_python(
                 value, strict=True
@@ -107,10 +152,34 @@ def _number_or_axis(item: Any) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def axis(value: float | list[float]) -> list[float | None]:
+def axis(value: float | list[float] | Range) -> list[float | None]:
     """A train setting's values as a grid axis: its list, or [None] when it is one
     number (then not an axis: every trial takes the spec's value)."""
-    return list(value) if isinstance(value, list) else [None]
+    return list(value) if isinstance(value, list) else [None]  # a range: the sampler's
+
+
+def _rho_list_or_range(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """search.rho: a range (for a sampler) is validated as one; a list as the grid's axis,
+    its errors at the item (`search.rho.1`), as they always were."""
+    if isinstance(value, dict | Range):
+        return _as_range(value, Rho)
+    if not isinstance(value, list):
+        raise ValueError("a list of values (the grid's axis), or a range {low, high, log}")
+    return handler(value)
+
+
+if TYPE_CHECKING:
+    RhoSetting = list[float] | Range
+else:  # validated as a list, unless it is a range (then never through the list's checks)
+    RhoSetting = Annotated[
+        Axis[Rho],
+        WrapValidator(_rho_list_or_range),
+        WrapSerializer(lambda v, nxt: v.model_dump() if isinstance(v, Range) else nxt(v)),
+        WithJsonSchema({"anyOf": [
+            TypeAdapter(Axis[Rho]).json_schema(),
+            Range.model_json_schema(),
+        ]}),
+    ]  # fmt: skip
 
 
 class DatasetSpec(_Strict):
@@ -171,8 +240,9 @@ class ModelSpec(_Strict):
 class SearchSpec(_Strict):
     """The grid: every combination is one trial per seed (rho = 0 once, see trials())."""
 
-    rho: list[Rho] = Field(
-        min_length=1, max_length=MAX_AXIS, description="SAM neighbourhood sizes; 0 = base optimizer"
+    rho: RhoSetting = Field(
+        description="SAM neighbourhood sizes; 0 = base optimizer. A sampler also takes a "
+        "range {low, high, log}"
     )
     batch_size: list[BatchSize] = Field(min_length=1, max_length=MAX_AXIS)
     base_optimizer: list[BaseOptimizer] = Field(min_length=1, max_length=3)
@@ -186,7 +256,6 @@ class SearchSpec(_Strict):
         description="m-sharpness micro-batch size; null = whole batch",
     )
 
-    _unique_rho = field_validator("rho")(_unique)
     _unique_bs = field_validator("batch_size")(_unique)
     _unique_opt = field_validator("base_optimizer")(_unique)
     _unique_variant = field_validator("sam_variant")(_unique)
@@ -209,8 +278,9 @@ def axis_choices(axis: Literal["base_optimizer", "sam_variant"]) -> tuple[str, .
 
 class TrainSpec(_Strict):
     epochs: int = Field(ge=1, le=10_000)
-    lr: LearningRate | Axis[LearningRate] = Field(
-        description="learning rate at base_batch_size; a list is a grid axis"
+    lr: LearningRate | Axis[LearningRate] | Range = Field(
+        description="learning rate at base_batch_size; a list is a grid axis; a sampler also "
+        "takes a range {low, high, log}"
     )
     base_batch_size: int | None = Field(
         None, ge=1, le=MAX_BATCH, description="batch size `lr` is given for"
@@ -224,8 +294,10 @@ class TrainSpec(_Strict):
     )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, allow_inf_nan=False)
     nesterov: bool = False
-    weight_decay: WeightDecay | Axis[WeightDecay] = Field(
-        0.0, description="applied by the base optimizer; a list is a grid axis"
+    weight_decay: WeightDecay | Axis[WeightDecay] | Range = Field(
+        0.0,
+        description="applied by the base optimizer; a list is a grid axis; a sampler "
+        "also takes a range {low, high, log}",
     )
     grad_clip: float | None = Field(
         None,
@@ -276,6 +348,25 @@ class SharpnessSpec(_Strict):
     hessian_iters: int = Field(20, ge=1, le=1000)
 
 
+SAMPLERS = ("grid", "random", "tpe")
+
+
+class SamplerSpec(_Strict):
+    """How the study's configurations are chosen: every cell of the grid (the default), or
+    `n_trials` configurations drawn by one of Optuna's samplers, each asked when a worker
+    frees a slot, so it sees the results in by then (docs/spec.md "Search")."""
+
+    name: Literal["grid", "random", "tpe"] = "grid"
+    n_trials: int | None = Field(
+        None, ge=1, le=10_000, description="configurations to run (each once per seed)"
+    )
+    seed: Seed | None = Field(None, description="reproducible suggestions, given the order")
+
+    @property
+    def searches(self) -> bool:
+        return self.name != "grid"
+
+
 class StudySpec(_Strict):
     name: Printable = Field(min_length=1, max_length=200)
     dataset: DatasetSpec
@@ -299,6 +390,7 @@ class StudySpec(_Strict):
         None, ge=1, le=100_000,
         description="at most this many of the study's trials running at once (default: no bound)",
     )  # fmt: skip
+    sampler: SamplerSpec = SamplerSpec()
 
     _unique_seeds = field_validator("seeds")(_unique)
 
@@ -322,10 +414,36 @@ class StudySpec(_Strict):
             raise ValueError("val_accuracy needs dataset.val_fraction > 0")
         return objective
 
+    @field_validator("sampler")
+    @classmethod
+    def _sampler_fits_the_space(cls, sampler: SamplerSpec, info: ValidationInfo) -> SamplerSpec:
+        """A grid takes lists only and runs every cell; a sampler needs its budget."""
+        search, train = info.data.get("search"), info.data.get("train")
+        ranges = [name for name, value in (("search.rho", search and search.rho),
+                  ("train.lr", train and train.lr),
+                  ("train.weight_decay", train and train.weight_decay))
+                  if isinstance(value, Range)]  # fmt: skip
+        if not sampler.searches:
+            if ranges:
+                raise ValueError(
+                    f"{ranges[0]} is a range: a range needs a sampler (random or tpe) to draw "
+                    "from it; the grid takes lists"
+                )
+            if sampler.n_trials is not None or sampler.seed is not None:
+                raise ValueError("the grid runs every cell and draws nothing: n_trials and "
+                                 "seed are for a sampler (random or tpe)")  # fmt: skip
+        elif sampler.n_trials is None:
+            raise ValueError(f"{sampler.name} needs n_trials: how many configurations to run")
+        return sampler
+
     @property
     def n_trials(self) -> int:
-        """len(trials()), computed from the list lengths without building the grid."""
+        """len(trials()), computed from the list lengths without building the grid; for a
+        sampler, its configurations times the seeds."""
+        if self.sampler.searches:
+            return (self.sampler.n_trials or 0) * len(self.seeds)
         s = self.search
+        assert isinstance(s.rho, list)  # a grid's (the sampler's validator)
         sam_rhos = sum(1 for r in s.rho if r > 0)
         per_pair = sam_rhos * len(s.sam_variant) * len(s.m) + (len(s.rho) - sam_rhos)
         settings = len(axis(self.train.lr)) * len(axis(self.train.weight_decay))
@@ -340,6 +458,9 @@ class StudySpec(_Strict):
         axes when they are lists (then each trial carries its value; None otherwise).
         """
         s, trials, seen = self.search, [], set()
+        if self.sampler.searches:  # configurations are drawn one at a time (the dispatcher)
+            return []
+        assert isinstance(s.rho, list)  # a grid's (the sampler's validator)
         grid = itertools.product(
             s.base_optimizer, s.batch_size, axis(self.train.lr), axis(self.train.weight_decay),
             s.rho, s.sam_variant, s.m, self.seeds,
@@ -486,14 +607,20 @@ class TrialParams(_Strict):
 
 
 class StudyPatch(_Strict):
-    """What a PATCH may change (docs/api.md "Studies that grow"): the seeds and the grid's
-    axes grow, each list given whole; the dispatcher's fields are set. Anything else
-    would change trials that ran. `patched` applies one; this model documents it."""
+    """What a PATCH may change (docs/api.md "Studies that grow"): a grid's seeds and axes
+    grow, each list given whole; a sampler's study's n_trials grows; the dispatcher's
+    fields are set. Anything else would change trials that ran. `patched` applies one;
+    this model documents it."""
 
     seeds: list[Seed] | None = None
     search: SearchPatch | None = None
     max_concurrent_trials: int | None = Field(None, description="null removes the bound")
     priority: int | None = None
+    sampler: SamplerPatch | None = Field(None, description="a sampler's study: its n_trials")
+
+
+class SamplerPatch(_Strict):
+    n_trials: int = Field(ge=1, le=10_000)
 
 
 _optional_axes: dict[str, Any] = {  # every axis of the grid, each optional
@@ -502,6 +629,27 @@ _optional_axes: dict[str, Any] = {  # every axis of the grid, each optional
 SearchPatch = create_model("SearchPatch", __base__=_Strict, **_optional_axes)
 StudyPatch.model_rebuild()
 PATCHABLE = tuple(StudyPatch.model_fields)
+
+
+def _patched_search(spec: StudySpec, patch: Mapping[str, Any]) -> StudySpec:
+    """A sampler's study grows by a larger `sampler.n_trials` (its search space and seeds
+    stay: the configurations drawn so far were drawn from them)."""
+    for key in ("seeds", "search"):
+        if key in patch:
+            raise PatchError(f"a sampler's study keeps its {key}: it grows by a larger "
+                             "sampler.n_trials", key)  # fmt: skip
+    sampler = patch.get("sampler", {})
+    if not isinstance(sampler, Mapping) or set(sampler) - {"n_trials"}:
+        raise PatchError('only n_trials can change: {"sampler": {"n_trials": N}}', "sampler")
+    data = spec.model_dump(mode="json")
+    data["sampler"].update(sampler)
+    data.update({k: v for k, v in patch.items() if k != "sampler"})
+    new = StudySpec.model_validate(data)
+    before, after = spec.sampler.n_trials or 0, new.sampler.n_trials or 0
+    if after < before:
+        raise PatchError(f"{after} would take configurations away, and a patch never deletes "
+                         f"results: give {before} or more", "sampler.n_trials")  # fmt: skip
+    return new
 
 
 class PatchError(ValueError):
@@ -527,10 +675,15 @@ def patched(spec: StudySpec, patch: Mapping[str, Any]) -> StudySpec:
         if key not in PATCHABLE:
             raise PatchError(
                 f"{key[:80]!r} cannot be changed: it would change the trials that ran. A patch "
-                f"adds seeds or grid values, or sets {' or '.join(PATCHABLE[2:])}; post a new "
-                "study for anything else",
+                f"adds seeds or grid values, raises a sampler's n_trials, or sets "
+                f"{' or '.join(PATCHABLE[2:4])}; post a new study for anything else",
                 key[:80],
             )
+    if spec.sampler.searches:
+        return _patched_search(spec, patch)
+    if "sampler" in patch:
+        raise PatchError("a grid runs every cell: it grows by new values on its axes or "
+                         "new seeds, and cannot become a sampler's study", "sampler")  # fmt: skip
     data = spec.model_dump(mode="json")
     search = patch.get("search", {})
     if not isinstance(search, Mapping):
@@ -544,7 +697,7 @@ def patched(spec: StudySpec, patch: Mapping[str, Any]) -> StudySpec:
     ]
     for field, before, after in lists:
         kept = set(after)
-        gone = [v for v in before if v not in kept]
+        gone = [v for v in before if v not in kept]  # a grid's axes are lists
         if gone:
             raise PatchError(
                 f"{', '.join(map(repr, gone[:10]))} would be taken away, and a patch never "

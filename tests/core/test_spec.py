@@ -117,3 +117,54 @@ def test_a_cell_keys_and_names_itself_once():
     # as the API serves a trial's params: the seed and a newer API's fields are not axes
     served = {**spec.trials()[3].stored(), "sam_start": 0.5}
     assert Cell.from_params(served) == sam
+
+
+def _searched(**sampler):
+    raw = digits_spec(rho=(0.0,), batch_size=(16, 32), seeds=(0, 1))
+    raw["search"]["rho"] = {"low": 0.01, "high": 0.5, "log": True}
+    raw["train"]["lr"] = {"low": 1e-3, "high": 0.3, "log": True}
+    raw["sampler"] = {"name": "tpe", "n_trials": 4, **sampler}
+    return raw
+
+
+# docs/spec.md "Search": a sampler draws n_trials configurations, each once per seed
+def test_a_sampler_study_counts_configurations_times_seeds_and_builds_no_grid():
+    spec = StudySpec.model_validate(_searched())
+    assert spec.n_trials == 8 and spec.trials() == []
+    assert spec.search.rho.log and spec.train.lr.high == 0.3
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"sampler": {"name": "grid"}}, "sampler", "a range needs a sampler"),
+        ({"sampler": {"name": "tpe"}}, "sampler", "needs n_trials"),
+        ({"sampler": {"name": "gp", "n_trials": 4}}, "sampler.name", "Input should be"),
+        ({"sampler": {"name": "tpe", "n_trials": 0}}, "sampler.n_trials", "greater than"),
+        ({"search_rho": {"low": 0.5, "high": 0.1}}, "search.rho", "must be below high"),
+        ({"search_rho": {"low": 0.0, "high": 0.1, "log": True}}, "search.rho", "low > 0"),
+        ({"search_rho": {"low": 0.1, "high": 11}}, "search.rho", "high: Input should be less"),
+        ({"search_rho": 0.1}, "search.rho", "a list of values"),
+        ({"search_rho": {"low": 0.1, "high": 0.2, "step": 1}}, "search.rho", "Extra inputs"),
+        ({"lr": {"low": 0, "high": 0.1}}, "train.lr", "low: Input should be greater than 0"),
+    ],
+)
+def test_a_bad_search_is_refused_naming_the_field(change, field, words):
+    raw = _searched()
+    if "sampler" in change:
+        raw["sampler"] = change["sampler"]
+    if "search_rho" in change:
+        raw["search"]["rho"] = change["search_rho"]
+    if "lr" in change:
+        raw["train"]["lr"] = change["lr"]
+    with pytest.raises(ValidationError) as e:
+        StudySpec.model_validate(raw)
+    first = e.value.errors()[0]
+    assert ".".join(map(str, first["loc"])) == field and words in first["msg"], e.value.errors()
+
+
+def test_a_grid_draws_nothing_so_takes_no_budget_or_seed():
+    raw = digits_spec()
+    raw["sampler"] = {"name": "grid", "n_trials": 3}
+    with pytest.raises(ValidationError, match="draws nothing"):
+        StudySpec.model_validate(raw)
