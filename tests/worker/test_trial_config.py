@@ -24,8 +24,10 @@ SECTIONS = {
     "train": (s.TrainSpec, trainer.TrainConfig),
     "sharpness": (s.SharpnessSpec, trainer.SharpnessConfig),
 }
-# the study's, not a trial's: its grid, and how the dispatcher shares the workers with it
-NOT_A_TRIALS = {"name", "seeds", "objective", "search", "priority", "max_concurrent_trials"}
+# the study's, not a trial's: its grid (or sampler), and how the dispatcher shares the
+# workers with it
+NOT_A_TRIALS = {"name", "seeds", "objective", "search", "sampler", "priority",
+                "max_concurrent_trials"}  # fmt: skip
 EXECUTION = {"device", "channels_last", "checkpoint_path"}  # the worker's, not the spec's
 
 
