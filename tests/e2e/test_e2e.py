@@ -58,8 +58,10 @@ def _check_complete_study(api: str, study_id: str, optuna_url: str, n: int) -> d
         f = by_number[t["optuna_trial_number"]]
         m = t["metrics"]
         assert f.value == pytest.approx(m["test_accuracy"], abs=0) and t["value"] == f.value
-        # the grid axes are Optuna params; the seed is not a hyperparameter
-        assert f.params == {k: v for k, v in t["params"].items() if k != "seed"}
+        # the grid axes are Optuna params; the seed is not a hyperparameter, and SAM's
+        # variant and m are conditional: a baseline (rho 0) has neither, a whole batch no m
+        assert f.params == {k: v for k, v in t["params"].items() if k != "seed" and v is not None}
+        assert ("sam_variant" in f.params) == (t["params"]["rho"] > 0)
         assert f.user_attrs["seed"] == t["params"]["seed"]
         # each epoch's test accuracy was reported to Optuna
         assert f.intermediate_values == {c["epoch"]: c["test_accuracy"] for c in t["curves"]}

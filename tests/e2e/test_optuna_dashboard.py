@@ -98,6 +98,7 @@ def test_optuna_dashboard_reads_the_study_through_its_json_api(server_deployment
             "samsweep_study_id": study_id,
             "objective": "val_accuracy",
             "spec_name": "digits-test",
+            "samsweep_param_space": "2",  # optuna_store.PARAM_SPACE: the axes as ranges
         }
 
         r = httpx.get(f"{dash}/api/studies/{summary['study_id']}", timeout=30)
@@ -113,7 +114,9 @@ def test_optuna_dashboard_reads_the_study_through_its_json_api(server_deployment
             assert seen["state"] == "Complete" and seen["values"] == [t["value"]]
             # the grid's axes as params (their values as the dashboard prints them)
             params = {p["name"]: p["param_external_value"] for p in seen["params"]}
-            assert params == {k: str(v) for k, v in t["params"].items() if k != "seed"}
+            # conditional params: a baseline has no SAM variant or m, a whole batch no m
+            expected = {k: str(v) for k, v in t["params"].items() if k != "seed" and v is not None}
+            assert params == expected
             user_attrs = {a["key"]: a["value"] for a in seen["user_attrs"]}
             assert user_attrs["seed"] == str(t["params"]["seed"])
             # the objective per epoch: the dashboard's live intermediate-values curve
