@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -221,13 +221,20 @@ def check_quota(
     or running when `adds_study`) would take `owner` past their unfinished studies
     (SAMSWEEP_MAX_STUDIES_PER_OWNER) or queued-and-running trials
     (SAMSWEEP_MAX_PENDING_TRIALS_PER_OWNER). On an open API (no tokens) every study is
-    the anonymous owner's, so the limits bound the whole service."""
+    the anonymous owner's, so the limits bound the whole service. A sampler's study
+    counts the configurations it has still to draw as queued trials."""
     who = Study.owner.is_(None) if owner is None else Study.owner == owner
-    studies_, trials = session.execute(
-        select(func.count(func.distinct(Trial.study_id)), func.count())
+    pending = session.execute(
+        select(Trial.study_id, func.count())
         .join(Study, Study.id == Trial.study_id)
         .where(who, Trial.state.in_((TrialState.QUEUED, TrialState.RUNNING)))
-    ).one()
+        .group_by(Trial.study_id)
+    ).all()
+    unfinished, trials = {sid for sid, _ in pending}, sum(n for _, n in pending)
+    for sid, room in _budgets(session, who):
+        unfinished.add(sid)
+        trials += room
+    studies_ = len(unfinished)
     name = "this API's anonymous owner" if owner is None else f"owner {owner[:80]!r}"
     if adds_study and studies_ + 1 > settings.max_studies_per_owner:
         raise LimitExceeded(
@@ -367,15 +374,27 @@ def _patched(
 
 
 def _unfinished(session: Session, study_id: str) -> bool:
-    """Whether the study has a trial queued or running."""
-    return bool(
-        session.scalar(
-            select(func.count()).where(
-                Trial.study_id == study_id,
-                Trial.state.in_((TrialState.QUEUED, TrialState.RUNNING)),
-            )
+    """Whether the study has a trial queued or running, or configurations to draw."""
+    queued = session.scalar(
+        select(func.count()).where(
+            Trial.study_id == study_id,
+            Trial.state.in_((TrialState.QUEUED, TrialState.RUNNING)),
         )
     )
+    return bool(queued) or bool(_budgets(session, Study.id == study_id))
+
+
+def _budgets(session: Session, which: ColumnElement[bool]) -> list[tuple[str, int]]:
+    """(study, trials still to draw) of these sampler studies, where some are left."""
+    drawn = func.count(Trial.id)
+    rows = session.execute(
+        select(Study.id, Study.n_trials - drawn)
+        .outerjoin(Trial, Trial.study_id == Study.id)
+        .where(which, Study.sampler.is_not(None), Study.cancelled_at.is_(None))
+        .group_by(Study.id, Study.n_trials)
+        .having(drawn < Study.n_trials)
+    ).all()
+    return [(sid, room) for sid, room in rows]
 
 
 RETRIED = (TrialState.FAILED, TrialState.CANCELLED)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import or_, select, update
+from sqlalchemy import ScalarSelect, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from samsweep.core import optuna_store
 from samsweep.core.db import Meta, Study, Trial, rows_updated, session_factory, utcnow
 from samsweep.core.queue import broker_identity, waiting_trial_ids
 from samsweep.core.settings import Settings
@@ -136,10 +137,52 @@ def resend_unclaimed(session: Session, celery: Celery, queue: str, unclaimed_sec
     return len(taken)
 
 
+def settle_orphaned_optuna_trials(session: Session, settings: Settings) -> int:
+    """FAIL the Optuna trials of sampler studies still drawing that stayed RUNNING for
+    longer than SAMSWEEP_STALE_SECONDS while their samsweep trial is neither queued nor
+    running (or never was committed: a dispatch round that failed after its draw). TPE's
+    constant liar counts a RUNNING trial as a configuration under way; a dead one must not
+    steer its draws forever. A trial queued again after a lost worker keeps its own until
+    its re-run settles it (worker/runner.py)."""
+    url = settings.resolved_optuna_url
+    live = (TrialState.QUEUED, TrialState.RUNNING)
+    drawing = select(Trial.study_id).where(Trial.state.in_(live))
+    studies = session.execute(
+        select(Study.id, Study.optuna_study_name).where(
+            Study.sampler.is_not(None),
+            Study.cancelled_at.is_(None),
+            or_(Study.id.in_(drawing), Study.n_trials > _drawn()),
+        )
+    ).all()
+    cutoff = datetime.now() - timedelta(seconds=settings.stale_after_seconds)  # Optuna's clock
+    settled = 0
+    for study_id, name in studies:
+        for t in optuna_store.running_trials(url, name):
+            if t.datetime_start is None or t.datetime_start > cutoff:
+                continue
+            row = t.user_attrs.get("samsweep_trial_id")
+            state = session.scalar(
+                select(Trial.state).where(Trial.id == row, Trial.study_id == study_id)
+            ) if isinstance(row, int) else None  # fmt: skip
+            if state not in live:
+                optuna_store.fail_trial(url, t._trial_id, "its samsweep trial is not running")
+                settled += 1
+    session.commit()
+    if settled:
+        log.warning("failed %d Optuna trial(s) left running without a trial", settled)
+    return settled
+
+
+def _drawn() -> ScalarSelect[int]:
+    """A study's trials drawn so far (correlated with the outer query's study)."""
+    return select(func.count()).where(Trial.study_id == Study.id).scalar_subquery()
+
+
 def sweep_once(session: Session, celery: Celery, settings: Settings) -> None:
     requeue_stale(session, settings.stale_after_seconds, settings.max_attempts)
     resend_after_broker_restart(session, celery)
     resend_unclaimed(session, celery, settings.queue, settings.unclaimed_seconds)
+    settle_orphaned_optuna_trials(session, settings)
     if n := dispatch(session, celery, settings):
         log.info("sent %d queued trial(s) to the broker", n)
 

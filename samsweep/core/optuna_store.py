@@ -335,6 +335,16 @@ def settle_earlier_attempts(
     return complete
 
 
+def running_trials(url: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's RUNNING trials; none if the study is gone."""
+    storage = get_storage(url)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return []
+    return storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+
+
 def report(url: str, trial_id: int, step: int, value: float | None) -> None:
     """Intermediate value: optuna-dashboard's live curve of the objective."""
     if value is not None and math.isfinite(value):

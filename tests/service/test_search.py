@@ -151,3 +151,49 @@ def test_a_sampler_study_grows_by_its_budget_only(settings):
         grid = client.post("/studies", json=digits_spec()).json()["id"]
         r = client.patch(f"/studies/{grid}", json={"sampler": {"n_trials": 3}})
         assert r.status_code == 422 and r.json()["error"]["field"] == "sampler", r.text
+
+
+# docs/spec.md "Search": a sampler's study counts its budget still to draw against the
+# owner's quotas, so studies with nothing drawn yet cannot exhaust the service
+def test_the_budget_still_to_draw_counts_against_the_owners_quota(tmp_path):
+    from service.errors import LimitExceeded
+
+    s = Settings(state_dir=tmp_path, max_pending_trials_per_owner=10, max_studies_per_owner=2)
+    migrate(s)
+    sessions = session_factory(s.resolved_database_url)
+    with sessions() as session:
+        insert_study(session, s, searched(n=4))  # 8 trials, none drawn yet
+        with pytest.raises(LimitExceeded, match="has 8 queued or running"):
+            insert_study(session, s, searched(n=2))  # 8 + 4 > 10
+        session.rollback()
+        insert_study(session, s, searched(n=1))  # 8 + 2: within
+        session.rollback()
+        with pytest.raises(LimitExceeded, match="2 unfinished studies"):
+            insert_study(session, s, StudySpec.model_validate(digits_spec(batch_size=(16,))))
+
+
+# docs/spec.md "Search": an Optuna trial left RUNNING without a running samsweep trial (a
+# round that failed after its draw, a trial failed after its last attempt) is FAILed by the
+# sweep once stale, so TPE's constant liar does not count it forever; a queued one is kept
+def test_the_sweep_fails_optuna_trials_left_running_without_a_trial(settings):
+    from service.sweeper import settle_orphaned_optuna_trials
+
+    spec = searched(n=4)
+    sessions = session_factory(settings.resolved_database_url)
+    with sessions() as s:
+        study, _ = insert_study(s, settings, spec)
+        dispatch(s, Recording(), settings)  # one configuration: its asked trial, row QUEUED
+        orphan, *_ = optuna_store.suggest(
+            settings.resolved_optuna_url, study.optuna_study_name, spec, 9, baseline=True
+        )  # no row: a failed round
+    stale = settings.model_copy(update={"stale_seconds": 0.001})
+    with sessions() as s:
+        assert settle_orphaned_optuna_trials(s, stale) == 1
+        first = s.scalar(select(Trial).where(Trial.study_id == study.id, Trial.number == 0))
+        s.execute(update(Trial).where(Trial.id == first.id).values(state=TrialState.FAILED))
+        s.commit()
+        assert settle_orphaned_optuna_trials(s, stale) == 1  # its row failed: its trial too
+        assert settle_orphaned_optuna_trials(s, settings) == 0
+    trials = optuna.load_study(study_name=study.optuna_study_name,
+                               storage=settings.resolved_optuna_url).trials  # fmt: skip
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
