@@ -55,3 +55,36 @@ def test_tpe_runs_exactly_n_trials_configurations_per_seed(deployment):
     assert [r["baseline"] for r in group["rows"]] == [True, True, False, False]
     assert sum(r["selected"] for r in group["rows"]) == 2  # tuned SAM and tuned baseline
     assert group["gain"]["n_pairs"] == 2, group["gain"]
+
+
+# docs/spec.md "Search": a worker SIGKILLed in the middle of a TPE study: its trial is run
+# again, and the study still ends with exactly n_trials configurations, none trained twice
+def test_a_killed_worker_loses_no_configuration(server_deployment, tmp_path):
+    import os
+    import signal
+
+    from tests.support.http import wait_for
+
+    d = server_deployment
+    d.env.update(SAMSWEEP_HEARTBEAT_SECONDS="0.5", SAMSWEEP_STALE_SECONDS="4",
+                 SAMSWEEP_CHECKPOINT_DIR=str(tmp_path / "checkpoints"))  # fmt: skip
+    api = d.start_api()
+    spec = digits_spec(rho=(0.0,), batch_size=(16,), epochs=6, seeds=(0,))
+    spec["search"]["rho"] = {"low": 0.01, "high": 0.5}
+    spec["sampler"] = {"name": "tpe", "n_trials": 3, "seed": 1}
+    sid = httpx.post(f"{api}/studies", json=spec).json()["id"]
+    worker = d.start_worker("worker-1")
+
+    def running():
+        ts = httpx.get(f"{api}/studies/{sid}/trials").json()["trials"]
+        return any(t["state"] == "RUNNING" and t["epoch"] >= 2 for t in ts) or None
+
+    wait_for(running, 120, d, "a trial at epoch 2")
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    d.start_worker("worker-2")
+    detail = wait_study(api, sid, timeout=300, d=d)
+    assert detail["counts"]["COMPLETE"] == 3, detail
+    trials = httpx.get(f"{api}/studies/{sid}/trials").json()["trials"]
+    assert len({t["params"]["rho"] for t in trials}) == 3 and len(trials) == 3
+    assert sorted(t["attempts"] for t in trials) == [1, 1, 2]  # the killed one ran again
