@@ -184,6 +184,14 @@ def _volume_at(service: dict, path: Path) -> tuple[str, str, bool] | None:
     return max(under, key=lambda m: len(m[1]), default=None)
 
 
+def _on_volume(service: dict, path: Path, what: str) -> tuple[tuple[str, str], bool]:
+    """((volume source, path within it), read-only) of a path a service uses."""
+    mount = _volume_at(service, path)
+    assert mount, f"{what}: {path} is on no volume"
+    source, target, read_only = mount
+    return (source, str(path.relative_to(target))), read_only
+
+
 # docs/deploy.md "How the compose file is tested": every path a service reads is on a declared
 # volume
 def test_every_path_a_service_uses_is_on_a_declared_volume(resolved):
@@ -212,11 +220,9 @@ def test_api_and_workers_read_the_same_data_read_only(resolved):
     seen = set()
     for name in ("api", "worker"):
         data_dir = _settings(s[name]["environment"]).data_dir
-        mount = _volume_at(s[name], data_dir)
-        assert mount, f"{name}: its data root {data_dir} is on no volume"
-        source, target, read_only = mount
+        where, read_only = _on_volume(s[name], data_dir, f"{name}'s data root")
         assert read_only, name  # nothing in the service writes datasets
-        seen.add((source, str(data_dir.relative_to(target))))
+        seen.add(where)
     assert len(seen) == 1  # the API accepts exactly what the workers will train on
 
 
@@ -228,11 +234,9 @@ def test_checkpoints_outlive_the_worker_container_and_can_be_shared(compose):
         seen = set()
         for name in ("worker", "api"):
             ckpt = _settings(services[name]["environment"]).resolved_checkpoint_dir
-            mount = _volume_at(services[name], ckpt)
-            assert mount, f"{name}: checkpoints in {ckpt} are on no volume"
-            source, target, read_only = mount
+            where, read_only = _on_volume(services[name], ckpt, f"{name}'s checkpoints")
             assert not read_only, name
-            seen.add((source, str(ckpt.relative_to(target))))
+            seen.add(where)
         ((source, _),) = seen  # one directory for all
         if "SAMSWEEP_CHECKPOINTS" in env:  # several hosts: one shared filesystem
             assert source == "/mnt/nfs/samsweep-checkpoints"

@@ -144,14 +144,23 @@ def _replace(spec, path, value):
     return out
 
 
-BASE = digits_spec()
-PATHS = [p for p in _leaves(BASE) if p]
+def mutations(base: dict) -> st.SearchStrategy[tuple[tuple, object]]:
+    """(path, `base` with the leaf or subtree at path replaced by a HOSTILE value)."""
+    paths = [p for p in _leaves(base) if p]
+    return st.tuples(st.sampled_from(paths), HOSTILE).map(
+        lambda pv: (pv[0], _replace(base, pv[0], pv[1]))
+    )
 
 
-@st.composite
-def hostile_specs(draw):
-    path = draw(st.sampled_from(PATHS))
-    return path, _replace(BASE, path, draw(HOSTILE))
+def hostile_run(examples: int) -> settings:
+    """`examples` hostile requests, the same ones on every run: CI failures reproduce."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
 
 
 # docs/api.md "The door": hostile mutations of a valid spec, with response-time and memory bounds
@@ -161,14 +170,8 @@ def test_hostile_mutations_are_refused_quickly_without_harm(live):
     rss_before = api.memory_info().rss
     slowest = [0.0]
 
-    @settings(
-        max_examples=300,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        derandomize=True,
-        database=None,
-    )
-    @given(case=hostile_specs())
+    @hostile_run(300)
+    @given(case=mutations(digits_spec()))
     def check(case) -> None:
         path, spec = case
         before = _state(d, engine)
@@ -191,13 +194,6 @@ def test_hostile_mutations_are_refused_quickly_without_harm(live):
 
 PATCH = {"seeds": [0, 1], "search": {"rho": [0.0, 0.05, 0.1]}, "max_concurrent_trials": 2,
          "priority": 1}  # fmt: skip
-PATCH_PATHS = [p for p in _leaves(PATCH) if p]
-
-
-@st.composite
-def hostile_patches(draw):
-    path = draw(st.sampled_from(PATCH_PATHS))
-    return path, _replace(PATCH, path, draw(HOSTILE))
 
 
 # docs/api.md "Studies that grow": hostile mutations of a valid patch on an existing study: no
@@ -215,14 +211,8 @@ def test_hostile_patches_are_refused_quickly_without_harm(live):
                 text("SELECT spec::text FROM samsweep_studies WHERE id = :s"), {"s": study}
             ).scalar_one()
 
-    @settings(
-        max_examples=200,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        derandomize=True,
-        database=None,
-    )
-    @given(case=hostile_patches())
+    @hostile_run(200)
+    @given(case=mutations(PATCH))
     def check(case) -> None:
         path, patch = case
         before, spec = _state(d, engine), spec_now()
