@@ -104,9 +104,21 @@ def test_a_number_must_be_a_number(live, field, value):
     if value is None and field in ("train.grad_clip", "search.m.1", "model.depth", "model.width",
                                    "train.base_batch_size"):  # fmt: skip
         pytest.skip("null is this field's documented 'off'")
+    if value == [1] and field in ("train.lr", "train.weight_decay"):
+        pytest.skip("a list is this field's grid axis (its items: test_an_axis_holds_numbers)")
     r, _ = _post(url, _spec_with(field, value))
     assert r.status_code == 422, (field, value, r.text)
     assert r.json()["error"]["field"] == field, r.text
+
+
+# docs/spec.md "The study spec": train.lr and train.weight_decay as lists are grid axes whose
+# items are numbers like the one value they replace
+@pytest.mark.parametrize("field", ["train.lr", "train.weight_decay"])
+@pytest.mark.parametrize("value", [[True], ["0.1"], [None], [[0.1]], []], ids=repr)
+def test_an_axis_holds_numbers(live, field, value):
+    url, *_ = live
+    r, _ = _post(url, _spec_with(field, value))
+    assert r.status_code == 422 and r.json()["error"]["field"] == field, (value, r.text)
 
 
 # docs/spec.md "The study spec": a float is never an integer (`epochs: 2.0` is 422)
