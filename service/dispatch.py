@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from celery import Celery
-from sqlalchemy import ColumnElement, case, func, select, text, update
+from sqlalchemy import ColumnElement, case, func, select, text, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from samsweep.core import optuna_store
@@ -186,21 +186,31 @@ def candidates(session: Session) -> list[Candidate]:
     one grouped query over the QUEUED and RUNNING trials, one over the sampler studies."""
     unsent = (Trial.state == TrialState.QUEUED) & Trial.enqueued_at.is_(None)
     found = {c.study_id: c for c in _with_queued(session, unsent)}
-    drawn = func.count(Trial.id)
-    for sid, priority, bound, last, room in session.execute(
-        select(Study.id, Study.priority, Study.max_concurrent_trials, Study.dispatched_at,
-               Study.n_trials - drawn)
-        .outerjoin(Trial, Trial.study_id == Study.id)
-        .where(Study.sampler.is_not(None), Study.cancelled_at.is_(None))
-        .group_by(Study.id, Study.priority, Study.max_concurrent_trials, Study.dispatched_at,
-                  Study.n_trials)
-        .having(drawn < Study.n_trials)
-    ):  # fmt: skip
+    rooms = dict(budgets(session, true()))
+    for sid, room in rooms.items():
         if sid in found:
             found[sid].unsent += room
-        else:
-            found[sid] = Candidate(sid, priority, bound, last, 0, room)
+    new = [sid for sid in rooms if sid not in found]
+    for sid, priority, bound, last in session.execute(
+        select(Study.id, Study.priority, Study.max_concurrent_trials, Study.dispatched_at)
+        .where(Study.id.in_(new))
+    ) if new else ():  # fmt: skip
+        found[sid] = Candidate(sid, priority, bound, last, 0, rooms[sid])
     return [c for c in found.values() if c.unsent]
+
+
+def budgets(session: Session, which: ColumnElement[bool]) -> list[tuple[str, int]]:
+    """(study, trials still to draw) of the sampler studies matching `which` that have
+    some left: the one definition the dispatcher, the quotas and the sweep use."""
+    drawn = func.count(Trial.id)
+    rows = session.execute(
+        select(Study.id, Study.n_trials - drawn)
+        .outerjoin(Trial, Trial.study_id == Study.id)
+        .where(which, Study.sampler.is_not(None), Study.cancelled_at.is_(None))
+        .group_by(Study.id, Study.n_trials)
+        .having(drawn < Study.n_trials)
+    ).all()
+    return [(sid, room) for sid, room in rows]
 
 
 def _with_queued(session: Session, unsent: ColumnElement[bool]) -> list[Candidate]:

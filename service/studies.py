@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,7 @@ from samsweep.core.db import IdempotencyKey, Study, Trial, new_id, rows_updated,
 from samsweep.core.settings import Settings
 from samsweep.core.spec import PatchError, StudySpec, TrialParams, patched
 from samsweep.core.states import TrialState
+from service.dispatch import budgets
 from service.errors import (
     Busy,
     Conflict,
@@ -231,7 +232,7 @@ def check_quota(
         .group_by(Trial.study_id)
     ).all()
     unfinished, trials = {sid for sid, _ in pending}, sum(n for _, n in pending)
-    for sid, room in _budgets(session, who):
+    for sid, room in budgets(session, who):
         unfinished.add(sid)
         trials += room
     studies_ = len(unfinished)
@@ -381,20 +382,7 @@ def _unfinished(session: Session, study_id: str) -> bool:
             Trial.state.in_((TrialState.QUEUED, TrialState.RUNNING)),
         )
     )
-    return bool(queued) or bool(_budgets(session, Study.id == study_id))
-
-
-def _budgets(session: Session, which: ColumnElement[bool]) -> list[tuple[str, int]]:
-    """(study, trials still to draw) of these sampler studies, where some are left."""
-    drawn = func.count(Trial.id)
-    rows = session.execute(
-        select(Study.id, Study.n_trials - drawn)
-        .outerjoin(Trial, Trial.study_id == Study.id)
-        .where(which, Study.sampler.is_not(None), Study.cancelled_at.is_(None))
-        .group_by(Study.id, Study.n_trials)
-        .having(drawn < Study.n_trials)
-    ).all()
-    return [(sid, room) for sid, room in rows]
+    return bool(queued) or bool(budgets(session, Study.id == study_id))
 
 
 RETRIED = (TrialState.FAILED, TrialState.CANCELLED)

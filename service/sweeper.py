@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import ScalarSelect, func, or_, select, update
+from sqlalchemy import or_, select, true, update
 from sqlalchemy.orm import Session
 
 from samsweep.core import optuna_store
@@ -25,7 +25,7 @@ from samsweep.core.db import Meta, Study, Trial, rows_updated, session_factory, 
 from samsweep.core.queue import broker_identity, waiting_trial_ids
 from samsweep.core.settings import Settings
 from samsweep.core.states import TrialState
-from service.dispatch import dispatch
+from service.dispatch import budgets, dispatch
 
 log = logging.getLogger(__name__)
 BROKER_IDENTITY = "broker_identity"
@@ -147,11 +147,12 @@ def settle_orphaned_optuna_trials(session: Session, settings: Settings) -> int:
     url = settings.resolved_optuna_url
     live = (TrialState.QUEUED, TrialState.RUNNING)
     drawing = select(Trial.study_id).where(Trial.state.in_(live))
+    to_draw = [sid for sid, _ in budgets(session, true())]
     studies = session.execute(
         select(Study.id, Study.optuna_study_name).where(
             Study.sampler.is_not(None),
             Study.cancelled_at.is_(None),
-            or_(Study.id.in_(drawing), Study.n_trials > _drawn()),
+            or_(Study.id.in_(drawing), Study.id.in_(to_draw)),
         )
     ).all()
     cutoff = datetime.now() - timedelta(seconds=settings.stale_after_seconds)  # Optuna's clock
@@ -171,11 +172,6 @@ def settle_orphaned_optuna_trials(session: Session, settings: Settings) -> int:
     if settled:
         log.warning("failed %d Optuna trial(s) left running without a trial", settled)
     return settled
-
-
-def _drawn() -> ScalarSelect[int]:
-    """A study's trials drawn so far (correlated with the outer query's study)."""
-    return select(func.count()).where(Trial.study_id == Study.id).scalar_subquery()
 
 
 def sweep_once(session: Session, celery: Celery, settings: Settings) -> None:
