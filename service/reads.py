@@ -82,8 +82,8 @@ def state_counts_many(session: Session, study_ids: list[str]) -> dict[str, dict[
 
 
 def progress(n_trials: int, counts: dict[str, int]) -> Progress:
-    """How many of the study's trials have finished (complete, failed, infeasible or
-    cancelled: FINISHED_STATES), of how many."""
+    """How many of the study's trials have finished (complete, pruned, failed, infeasible
+    or cancelled: FINISHED_STATES), of how many."""
     finished = sum(counts[s] for s in FINISHED_STATES)
     return Progress(
         total=n_trials, finished=finished, fraction=finished / n_trials if n_trials else 0.0

@@ -20,6 +20,7 @@ from typing import Any
 
 SAM_VARIANTS = ("sam", "asam")
 PRECISIONS = ("auto", "fp32", "bf16")
+BASELINE_EPOCHS = ("same", "double")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class TrainConfig:
     grad_clip: float | None = None  # max global L2 norm of the gradient the base step uses
     label_smoothing: float = 0.0  # training loss only; evaluation reports plain CE
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on the CPU) | "fp32" | "bf16"
+    # "double": a base-optimizer run (rho = 0) trains 2 x epochs, SAM's compute (two
+    # passes a step) for the equal-compute comparison of the SAM literature
+    baseline_epochs: str = "same"
 
 
 @dataclass(frozen=True)
@@ -86,11 +90,22 @@ class TrialConfig:
     base_optimizer: str = "sgd"  # "sgd" | "adam" | "adamw"
     sam_variant: str | None = "sam"  # "sam" | "asam" (Kwon et al. 2021: rho 10-40x larger)
     m: int | None = None  # m-sharpness micro-batch size; None = whole batch; divides batch_size
+    # SAM late and SAM every k (rho > 0): base-optimizer steps alone for the first
+    # sam_start of training, then a SAM step every sam_every-th step, base steps between
+    sam_start: float = 0.0  # fraction of training steps; 0 = SAM throughout, 1 = never
+    sam_every: int = 1
     seed: int = 0
     # execution (chosen by the worker; not part of the experiment)
     device: str = "cpu"
     channels_last: bool | None = None  # NHWC for model and batches; None: on CUDA only
     checkpoint_path: str | None = None  # written atomically after every epoch; resumed if present
+
+    @property
+    def epochs(self) -> int:
+        """The epochs this run trains: ``train.epochs``, twice that for a base-optimizer
+        run when ``train.baseline_epochs`` is "double"."""
+        double = self.rho == 0 and self.train.baseline_epochs == "double"
+        return self.train.epochs * (2 if double else 1)
 
     @property
     def precision(self) -> str:
@@ -125,6 +140,14 @@ class TrialConfig:
                 f"one of {SAM_VARIANTS} (None only with rho = 0)",
             ),
             ("m", self.m, self.m is None or self.m >= 1, "None or >= 1"),
+            ("sam_start", self.sam_start, 0.0 <= self.sam_start <= 1.0, "in [0, 1]"),
+            ("sam_every", self.sam_every, self.sam_every >= 1, ">= 1"),
+            (
+                "train.baseline_epochs",
+                t.baseline_epochs,
+                t.baseline_epochs in BASELINE_EPOCHS,
+                f"one of {BASELINE_EPOCHS}",
+            ),
             ("train.grad_clip", t.grad_clip, t.grad_clip is None or t.grad_clip > 0, "None or > 0"),
             (
                 "train.label_smoothing",

@@ -43,7 +43,7 @@ from trainer.config import DivergedError, EpochCallback, EpochMetrics, TrialConf
 from trainer.data import Dataset, DatasetError, load_dataset
 from trainer.models import build_model
 from trainer.schedule import effective_lr, lr_multiplier
-from trainer.steps import StepFn, StepOptions, build_step
+from trainer.steps import StepFn, StepOptions, build_step, sam_start_step, sam_step_count
 
 EVAL_BATCH_SIZE = 512  # inference only: larger than training batches, bounded memory
 CHECK_EVERY = 16  # training steps per host sync for the divergence check
@@ -157,10 +157,16 @@ class _Run:
     train_seconds: float = 0.0  # summed over every process that worked on the trial
     earlier_wall_seconds: float = 0.0  # wall time of the processes before this one
 
-    @property
-    def passes_per_step(self) -> int:
-        """SAM: the ascent's pass and the descent's; rho = 0: one (steps.build_step)."""
-        return 1 if self.config.rho == 0 else 2
+    def passes(self, epochs: int) -> int:
+        """Forward/backward passes over training batches in ``epochs`` epochs: one per
+        base step, two per SAM step (the ascent's and the descent's; steps.build_step)."""
+        c = self.config
+        per_epoch = math.ceil(len(self.data.train_x) / c.batch_size)
+        steps = epochs * per_epoch
+        if c.rho == 0:
+            return steps
+        first = sam_start_step(c.sam_start, c.epochs * per_epoch)
+        return steps + sam_step_count(steps, first, c.sam_every)
 
     @property
     def generators(self) -> dict[str, torch.Generator | None]:
@@ -191,7 +197,7 @@ def fit(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResu
     started = time.perf_counter()
     run = _setup(config)
     resumed_from = _resume(run, config.checkpoint_path) if config.checkpoint_path else None
-    for epoch in range(len(run.history) + 1, config.train.epochs + 1):
+    for epoch in range(len(run.history) + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
         train_loss, train_acc = train_epoch(
             run.step,
@@ -246,8 +252,15 @@ def _setup(config: TrialConfig) -> _Run:
     augment = build_augment(
         config.dataset.augment, config.dataset.name, data.image_size, config.seed, config.device
     )
-    step, base, options = build_step(model, config)
     steps_per_epoch = math.ceil(len(data.train_x) / config.batch_size)
+    # the scheduler counts the steps taken (a checkpoint restores it): SAM late or every k
+    # reads the position of the step about to run from it
+    step, base, options = build_step(
+        model,
+        config,
+        total_steps=config.epochs * steps_per_epoch,
+        position=lambda: scheduler.last_epoch,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(base, lr_multiplier(config, steps_per_epoch))
     return _Run(config, data, model, base, scheduler, step, options, shuffle, augment)
 
@@ -327,9 +340,7 @@ def _final_result(run: _Run, started: float, resumed_from: int | None) -> TrialR
         epochs=len(history),
         wall_seconds=run.earlier_wall_seconds + time.perf_counter() - started,
         samples_per_second=len(data.train_x) * len(history) / max(run.train_seconds, 1e-9),
-        passes=len(history)
-        * math.ceil(len(data.train_x) / config.batch_size)
-        * run.passes_per_step,
+        passes=run.passes(len(history)),
         val_accuracy=last.val_accuracy,
         val_loss=last.val_loss,
         effective_lr=effective_lr(config),

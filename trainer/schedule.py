@@ -39,7 +39,7 @@ def lr_multiplier(config: TrialConfig, steps_per_epoch: int) -> Callable[[int], 
     """Multiplier of the effective lr at optimizer step ``step`` (0-based)."""
     if config.train.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {config.train.schedule!r}; expected one of {SCHEDULES}")
-    total = config.train.epochs * steps_per_epoch
+    total = config.epochs * steps_per_epoch
     warmup = min(round(config.train.warmup_epochs * steps_per_epoch), total)
 
     def multiplier(step: int) -> float:

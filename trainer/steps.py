@@ -100,19 +100,54 @@ def build_base_optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.O
 
 
 def build_step(
-    model: nn.Module, config: TrialConfig
+    model: nn.Module,
+    config: TrialConfig,
+    *,
+    total_steps: int = 0,
+    position: Callable[[], int] | None = None,
 ) -> tuple[StepFn, torch.optim.Optimizer, StepOptions]:
     """The step function for ``config``, the base optimizer it drives, its options.
 
     ρ = 0 is the study's baseline: plain base-optimizer steps, one pass each,
     never a degenerate two-pass SAM step (docs/DESIGN.md §1). ``m`` is then moot.
+    SAM late or every k (``config.sam_start`` > 0, ``config.sam_every`` > 1) mixes the
+    two: it needs the run's ``total_steps`` and ``position``, the 0-based index of the
+    step about to run (the loop's scheduler counts it, and a checkpoint restores it).
     """
     base = build_base_optimizer(model, config)
     options = StepOptions.for_model(model, config)
+    plain = partial(base_step, model, base, options)
     if config.rho == 0:
-        return partial(base_step, model, base, options), base, options
+        return plain, base, options
     sam = build_sam(config.sam_variant or "sam", base, config.rho)
-    return partial(sam_step, model, sam, options), base, options
+    sam_fn = partial(sam_step, model, sam, options)
+    if config.sam_start == 0 and config.sam_every == 1:
+        return sam_fn, base, options
+    if position is None or total_steps < 1:
+        raise ValueError("sam_start > 0 or sam_every > 1 needs total_steps and position")
+    first = sam_start_step(config.sam_start, total_steps)
+    every, where = config.sam_every, position
+
+    def mixed(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return (sam_fn if is_sam_step(where(), first, every) else plain)(x, y)
+
+    return mixed, base, options
+
+
+def sam_start_step(sam_start: float, total_steps: int) -> int:
+    """The index of the first step that may be a SAM step: ``sam_start`` of training
+    (1.0: none is, the run is exactly the base optimizer's)."""
+    return round(sam_start * total_steps)
+
+
+def is_sam_step(index: int, first: int, every: int) -> bool:
+    """Whether step ``index`` (0-based) is a SAM step: from ``first`` on, every ``every``-th."""
+    return index >= first and (index - first) % every == 0
+
+
+def sam_step_count(steps: int, first: int, every: int) -> int:
+    """How many of steps 0..steps-1 are SAM steps (``is_sam_step``)."""
+    return max(0, -(-(steps - first) // every))
 
 
 def base_step(

@@ -44,6 +44,11 @@ class Claim:
     # configuration's first seed, first attempt: it records this trial
     asked: tuple[int, int] | None = None
 
+    @property
+    def epochs(self) -> int:
+        """The epochs this trial trains (a doubled baseline's twice the spec's)."""
+        return self.spec.epochs_for(self.params.rho)
+
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"

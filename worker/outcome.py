@@ -17,6 +17,7 @@ class Outcome(enum.StrEnum):
     SKIPPED = "skipped"  # not QUEUED: another worker has it, or it is finished
     CLAIM_LOST = "claim lost"  # the sweeper gave it to another worker mid-training
     CANCELLED = "cancelled"  # its study was cancelled
+    PRUNED = "pruned"  # the study's pruner stopped it: a worse start than its group's
     DELETED = "deleted"  # its study was deleted: nothing left to record it in
     DIVERGED = "diverged"  # the loss became NaN or infinite (trainer.DivergedError)
     INFEASIBLE = "infeasible"  # out of memory at this batch size on this device
@@ -35,6 +36,7 @@ _STATES = {
     Outcome.CANCELLED: TrialState.CANCELLED,
     Outcome.DIVERGED: TrialState.FAILED,
     Outcome.INFEASIBLE: TrialState.INFEASIBLE,
+    Outcome.PRUNED: TrialState.PRUNED,
     Outcome.ERROR: TrialState.FAILED,
 }
 

@@ -1,6 +1,7 @@
 """Recording one claimed trial as it trains: every epoch to our tables and to Optuna,
 then its outcome once, with its learning curves as a figure optuna-dashboard shows.
-The trainer calls `on_epoch`; the runner calls `finish`."""
+The trainer calls `on_epoch` (which stops the trial when the study's pruner
+says so); the runner calls `finish`."""
 
 from __future__ import annotations
 
@@ -97,6 +98,20 @@ class TrialRecorder:
                 self._report_epochs(report)
             raise Stop(Outcome.CANCELLED)
         self._report_epochs(report)
+        if self._pruned():
+            raise Stop(Outcome.PRUNED)
+
+    def _pruned(self) -> bool:
+        """Whether the study's pruner stops the trial at the epoch just reported."""
+        c = self.claim
+        if not c.spec.pruner.prunes:
+            return False
+        return self._retry(
+            lambda: optuna_store.should_prune(
+                self.optuna_url, c.optuna_study_name, c.spec, self.optuna_trial_id, c.epochs
+            ),
+            "ask the pruner",
+        )
 
     def finish(
         self, outcome: Outcome, result: TrialResult | None = None, error: str | None = None
@@ -110,10 +125,12 @@ class TrialRecorder:
             return outcome
         if result is None:
             self._save_figure()
-            self._retry(
-                lambda: optuna_store.fail_trial(self.optuna_url, self.optuna_trial_id, outcome),
-                "fail the Optuna trial",
-            )
+            if outcome is Outcome.PRUNED:
+                tell = partial(optuna_store.prune_trial, self.optuna_url, self.optuna_trial_id)
+            else:
+                tell = partial(optuna_store.fail_trial, self.optuna_url, self.optuna_trial_id,
+                               outcome)  # fmt: skip
+            self._retry(tell, f"record the Optuna trial {outcome.value}")
             finish(self.sessions, self.claim, state, self.retry, error=error)
             return outcome
         # The trainer's history is complete even across a resume (a worker killed between
@@ -138,7 +155,7 @@ class TrialRecorder:
         return outcome
 
     def _report_epochs(self, records: Iterable[dict[str, Any]]) -> None:
-        objective = self.claim.spec.objective
+        objective = self.claim.spec.intermediate  # the pruner's input where it prunes
         for e in records:
             if e["epoch"] not in self._reported:
                 report = partial(

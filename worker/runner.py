@@ -116,9 +116,12 @@ def _train(c: Claim, settings: Settings, recorder: TrialRecorder) -> Outcome:
         if e.outcome is Outcome.DELETED:  # the API removed the study's checkpoints already,
             remove_checkpoint(ckpt)  # perhaps before this epoch's was written
             return e.outcome
-        if e.outcome is not Outcome.CANCELLED:
+        if e.outcome is Outcome.PRUNED:  # its curve so far is recorded: it ends there
+            outcome = recorder.finish(Outcome.PRUNED)
+        elif e.outcome is Outcome.CANCELLED:
+            outcome = recorder.finish(Outcome.CANCELLED, error="cancelled")
+        else:
             return e.outcome  # the claim went to another worker: leave its checkpoint
-        outcome = recorder.finish(Outcome.CANCELLED, error="cancelled")
     except trainer.TrainingError as e:
         error = f"{e.reason}: {public_text(str(e), settings.data_dir)}"
         outcome = recorder.finish(Outcome(e.reason), error=error)

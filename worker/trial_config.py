@@ -32,6 +32,8 @@ def trial_config(
             raise ValueError(f"dataset {spec.dataset.name!r} is on disk: data_dir is needed")
         path = str(contained_dataset_dir(data_dir, spec.dataset.name, spec.dataset.path))
     point = params.model_dump(exclude=set(TRAIN_AXES))
+    # None is plain SAM's schedule (and the baseline's): from step 0, every step
+    point.update(sam_start=params.sam_start or 0.0, sam_every=params.sam_every or 1)
     # a train setting that is a grid axis (a list in the spec) takes this trial's value
     train = {**spec.train.model_dump(), **dict(params.cell.settings)}
     return TrialConfig(

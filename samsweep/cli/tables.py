@@ -76,6 +76,8 @@ class ProgressView:
         p, c = detail.progress, detail.counts
         running, failed = c.get("RUNNING", 0), c.get("FAILED", 0) + c.get("INFEASIBLE", 0)
         states = f"running {running}  failed {failed}"
+        if c.get("PRUNED"):
+            states += f"  pruned {c['PRUNED']}"
         if self._progress is not None:
             if self._task is None:
                 self._task = self._progress.add_task(

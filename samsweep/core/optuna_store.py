@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.distributions import (
@@ -30,6 +30,8 @@ from samsweep.core.spec import (
     LR_MAX,
     MAX_BATCH,
     RHO_MAX,
+    SAM_EVERY_MAX,
+    SCHEDULE_AXES,
     TRAIN_AXES,
     WEIGHT_DECAY_MAX,
     Range,
@@ -37,6 +39,8 @@ from samsweep.core.spec import (
     StudySpec,
     TrialParams,
     axis_choices,
+    sam_every_value,
+    sam_start_value,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -123,6 +127,8 @@ def grant_read_only(db_url: str, role: str, password: str) -> None:
 # The grid axes are Optuna params. The seed is not a hyperparameter (optuna-dashboard's
 # importance would rank it beside batch size): it is a user attribute.
 AXES = ("rho", "batch_size", "base_optimizer", "sam_variant", "m")
+# SAM late and every k when they are plain SAM (a trial then carries None for them)
+SCHEDULE_DEFAULTS: dict[str, float | int] = {"sam_start": 0.0, "sam_every": 1}
 # How a study's axes are recorded, kept on the Optuna study (user attribute): 2 = the
 # ranges any spec allows, so a study that grows (PATCH) keeps one distribution per param
 # (Optuna refuses a categorical whose choices change: "does not support dynamic value
@@ -154,8 +160,11 @@ def recorded_params(
         drawn = search_space(spec)
         values = {name: getattr(params, name) for name in drawn}
         if params.rho == 0:
-            for name in ("rho", "sam_variant", "m"):
+            for name in ("rho", "sam_variant", "m", *SCHEDULE_AXES):
                 values.pop(name, None)
+        for name, plain in SCHEDULE_DEFAULTS.items():  # drawn as given: 0.0 and 1 included
+            if name in values and values[name] is None:
+                values[name] = plain
         for name in TRAIN_AXES:
             if values.get(name, 0.0) is None:
                 del values[name]
@@ -175,14 +184,16 @@ def recorded_params(
         "m": IntDistribution(1, MAX_BATCH, log=True),
         "lr": FloatDistribution(0.0, LR_MAX),
         "weight_decay": FloatDistribution(0.0, WEIGHT_DECAY_MAX),
+        "sam_start": FloatDistribution(0.0, 1.0),
+        "sam_every": IntDistribution(1, SAM_EVERY_MAX, log=True),
     }
-    values = {axis: getattr(params, axis) for axis in (*AXES, *TRAIN_AXES)}
+    values = {axis: getattr(params, axis) for axis in (*AXES, *TRAIN_AXES, *SCHEDULE_AXES)}
     if params.rho == 0:
         del values["sam_variant"], values["m"]
     elif params.m is None:
         del values["m"]
-    for name in TRAIN_AXES:  # an axis of this study's grid only
-        if values[name] is None:
+    for name in (*TRAIN_AXES, *SCHEDULE_AXES):  # an axis of this study's grid; SAM late
+        if values[name] is None:  # or every k only where it is not plain SAM
             del values[name]
     return values, {axis: dists[axis] for axis in values}
 
@@ -210,6 +221,9 @@ def search_space(spec: StudySpec) -> dict[str, BaseDistribution]:
         value = getattr(t, name)
         if isinstance(value, list | Range):
             out[name] = dist(value)
+    for name, plain in SCHEDULE_DEFAULTS.items():  # SAM late or every k, where searched
+        if getattr(s, name) != [plain]:
+            out[name] = dist(getattr(s, name))
     return out
 
 
@@ -255,6 +269,10 @@ def suggest(
         params.update(rho=0.0, sam_variant=None, m=None)
     else:
         params.update(rho=draw("rho"), sam_variant=draw("sam_variant"), m=draw("m"))
+        if "sam_start" in space:
+            params["sam_start"] = sam_start_value(draw("sam_start"))
+        if "sam_every" in space:
+            params["sam_every"] = sam_every_value(draw("sam_every"))
     for name in TRAIN_AXES:
         params[name] = draw(name) if name in space else None
     return params, trial._trial_id, trial.number
@@ -372,3 +390,77 @@ def fail_trial(url: str, trial_id: int, reason: str) -> None:
 def _fail(storage: optuna.storages.RDBStorage, trial_id: int, reason: str) -> None:
     storage.set_trial_user_attr(trial_id, "fail_reason", reason)
     storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+# Pruning (docs/spec.md "Pruning"). Optuna keeps no pruner in its storage: every worker
+# that decides builds the same one from the spec (`make_pruner`), and sees only the
+# trials of the deciding trial's group (`_GroupStorage`).
+def make_pruner(spec: StudySpec, epochs: int) -> optuna.pruners.BasePruner:
+    """The spec's pruner for a trial of `epochs` epochs: nothing is pruned before the
+    grace epoch; Hyperband's resource is the epoch, its maximum set explicitly (its
+    "auto" would guess it from the trials finished so far, which differ per process)."""
+    p = spec.pruner
+    grace = p.grace(epochs, spec.train.warmup_epochs)
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials,
+                                           n_warmup_steps=grace)  # fmt: skip
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=grace, max_resource=max(epochs, grace + 1), reduction_factor=3
+        )
+    return optuna.pruners.NopPruner()
+
+
+def group_of(params: dict[str, Any]) -> tuple[Any, ...]:
+    """A trial's pruning group, from its Optuna params: its batch size, base optimizer
+    and SAM setting (the baseline, or SAM's variant and m), so a large-ρ or large-batch
+    run is only compared with runs like it."""
+    sam = bool(params.get("rho"))
+    setting = (
+        params.get("sam_variant"),
+        params.get("m"),
+        *(params.get(name) or plain for name, plain in SCHEDULE_DEFAULTS.items()),
+    )
+    return (params.get("batch_size"), params.get("base_optimizer"),
+            setting if sam else "baseline")  # fmt: skip
+
+
+class _GroupStorage:
+    """A view of a storage whose studies hold only the trials of one pruning group: what
+    the pruner reads through `study.get_trials` (Hyperband's bracket studies included)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, group: tuple[Any, ...]) -> None:
+        self._storage, self._group = storage, group
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states: Any = None) -> Any:
+        trials = self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        return [t for t in trials if group_of(t.params) == self._group]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+
+def should_prune(url: str, study_name: str, spec: StudySpec, trial_id: int, epochs: int) -> bool:
+    """Whether the spec's pruner stops Optuna trial `trial_id` at its last reported epoch,
+    judged against the finished trials of its group."""
+    if not spec.pruner.prunes:
+        return False
+    storage = get_storage(url)
+    trial = storage.get_trial(trial_id)
+    if trial.last_step is None:
+        return False
+    view = cast(optuna.storages.BaseStorage, _GroupStorage(storage, group_of(trial.params)))
+    study = optuna.load_study(study_name=study_name, storage=view)
+    return bool(make_pruner(spec, epochs).prune(study, trial))
+
+
+def prune_trial(url: str, trial_id: int) -> None:
+    """PRUNE a RUNNING trial, its value its last reported one (as Optuna's own `tell`)."""
+    storage = get_storage(url)
+    trial = storage.get_trial(trial_id)
+    if trial.state != TrialState.RUNNING:
+        return
+    values = None
+    if trial.last_step is not None:
+        values = [trial.intermediate_values[trial.last_step]]
+    storage.set_trial_state_values(trial_id, TrialState.PRUNED, values)

@@ -12,6 +12,7 @@ spec is refused in microseconds (tests/core/test_spec.py, tests/e2e/service/test
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast, get_args
 
@@ -37,6 +38,7 @@ from pydantic import (
 # deployment's SAMSWEEP_MAX_GRID_TRIALS (samsweep.core.admission) before anything is built.
 MAX_AXIS = 100
 MAX_BATCH = 1_000_000
+SAM_EVERY_MAX = 1000
 
 
 def _printable(text: str) -> str:
@@ -88,6 +90,9 @@ def _unique(values: list[Any]) -> list[Any]:
 T = TypeVar("T")
 # The train settings that may be grid axes (a list in the spec); a trial carries its value.
 TRAIN_AXES = ("lr", "weight_decay")
+# SAM's schedule within a run (search axes of SAM trials): carried only where it is not
+# plain SAM (sam_start 0, sam_every 1), so such trials keep their params and cell keys.
+SCHEDULE_AXES = ("sam_start", "sam_every")
 # A train setting given as a list: a grid axis, each value once.
 Axis = Annotated[list[T], Field(min_length=1, max_length=MAX_AXIS), AfterValidator(_unique)]
 
@@ -255,11 +260,22 @@ class SearchSpec(_Strict):
         max_length=MAX_AXIS,
         description="m-sharpness micro-batch size; null = whole batch",
     )
+    sam_start: list[Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]] = Field(
+        [0.0], min_length=1, max_length=MAX_AXIS,
+        description="SAM late: the fraction of training the base optimizer runs alone before "
+        "SAM takes over (0 = SAM throughout; 1.0 = the baseline exactly)",
+    )  # fmt: skip
+    sam_every: list[Annotated[int, Field(ge=1, le=SAM_EVERY_MAX)]] = Field(
+        [1], min_length=1, max_length=MAX_AXIS,
+        description="a SAM step every k-th step, base-optimizer steps between (1 = every step)",
+    )  # fmt: skip
 
     _unique_bs = field_validator("batch_size")(_unique)
     _unique_opt = field_validator("base_optimizer")(_unique)
     _unique_variant = field_validator("sam_variant")(_unique)
     _unique_m = field_validator("m")(_unique)
+    _unique_start = field_validator("sam_start")(_unique)
+    _unique_every = field_validator("sam_every")(_unique)
 
     @field_validator("m")
     @classmethod
@@ -309,6 +325,9 @@ class TrainSpec(_Strict):
     label_smoothing: Fraction = 0.0
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast on CUDA, fp32 on the CPU"
+    )
+    baseline_epochs: Literal["same", "double"] = Field(
+        "same", description="double: the baseline (rho = 0) trains 2 x epochs, SAM's compute"
     )
 
     _lr_number_or_axis = field_validator("lr", mode="before")(_number_or_axis(LearningRate).func)
@@ -367,6 +386,32 @@ class SamplerSpec(_Strict):
         return self.name != "grid"
 
 
+class PrunerSpec(_Strict):
+    """Stopping hopeless trials early (docs/spec.md "Pruning"): each epoch's validation
+    accuracy is compared only with trials of the same batch size, base optimizer and SAM
+    setting, and never before `min_epochs` (SAM's benefit shows late in training)."""
+
+    name: Literal["none", "median", "hyperband"] = "none"
+    min_epochs: int | None = Field(
+        None, ge=1, le=10_000, description="no trial is pruned before this epoch; default: "
+        "the warm-up plus half the epochs (rounded up)"
+    )  # fmt: skip
+    startup_trials: int = Field(
+        5, ge=1, le=10_000, description="median: finished trials of the same group before "
+        "any of that group is pruned"
+    )  # fmt: skip
+
+    @property
+    def prunes(self) -> bool:
+        return self.name != "none"
+
+    def grace(self, epochs: int, warmup_epochs: float) -> int:
+        """The first epoch a trial of `epochs` epochs may be pruned at."""
+        if self.min_epochs is not None:
+            return self.min_epochs
+        return max(1, math.ceil(warmup_epochs + epochs / 2))
+
+
 class StudySpec(_Strict):
     name: Printable = Field(min_length=1, max_length=200)
     dataset: DatasetSpec
@@ -391,6 +436,7 @@ class StudySpec(_Strict):
         description="at most this many of the study's trials running at once (default: no bound)",
     )  # fmt: skip
     sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
 
     _unique_seeds = field_validator("seeds")(_unique)
 
@@ -436,6 +482,33 @@ class StudySpec(_Strict):
             raise ValueError(f"{sampler.name} needs n_trials: how many configurations to run")
         return sampler
 
+    @field_validator("pruner")
+    @classmethod
+    def _pruner_sees_held_out_data(cls, pruner: PrunerSpec, info: ValidationInfo) -> PrunerSpec:
+        """Pruning decides on each epoch's validation accuracy, never the test set's."""
+        dataset, train = info.data.get("dataset"), info.data.get("train")
+        if not pruner.prunes:
+            return pruner
+        if dataset is not None and dataset.val_fraction <= 0:
+            raise ValueError(f"the {pruner.name} pruner decides on validation accuracy: it "
+                             "needs dataset.val_fraction > 0 (a held-out split)")  # fmt: skip
+        if train is not None and pruner.min_epochs is not None and pruner.min_epochs > train.epochs:
+            raise ValueError(f"min_epochs ({pruner.min_epochs}) is past train.epochs "
+                             f"({train.epochs}): nothing would ever be pruned")  # fmt: skip
+        return pruner
+
+    def epochs_for(self, rho: float) -> int:
+        """The epochs a trial at `rho` trains: train.epochs, twice that for the baseline
+        (rho = 0) when train.baseline_epochs is "double" (trainer.TrialConfig.epochs)."""
+        double = rho == 0 and self.train.baseline_epochs == "double"
+        return self.train.epochs * (2 if double else 1)
+
+    @property
+    def intermediate(self) -> str:
+        """The metric each epoch reports to Optuna: validation accuracy when the study
+        prunes (the pruner's input), else the objective."""
+        return "val_accuracy" if self.pruner.prunes else self.objective
+
     @property
     def n_trials(self) -> int:
         """len(trials()), computed from the list lengths without building the grid; for a
@@ -445,7 +518,8 @@ class StudySpec(_Strict):
         s = self.search
         assert isinstance(s.rho, list)  # a grid's (the sampler's validator)
         sam_rhos = sum(1 for r in s.rho if r > 0)
-        per_pair = sam_rhos * len(s.sam_variant) * len(s.m) + (len(s.rho) - sam_rhos)
+        sam_settings = len(s.sam_variant) * len(s.m) * len(s.sam_start) * len(s.sam_every)
+        per_pair = sam_rhos * sam_settings + (len(s.rho) - sam_rhos)
         settings = len(axis(self.train.lr)) * len(axis(self.train.weight_decay))
         return len(s.base_optimizer) * len(s.batch_size) * settings * len(self.seeds) * per_pair
 
@@ -463,9 +537,9 @@ class StudySpec(_Strict):
         assert isinstance(s.rho, list)  # a grid's (the sampler's validator)
         grid = itertools.product(
             s.base_optimizer, s.batch_size, axis(self.train.lr), axis(self.train.weight_decay),
-            s.rho, s.sam_variant, s.m, self.seeds,
+            s.rho, s.sam_variant, s.m, s.sam_start, s.sam_every, self.seeds,
         )  # fmt: skip
-        for opt, batch, lr, wd, rho, variant, m, seed in grid:
+        for opt, batch, lr, wd, rho, variant, m, start, every, seed in grid:
             sam = rho != 0
             params = TrialParams(
                 rho=rho,
@@ -475,6 +549,8 @@ class StudySpec(_Strict):
                 m=m if sam else None,
                 lr=lr,
                 weight_decay=wd,
+                sam_start=sam_start_value(start) if sam else None,
+                sam_every=sam_every_value(every) if sam else None,
                 seed=seed,
             )
             if (params.cell_key, seed) not in seen:
@@ -499,12 +575,14 @@ class Cell(_Strict):
     m: int | None = None
     lr: float | None = None  # when train.lr is an axis; None: the spec's one value
     weight_decay: float | None = None  # likewise for train.weight_decay
+    sam_start: float | None = None  # SAM late: None = SAM throughout (0)
+    sam_every: int | None = None  # SAM every k-th step: None = every step (1)
 
     @model_validator(mode="before")
     @classmethod
     def _baseline_has_no_sam_setting(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("rho") == 0:
-            data = {**data, "sam_variant": None, "m": None}
+            data = {**data, "sam_variant": None, "m": None, "sam_start": None, "sam_every": None}
         return data
 
     @classmethod
@@ -522,7 +600,10 @@ class Cell(_Strict):
             f"|base_optimizer={self.base_optimizer}"
             f"|sam_variant={self.sam_variant}|m={self.m}"
         )
-        return key + "".join(f"|{name}={v!r}" for name, v in self.settings)
+        key += "".join(f"|{name}={v!r}" for name, v in self.settings)
+        return key + "".join(
+            f"|{name}={v!r}" for name in SCHEDULE_AXES if (v := getattr(self, name)) is not None
+        )
 
     @property
     def settings(self) -> list[tuple[str, float]]:
@@ -539,7 +620,8 @@ class Cell(_Strict):
         e.g. 'sam 0.05', 'asam 1 m=32'."""
         if self.baseline:
             return "rho 0"
-        return f"{self.sam_variant or 'sam'} {self.rho:g}" + sam_setting(None, self.m)
+        text = f"{self.sam_variant or 'sam'} {self.rho:g}" + sam_setting(None, self.m)
+        return text + sam_schedule(self.sam_start, self.sam_every)
 
     @property
     def label(self) -> str:
@@ -548,6 +630,7 @@ class Cell(_Strict):
         text += train_setting(self.lr, self.weight_decay)
         if not self.baseline and self.sam_variant:
             text += ", " + sam_setting(self.sam_variant, self.m)
+            text += sam_schedule(self.sam_start, self.sam_every)
         return text
 
 
@@ -555,6 +638,25 @@ def sam_setting(variant: str | None, m: int | None) -> str:
     """SAM's variant and m-sharpness as labels name them: 'sam', 'asam m=32' (without a
     variant, only ' m=32' or '')."""
     return (variant or "") + (f" m={m}" if m else "")
+
+
+def sam_schedule(sam_start: float | None, sam_every: int | None) -> str:
+    """SAM late and every k as labels name them: ' from 50%', ' every 2' ('' for SAM
+    throughout at every step)."""
+    return (f" from {sam_start:.0%}" if sam_start else "") + (
+        f" every {sam_every}" if sam_every and sam_every > 1 else ""
+    )
+
+
+def sam_start_value(start: float) -> float | None:
+    """A trial's sam_start as it carries it: None for 0 (SAM throughout), so plain SAM
+    cells keep the params and keys they always had."""
+    return start or None
+
+
+def sam_every_value(every: int) -> int | None:
+    """A trial's sam_every as it carries it: None for 1 (every step is SAM's)."""
+    return every if every > 1 else None
 
 
 def train_setting(lr: float | None, weight_decay: float | None) -> str:
@@ -579,13 +681,16 @@ class TrialParams(_Strict):
     m: int | None = None
     lr: float | None = None  # when train.lr is an axis
     weight_decay: float | None = None  # when train.weight_decay is an axis
+    sam_start: float | None = None  # SAM late (a fraction of training); None = 0
+    sam_every: int | None = None  # SAM every k-th step; None = 1
     seed: int
 
     def stored(self) -> dict[str, Any]:
-        """As the trials table stores it: the train settings only where they are axes
-        (a grid without such an axis stores exactly what it always has)."""
+        """As the trials table stores it: the train settings only where they are axes,
+        SAM's schedule only where it is not plain SAM (a grid without them stores exactly
+        what it always has)."""
         return self.model_dump(
-            exclude={n for n in ("lr", "weight_decay") if getattr(self, n) is None}
+            exclude={n for n in (*TRAIN_AXES, *SCHEDULE_AXES) if getattr(self, n) is None}
         )
 
     @property
@@ -598,6 +703,8 @@ class TrialParams(_Strict):
             m=self.m,
             lr=self.lr,
             weight_decay=self.weight_decay,
+            sam_start=self.sam_start,
+            sam_every=self.sam_every,
         )
 
     @property

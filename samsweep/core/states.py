@@ -13,6 +13,7 @@ class TrialState(enum.StrEnum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     INFEASIBLE = "INFEASIBLE"  # e.g. out of memory at this batch size: not retried
+    PRUNED = "PRUNED"  # stopped early by the study's pruner: its curve ends where it stopped
 
 
 FINISHED_STATES = (
@@ -20,6 +21,7 @@ FINISHED_STATES = (
     TrialState.FAILED,
     TrialState.CANCELLED,
     TrialState.INFEASIBLE,
+    TrialState.PRUNED,
 )
 
 
@@ -28,7 +30,7 @@ class StudyStatus(enum.StrEnum):
 
     QUEUED = "queued"  # no trial started yet
     RUNNING = "running"  # some trial running or finished, not all finished
-    COMPLETE = "complete"  # every trial finished (complete, failed or infeasible)
+    COMPLETE = "complete"  # every trial finished (complete, pruned, failed or infeasible)
     CANCELLED = "cancelled"  # cancelled, and every trial finished or cancelled
 
     @property

@@ -16,6 +16,7 @@
     progress.appendChild(el("span", ` ${s.progress.finished}/${s.progress.total}`));
     tr.appendChild(progress);
     tr.appendChild(el("td", s.counts.COMPLETE ?? 0));
+    tr.appendChild(el("td", s.counts.PRUNED ?? 0, { class: "pruned" }));
     tr.appendChild(el("td", (s.counts.FAILED ?? 0) + (s.counts.INFEASIBLE ?? 0)));
     tr.appendChild(el("td", s.best_mean === null ? "–" : `${fmt(s.best_mean, 4)} (${s.objective})`,
       { class: "best" }));

@@ -115,7 +115,7 @@ def test_a_cell_keys_and_names_itself_once():
     msam = Cell(rho=1.0, batch_size=512, base_optimizer="adamw", sam_variant="asam", m=32)
     assert (msam.label, msam.method) == ("ρ=1, batch 512, adamw, asam m=32", "asam 1 m=32")
     # as the API serves a trial's params: the seed and a newer API's fields are not axes
-    served = {**spec.trials()[3].stored(), "sam_start": 0.5}
+    served = {**spec.trials()[3].stored(), "future_axis": 0.5}
     assert Cell.from_params(served) == sam
 
 

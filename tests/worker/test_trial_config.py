@@ -24,9 +24,9 @@ SECTIONS = {
     "train": (s.TrainSpec, trainer.TrainConfig),
     "sharpness": (s.SharpnessSpec, trainer.SharpnessConfig),
 }
-# the study's, not a trial's: its grid (or sampler), and how the dispatcher shares the
-# workers with it
-NOT_A_TRIALS = {"name", "seeds", "objective", "search", "sampler", "priority",
+# the study's, not a trial's: its grid (or sampler), its pruner (the worker's recorder
+# asks it), and how the dispatcher shares the workers with it
+NOT_A_TRIALS = {"name", "seeds", "objective", "search", "sampler", "pruner", "priority",
                 "max_concurrent_trials"}  # fmt: skip
 EXECUTION = {"device", "channels_last", "checkpoint_path"}  # the worker's, not the spec's
 
@@ -103,10 +103,13 @@ def test_the_mapping_passes_every_value_through_unchanged():
     raw["train"].update(
         base_batch_size=64, lr_scaling="sqrt", warmup_epochs=0.5, schedule="step",
         nesterov=True, grad_clip=5.0, label_smoothing=0.1, precision="fp32",
+        baseline_epochs="double",
     )  # fmt: skip
     raw["sharpness"] = {"samples": 64, "rho": 0.1, "ascent_steps": 3, "hessian_iters": 7}
+    raw["search"].update(sam_start=[0.5], sam_every=[2])
     spec = StudySpec.model_validate(raw)
     params = next(p for p in spec.trials() if p.rho > 0)
+    assert (params.sam_start, params.sam_every) == (0.5, 2)
     cfg = trial_config(spec, params, device="cpu")
     for section in SECTIONS:
         assert dataclasses.asdict(getattr(cfg, section)) == getattr(spec, section).model_dump()
@@ -120,7 +123,25 @@ def test_a_rho_zero_trial_runs_the_base_optimizer_without_a_variant():
     baseline = next(p for p in spec.trials() if p.rho == 0)
     cfg = trial_config(spec, baseline)
     assert cfg.sam_variant is None and cfg.m is None
+    assert (cfg.sam_start, cfg.sam_every) == (0.0, 1)  # nothing of SAM's schedule applies
     cfg.validate()
+
+
+# docs/spec.md "Cheaper SAM": a plain SAM trial carries no schedule (its params and cell
+# key are what they always were) and trains SAM from step 0 at every step
+def test_plain_sam_carries_no_schedule_and_trains_sam_throughout():
+    raw = digits_spec()
+    raw["search"].update(sam_start=[0.0, 0.5], sam_every=[1, 4])
+    spec = StudySpec.model_validate(raw)
+    sam = [p for p in spec.trials() if p.rho > 0]
+    plain = [p for p in sam if p.sam_start is None and p.sam_every is None]
+    assert len(sam) == 4 * len(plain) and spec.n_trials == len(spec.trials())
+    assert "sam_start" not in plain[0].stored() and "sam_start" not in plain[0].cell_key
+    cfg = trial_config(spec, plain[0])
+    assert (cfg.sam_start, cfg.sam_every) == (0.0, 1)
+    late = next(p for p in sam if p.sam_start == 0.5 and p.sam_every == 4)
+    assert late.cell_key.endswith("|sam_start=0.5|sam_every=4")
+    assert late.cell.method.endswith("from 50% every 4")
 
 
 def test_a_dataset_on_disk_needs_the_data_root():
