@@ -247,9 +247,14 @@ def gain_line(g: Group) -> str:
         f" {gain.n_pairs} seed{'s' if gain.n_pairs != 1 else ''}): {100 * gain.mean:+.2f} pp"
     )
     if gain.ci_low is None or gain.ci_high is None:
-        return head + " (one pair: no interval)"
-    verdict = "excludes zero" if gain.excludes_zero else "includes zero: not significant"
-    return f"{head}, 95% CI [{100 * gain.ci_low:+.2f}, {100 * gain.ci_high:+.2f}]: {verdict}"
+        line = head + " (one pair: no interval)"
+    else:
+        verdict = "excludes zero" if gain.excludes_zero else "includes zero: not significant"
+        line = f"{head}, 95% CI [{100 * gain.ci_low:+.2f}, {100 * gain.ci_high:+.2f}]: {verdict}"
+    if gain.compute_ratio is not None and gain.per_compute is not None:
+        line += (f"; at {gain.compute_ratio:.2f}x the baseline's compute:"
+                 f" {100 * gain.per_compute:+.2f} pp per baseline run")  # fmt: skip
+    return line
 
 
 def large_batch_table(report: Report) -> Table | None:
@@ -275,7 +280,10 @@ def large_batch_table(report: Report) -> Table | None:
 
 
 def selection_lines(report: Report) -> list[str]:
-    lines = [f"rho selected per group by the mean {report.selection_metric} over seeds"]
+    lines = [
+        f"rho selected per group by the mean {report.selection_metric} over seeds;"
+        f" SAM against the baseline at {report.comparison}"
+    ]
     if report.selected_on_test:
         lines.append(
             "warning: rho was selected on the test set, so the selected rho's test accuracy"

@@ -34,7 +34,17 @@ from typing import Any
 from pydantic import BaseModel, Field, computed_field
 from scipy import stats
 
-from samsweep.core.spec import Cell, StudySpec, TrialParams, axis, sam_setting, train_setting
+from samsweep.core.spec import (
+    Cell,
+    StudySpec,
+    TrialParams,
+    axis,
+    sam_every_value,
+    sam_schedule,
+    sam_setting,
+    sam_start_value,
+    train_setting,
+)
 from samsweep.core.states import TrialState
 
 # The per-trial metrics the rows aggregate, in the order tables show them.
@@ -97,6 +107,13 @@ class Gain(BaseModel):
     ci_low: float | None = Field(description=f"{CONFIDENCE:.0%} Student-t interval")
     ci_high: float | None
     excludes_zero: bool | None = Field(description="None below two pairs")
+    compute_ratio: float | None = Field(
+        None, description="SAM's mean passes over the baseline's: 2 at equal epochs, 1 at "
+        "equal compute (train.baseline_epochs: double), less for SAM late or every k"
+    )  # fmt: skip
+    per_compute: float | None = Field(
+        None, description="mean / compute_ratio: the gain per baseline run's worth of compute"
+    )
 
 
 class Group(BaseModel):
@@ -106,6 +123,8 @@ class Group(BaseModel):
     m: int | None
     lr: float | None = Field(None, description="when train.lr is a grid axis")
     weight_decay: float | None = Field(None, description="when train.weight_decay is an axis")
+    sam_start: float | None = Field(None, description="SAM late: from this fraction on")
+    sam_every: int | None = Field(None, description="SAM every k-th step")
     rows: list[Row]
     selected_rho: float | None = Field(description="best SAM rho by the selection metric")
     gain: Gain | None
@@ -121,8 +140,11 @@ class Group(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def sam(self) -> str:
-        """Its SAM setting: 'sam', 'asam m=32'; '' in a study without SAM."""
-        return sam_setting(self.sam_variant, self.m) if self.sam_variant else ""
+        """Its SAM setting: 'sam', 'asam m=32', 'sam from 50% every 2'; '' in a study
+        without SAM."""
+        if not self.sam_variant:
+            return ""
+        return sam_setting(self.sam_variant, self.m) + sam_schedule(self.sam_start, self.sam_every)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -133,14 +155,15 @@ class Group(BaseModel):
     def kind(self) -> tuple[Any, ...]:
         """The group apart from its batch size: what the large-batch question compares
         across batch sizes, and a plot's panel."""
-        return (self.base_optimizer, self.sam_variant, self.m, self.lr, self.weight_decay)
+        return (self.base_optimizer, self.sam_variant, self.m, self.lr, self.weight_decay,
+                self.sam_start, self.sam_every)  # fmt: skip
 
     def cell(self, row: Row) -> Cell:
         """The grid cell of one of this group's rows (the baseline's has no SAM setting)."""
         lr = row.lr if row.lr is not None else self.lr
         wd = row.weight_decay if row.weight_decay is not None else self.weight_decay
         return _cell(row.rho, self.batch_size, self.base_optimizer, self.sam_variant, self.m,
-                     lr, wd)  # fmt: skip
+                     lr, wd, self.sam_start, self.sam_every)  # fmt: skip
 
     def baseline_row(self) -> Row | None:
         """The baseline SAM is compared with: the tuned one in a searched study (the
@@ -161,6 +184,8 @@ class LargeBatch(BaseModel):
     m: int | None
     lr: float | None = None
     weight_decay: float | None = None
+    sam_start: float | None = None
+    sam_every: int | None = None
     small_batch_size: int
     batch_size: int
     selected_rho: float | None
@@ -173,8 +198,10 @@ class LargeBatch(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def sam(self) -> str:
-        """Its SAM setting: 'sam', 'asam m=32'."""
-        return sam_setting(self.sam_variant, self.m) if self.sam_variant else ""
+        """Its SAM setting: 'sam', 'asam m=32', 'sam from 50%'."""
+        if not self.sam_variant:
+            return ""
+        return sam_setting(self.sam_variant, self.m) + sam_schedule(self.sam_start, self.sam_every)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -187,6 +214,10 @@ class Report(BaseModel):
     objective: str
     selection_metric: str
     selected_on_test: bool = Field(description="rho was selected on the test set")
+    comparison: str = Field(
+        "equal epochs", description="equal epochs (the baseline trains train.epochs, half "
+        "SAM's compute), or equal compute (train.baseline_epochs: double)"
+    )  # fmt: skip
     counts: dict[str, int]
     n_trials: int
     groups: list[Group]
@@ -281,10 +312,13 @@ def build_report(spec: StudySpec, trials: Iterable[TrialRecord]) -> Report:
         groups = _searched_groups(cells, rows, per_seed, select_on)
     else:
         groups = _grid_groups(spec, rows, per_seed, select_on)
+    for g in groups:  # SAM's compute against the baseline's, for the gain per compute
+        g.gain = _with_compute(g.gain, g.sam_row(), g.baseline_row())
     return Report(
         objective=spec.objective,
         selection_metric=select_on,
         selected_on_test=select_on == "test_accuracy",
+        comparison="equal compute" if spec.train.baseline_epochs == "double" else "equal epochs",
         counts=dict(sorted(all_counts.items())),
         n_trials=sum(all_counts.values()),
         groups=groups,
@@ -302,15 +336,17 @@ def _grid_groups(
     assert isinstance(s.rho, list)  # a grid's
     sam_rhos = sorted(r for r in s.rho if r > 0)  # rows and plots in rho order
     # Without a SAM rho there is one group per (optimizer, batch size): its baseline.
-    kinds = [(v, m) for v in s.sam_variant for m in s.m] if sam_rhos else [(None, None)]
+    kinds = list(itertools.product(
+        s.sam_variant, s.m, map(sam_start_value, s.sam_start), map(sam_every_value, s.sam_every)
+    )) if sam_rhos else [(None, None, None, None)]  # fmt: skip
     groups: list[Group] = []
     batches = sorted(s.batch_size)
     settings = list(itertools.product(axis(spec.train.lr), axis(spec.train.weight_decay)))
-    for opt, batch, (lr, wd), (variant, m) in itertools.product(
+    for opt, batch, (lr, wd), (variant, m, start, every) in itertools.product(
         s.base_optimizer, batches, settings, kinds
     ):
         base_key = _key(0.0, batch, opt, None, None, lr, wd)
-        sam_keys = [_key(r, batch, opt, variant, m, lr, wd) for r in sam_rhos]
+        sam_keys = [_key(r, batch, opt, variant, m, lr, wd, start, every) for r in sam_rhos]
         keys = [k for k in [base_key, *sam_keys] if k in rows]
         if not keys:
             continue
@@ -329,6 +365,8 @@ def _grid_groups(
                 m=m,
                 lr=lr,
                 weight_decay=wd,
+                sam_start=start,
+                sam_every=every,
                 rows=group_rows,
                 selected_rho=rows[selected].rho if selected else None,
                 gain=gain,
@@ -346,12 +384,17 @@ def _searched_groups(
     selection metric is compared with the best *baseline* configuration (the baseline is
     tuned too), paired by seed."""
     params = {key: ts[0].params for key, ts in cells.items()}
-    kinds = sorted({(p.sam_variant, p.m) for p in params.values() if p.rho > 0},
-                   key=lambda k: (k[0] or "", k[1] or 0)) or [(None, None)]  # fmt: skip
+
+    def sam_kind(p: TrialParams) -> tuple[Any, ...]:
+        return (p.sam_variant, p.m, p.sam_start, p.sam_every)
+
+    kinds = sorted({sam_kind(p) for p in params.values() if p.rho > 0},
+                   key=lambda k: (k[0] or "", k[1] or 0, k[2] or 0.0, k[3] or 1),
+                   ) or [(None, None, None, None)]  # fmt: skip
     pairs = sorted({(p.base_optimizer, p.batch_size) for p in params.values()},
                    key=lambda k: (k[1], k[0]))  # fmt: skip
     groups = []
-    for (opt, batch), (variant, m) in itertools.product(pairs, kinds):
+    for (opt, batch), kind in itertools.product(pairs, kinds):
 
         def order(k: str) -> tuple[float, float, float]:
             p = params[k]
@@ -360,11 +403,7 @@ def _searched_groups(
         mine = [k for k, p in params.items() if (p.base_optimizer, p.batch_size) == (opt, batch)]
         base_keys = sorted((k for k in mine if params[k].rho == 0), key=order)
         sam_keys = sorted(
-            (
-                k
-                for k in mine
-                if params[k].rho > 0 and (params[k].sam_variant, params[k].m) == (variant, m)
-            ),
+            (k for k in mine if params[k].rho > 0 and sam_kind(params[k]) == kind),
             key=order,
         )
         if not base_keys and not sam_keys:
@@ -378,7 +417,8 @@ def _searched_groups(
             )
         groups.append(
             Group(
-                base_optimizer=opt, batch_size=batch, sam_variant=variant, m=m,
+                base_optimizer=opt, batch_size=batch, sam_variant=kind[0], m=kind[1],
+                sam_start=kind[2], sam_every=kind[3],
                 rows=[rows[k].model_copy(update={"selected": k in (selected, tuned)})
                       for k in base_keys + sam_keys],
                 selected_rho=rows[selected].rho if selected else None,
@@ -391,18 +431,30 @@ def _searched_groups(
 def _cell(
     rho: float, batch: int, opt: str, variant: str | None, m: int | None,
     lr: float | None = None, wd: float | None = None,
+    start: float | None = None, every: int | None = None,
 ) -> Cell:  # fmt: skip
-    if rho == 0:
-        variant, m = None, None
     return Cell(rho=rho, batch_size=batch, base_optimizer=opt, sam_variant=variant, m=m,
-                lr=lr, weight_decay=wd)  # fmt: skip
+                lr=lr, weight_decay=wd, sam_start=start, sam_every=every)  # fmt: skip
 
 
 def _key(
     rho: float, batch: int, opt: str, variant: str | None, m: int | None,
     lr: float | None = None, wd: float | None = None,
+    start: float | None = None, every: int | None = None,
 ) -> str:  # fmt: skip
-    return _cell(rho, batch, opt, variant, m, lr, wd).key
+    return _cell(rho, batch, opt, variant, m, lr, wd, start, every).key
+
+
+def _with_compute(gain: Gain | None, sam: Row | None, base: Row | None) -> Gain | None:
+    """The gain with SAM's compute against the baseline's (mean passes) and the gain per
+    baseline run's worth of compute."""
+    if gain is None or sam is None or base is None:
+        return gain
+    s, b = sam.metrics["passes"].mean, base.metrics["passes"].mean
+    if not s or not b:
+        return gain
+    ratio = s / b
+    return gain.model_copy(update={"compute_ratio": ratio, "per_compute": gain.mean / ratio})
 
 
 def _select(
@@ -425,7 +477,7 @@ def _large_batch(groups: list[Group]) -> list[LargeBatch]:
     for g in groups:
         by_kind[g.kind()].append(g)
     out = []
-    for (opt, variant, m, lr, wd), gs in by_kind.items():
+    for (opt, variant, m, lr, wd, start, every), gs in by_kind.items():
         gs = sorted(gs, key=lambda g: g.batch_size)
         small = next((g for g in gs if _mean(g.baseline_row()) is not None), None)
         if small is None:
@@ -447,6 +499,8 @@ def _large_batch(groups: list[Group]) -> list[LargeBatch]:
                     m=m,
                     lr=lr,
                     weight_decay=wd,
+                    sam_start=start,
+                    sam_every=every,
                     small_batch_size=small.batch_size,
                     batch_size=g.batch_size,
                     selected_rho=g.selected_rho,
@@ -482,6 +536,8 @@ CSV_COLUMNS = (
         "batch_size",
         "sam_variant",
         "m",
+        "sam_start",
+        "sam_every",
         "lr",
         "weight_decay",
         "rho",
@@ -490,7 +546,16 @@ CSV_COLUMNS = (
         "n",
     ]  # fmt: skip
     + [f"{metric}_{part}" for metric in METRICS for part in ("mean", "std")]
-    + ["gain_mean", "gain_ci_low", "gain_ci_high", "gain_n_pairs", "counts", "errors"]
+    + [
+        "gain_mean",
+        "gain_ci_low",
+        "gain_ci_high",
+        "gain_n_pairs",
+        "gain_compute_ratio",
+        "gain_per_compute",
+        "counts",
+        "errors",
+    ]  # fmt: skip
 )
 
 
@@ -506,6 +571,8 @@ def to_rows(report: Report) -> list[dict[str, Any]]:
                 "batch_size": g.batch_size,
                 "sam_variant": None if row.baseline else g.sam_variant,
                 "m": None if row.baseline else g.m,
+                "sam_start": None if row.baseline else g.sam_start,
+                "sam_every": None if row.baseline else g.sam_every,
                 "lr": row.lr if row.lr is not None else g.lr,
                 "weight_decay": row.weight_decay
                 if row.weight_decay is not None
@@ -524,6 +591,8 @@ def to_rows(report: Report) -> list[dict[str, Any]]:
                 gain_ci_low=gain.ci_low if gain else None,
                 gain_ci_high=gain.ci_high if gain else None,
                 gain_n_pairs=gain.n_pairs if gain else None,
+                gain_compute_ratio=gain.compute_ratio if gain else None,
+                gain_per_compute=gain.per_compute if gain else None,
                 counts=" ".join(f"{k}={v}" for k, v in row.counts.items()),
                 errors=" | ".join(row.errors),
             )

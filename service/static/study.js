@@ -77,6 +77,9 @@
         const ci = g.gain.ci_low === null ? "no interval below two seeds"
           : `95 % CI [${fmt(g.gain.ci_low, 4)}, ${fmt(g.gain.ci_high, 4)}], ${g.gain.excludes_zero ? "excludes" : "includes"} 0`;
         text = `SAM's gain at ρ = ${g.selected_rho}: ${g.gain.mean >= 0 ? "+" : ""}${fmt(g.gain.mean, 4)} test accuracy over ${g.gain.n_pairs} paired seed(s); ${ci}`;
+        if (g.gain.compute_ratio !== null && g.gain.compute_ratio !== undefined) {
+          text += `; at ${fmt(g.gain.compute_ratio, 3)}× the baseline's compute (${r.comparison}): ${fmt(g.gain.per_compute, 4)} per baseline run`;
+        }
       } else if (!r.groups.some((x) => x.sam_variant)) {
         text = "no SAM ρ in this study";
       }

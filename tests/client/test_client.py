@@ -183,10 +183,15 @@ def test_the_report_warns_when_rho_was_selected_on_the_test_set():
         counts={}, n_trials=0, groups=[], large_batch=[],
     )  # fmt: skip
     first, warning = selection_lines(report)
-    assert first == "rho selected per group by the mean test_accuracy over seeds"
+    assert first == ("rho selected per group by the mean test_accuracy over seeds;"
+                     " SAM against the baseline at equal epochs")  # fmt: skip
     assert warning.startswith("warning: rho was selected on the test set")
     report.selection_metric, report.selected_on_test = "val_accuracy", False
-    assert selection_lines(report) == ["rho selected per group by the mean val_accuracy over seeds"]
+    report.comparison = "equal compute"  # docs/report.md "Compute": which comparison it shows
+    assert selection_lines(report) == [
+        "rho selected per group by the mean val_accuracy over seeds; SAM against the baseline"
+        " at equal compute"
+    ]
 
 
 # docs/cli.md "Python client": the client parses the API's own models (samsweep.core.wire)

@@ -220,3 +220,37 @@ def test_a_learning_rate_axis_gives_each_value_its_own_group():
     assert all(r["lr"] in (0.1, 0.01) for r in to_rows(report))
     group, row = best_cell(report, "test_accuracy")
     assert (group.lr, row.rho) == (0.1, 0.05) and group.cell(row).key.endswith("|lr=0.1")
+
+
+# docs/report.md "Compute": SAM late is a group of its own against the same baseline; the
+# gain comes with SAM's compute over the baseline's (real trainings' passes) and per compute
+def test_cheaper_sam_groups_and_the_gain_per_compute_at_equal_compute():
+    import torch
+
+    torch.set_num_threads(1)
+    raw = digits_spec(rho=(0.0, 0.05), batch_size=(64,), epochs=2, seeds=(0, 1))
+    raw["search"]["sam_start"] = [0.0, 0.5]
+    raw["train"]["baseline_epochs"] = "double"
+    spec = StudySpec.model_validate(raw)
+    records = []
+    for params in spec.trials():
+        result = trainer.fit(trial_config(spec, params))
+        metrics = {k: v for k, v in result.to_dict().items() if k != "history"}
+        records.append(TrialRecord(params, TrialState.COMPLETE, metrics))
+    report = build_report(spec, records)
+    assert report.comparison == "equal compute"
+    assert [g.title for g in report.groups] == ["sgd, batch 64, sam", "sgd, batch 64, sam from 50%"]
+    steps = -(-1437 // 64)  # per epoch: 23
+    base_passes = {r.metrics["passes"] for r in records if r.params.rho == 0}
+    assert base_passes == {4 * steps}  # doubled: 4 epochs at one pass a step
+    plain, late = report.groups
+    assert plain.gain.compute_ratio == pytest.approx(1.0)  # 2 epochs x 2 passes
+    assert late.gain.compute_ratio == pytest.approx((2 * steps + steps) / (4 * steps))
+    for g in (plain, late):
+        assert g.gain.per_compute == pytest.approx(g.gain.mean / g.gain.compute_ratio)
+        assert g.baseline_row() == plain.baseline_row()  # the same baseline for both
+    rows = to_rows(report)
+    assert [r["sam_start"] for r in rows if not r["baseline"]] == [None, 0.5]
+    assert rows[-1]["gain_compute_ratio"] == late.gain.compute_ratio
+    equal_epochs = StudySpec.model_validate(digits_spec())
+    assert build_report(equal_epochs, []).comparison == "equal epochs"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Issue 17's comparison: the full grid (search-grid.yaml) and TPE with pruning over the same space
+# (search-tpe.yaml), one after the other through samsweep's own path (API, embedded broker, two
+# CPU workers of one thread each). Writes what `samsweep run` prints to RESULTS-<study>.txt and
+# every trial (GET /studies/{id}/trials) to trials-<study>.json.
+# Usage: experiments/cifar10-subset/search.sh   (from the repository root, after make setup)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+state=$(mktemp -d)
+export SAMSWEEP_STATE_DIR=$state SAMSWEEP_DATA_DIR=$root/../shared/data SAMSWEEP_TORCH_THREADS=1
+port=${PORT:-8766}
+"$root/.venv/bin/samsweep" up --port "$port" --concurrency 2 >"$state/up.log" 2>&1 &
+up=$!
+trap 'kill $up 2>/dev/null; wait $up 2>/dev/null' EXIT
+for _ in $(seq 120); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
+for study in search-grid search-tpe; do
+  echo "== $study ($(date -u +%FT%TZ), $(nproc) cores, torch $("$root/.venv/bin/python" -c 'import torch; print(torch.__version__)'))" \
+    | tee "$here/RESULTS-$study.txt"
+  start=$(date +%s)
+  "$root/.venv/bin/samsweep" run "$here/$study.yaml" --server "http://127.0.0.1:$port" \
+    2>/dev/null | tee -a "$here/RESULTS-$study.txt"
+  echo "== wall $(( $(date +%s) - start )) s" | tee -a "$here/RESULTS-$study.txt"
+  id=$(curl -sf "http://127.0.0.1:$port/studies?limit=1" | "$root/.venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["id"])')
+  curl -sf "http://127.0.0.1:$port/studies/$id/trials?curves=true" >"$here/trials-$study.json"
+done
