@@ -17,9 +17,10 @@ lowest-numbered unsent trial):
 
 A sampler's study (spec `sampler`: random, tpe) has no trials until they are asked for:
 `next_trials` then draws its next configuration from its Optuna sampler, which sees
-every result recorded by then, and creates one trial per seed (`draw`). Configurations
-alternate between SAM and the baseline (ρ = 0), so each has its half of the budget
-and the baseline is tuned over the same search as SAM.
+every result recorded by then, and creates one trial per seed (samsweep.core.draws).
+Configurations alternate between SAM and the baseline (ρ = 0), so each has its half of
+the budget and the baseline is tuned over the same search as SAM. GP's configurations
+are drawn beside the workers (it needs torch: worker/drawer.py) and sent from here.
 
 The API calls it after a create and every SAMSWEEP_DISPATCH_SECONDS (service/sweeper.py).
 One round at a time per deployment: a PostgreSQL advisory lock held for the round's
@@ -38,14 +39,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from celery import Celery
-from sqlalchemy import ColumnElement, case, func, select, text, true, update
+from sqlalchemy import ColumnElement, case, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from samsweep.core import optuna_store
+from samsweep.core import draws
 from samsweep.core.db import Study, Trial, utcnow
+from samsweep.core.draws import DRAWN_BY_WORKERS, budgets
 from samsweep.core.queue import enqueue_trial
 from samsweep.core.settings import Settings
-from samsweep.core.spec import Range, StudySpec, TrialParams
 from samsweep.core.states import TrialState
 
 log = logging.getLogger(__name__)
@@ -115,58 +116,14 @@ def next_trials(session: Session, settings: Settings, study_id: str, n: int) -> 
     return ids
 
 
-DRAWS = 20  # draws of one configuration before a sampler's space counts as exhausted
-
-
 def draw(session: Session, settings: Settings, study_id: str, n: int) -> list[int]:
-    """New trials of a sampler's study, at least `n` where its budget allows: each
-    configuration drawn (optuna_store.suggest) becomes one trial per seed, numbered after
-    the last, the first seed's holding the configuration's Optuna trial. A configuration
-    it has already run is drawn again (its Optuna trial FAILed); after DRAWS in a row the
-    space counts as exhausted and the study's budget shrinks to what it has."""
+    """A sampler's new trials, drawn here (random, tpe: samsweep.core.draws). GP needs
+    torch, which the API never loads: its configurations are drawn beside the workers
+    (worker/drawer.py) and sent from here like a grid's trials."""
     study = session.get(Study, study_id)
-    if study is None or study.sampler is None:
+    if study is None or study.sampler is None or study.sampler in DRAWN_BY_WORKERS:
         return []
-    spec = StudySpec.model_validate(study.spec)
-    seeds, url = spec.seeds, settings.resolved_optuna_url
-    have = session.scalar(select(func.count()).where(Trial.study_id == study_id)) or 0
-    baselines = session.scalar(
-        select(func.count()).where(Trial.study_id == study_id, Trial.cell_key.like("rho=0.0|%"))
-    ) or 0  # fmt: skip
-    has_sam = isinstance(spec.search.rho, Range) or any(r > 0 for r in spec.search.rho)
-    made: list[int] = []
-    while len(made) < n and have + len(seeds) <= study.n_trials:
-        index = have // len(seeds)
-        base_configs, sam_configs = baselines // len(seeds), index - baselines // len(seeds)
-        baseline = not has_sam or base_configs < sam_configs  # SAM first, then in turns
-        for _ in range(DRAWS):
-            params, optuna_id, optuna_number = optuna_store.suggest(
-                url, study.optuna_study_name, spec, index, baseline
-            )
-            trials = [TrialParams(**params, seed=seed) for seed in seeds]
-            taken = session.scalar(
-                select(func.count()).where(
-                    Trial.study_id == study_id, Trial.cell_key == trials[0].cell_key
-                )
-            )
-            if not taken:
-                break
-            optuna_store.fail_trial(url, optuna_id, "a configuration this study already ran")
-        else:
-            log.warning("study %s: %d draws in a row were configurations it already ran: "
-                        "its space is exhausted at %d trials", study_id, DRAWS, have)  # fmt: skip
-            study.n_trials = have
-            break
-        rows = [Trial(study_id=study_id, number=have + i, cell_key=t.cell_key, seed=t.seed,
-                      params=t.stored()) for i, t in enumerate(trials)]  # fmt: skip
-        rows[0].optuna_trial_id, rows[0].optuna_trial_number = optuna_id, optuna_number
-        session.add_all(rows)
-        session.flush()
-        optuna_store.tag(url, optuna_id, rows[0].id, seeds[0])
-        made += [r.id for r in rows]
-        have += len(seeds)
-        baselines += len(seeds) if baseline else 0
-    return made
+    return draws.draw(session, settings.resolved_optuna_url, study, n)
 
 
 def window(session: Session, settings: Settings) -> tuple[int, int]:
@@ -186,7 +143,7 @@ def candidates(session: Session) -> list[Candidate]:
     one grouped query over the QUEUED and RUNNING trials, one over the sampler studies."""
     unsent = (Trial.state == TrialState.QUEUED) & Trial.enqueued_at.is_(None)
     found = {c.study_id: c for c in _with_queued(session, unsent)}
-    rooms = dict(budgets(session, true()))
+    rooms = dict(budgets(session, Study.sampler.not_in(DRAWN_BY_WORKERS)))
     for sid, room in rooms.items():
         if sid in found:
             found[sid].unsent += room
@@ -197,20 +154,6 @@ def candidates(session: Session) -> list[Candidate]:
     ) if new else ():  # fmt: skip
         found[sid] = Candidate(sid, priority, bound, last, 0, rooms[sid])
     return [c for c in found.values() if c.unsent]
-
-
-def budgets(session: Session, which: ColumnElement[bool]) -> list[tuple[str, int]]:
-    """(study, trials still to draw) of the sampler studies matching `which` that have
-    some left: the one definition the dispatcher, the quotas and the sweep use."""
-    drawn = func.count(Trial.id)
-    rows = session.execute(
-        select(Study.id, Study.n_trials - drawn)
-        .outerjoin(Trial, Trial.study_id == Study.id)
-        .where(which, Study.sampler.is_not(None), Study.cancelled_at.is_(None))
-        .group_by(Study.id, Study.n_trials)
-        .having(drawn < Study.n_trials)
-    ).all()
-    return [(sid, room) for sid, room in rows]
 
 
 def _with_queued(session: Session, unsent: ColumnElement[bool]) -> list[Candidate]:

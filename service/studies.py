@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session
 from samsweep.core import optuna_store
 from samsweep.core.admission import AdmissionError, check_admission
 from samsweep.core.db import IdempotencyKey, Study, Trial, new_id, rows_updated, utcnow
+from samsweep.core.draws import budgets
 from samsweep.core.settings import Settings
 from samsweep.core.spec import PatchError, StudySpec, TrialParams, patched
 from samsweep.core.states import TrialState
-from service.dispatch import budgets
 from service.errors import (
     Busy,
     Conflict,

@@ -22,10 +22,11 @@ from sqlalchemy.orm import Session
 
 from samsweep.core import optuna_store
 from samsweep.core.db import Meta, Study, Trial, rows_updated, session_factory, utcnow
+from samsweep.core.draws import budgets
 from samsweep.core.queue import broker_identity, waiting_trial_ids
 from samsweep.core.settings import Settings
 from samsweep.core.states import TrialState
-from service.dispatch import budgets, dispatch
+from service.dispatch import dispatch
 
 log = logging.getLogger(__name__)
 BROKER_IDENTITY = "broker_identity"

@@ -58,7 +58,10 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.app import app
+    from worker.drawer import Drawer
 
+    if args.draw:  # GP's configurations: drawn beside the workers, never in the API
+        Drawer(get_settings()).start()
     if args.parent_pid:
         stop_after_parent(args.parent_pid, WORKER_STOP_GRACE)
     argv = [
@@ -200,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by `samsweep up`
+    worker.add_argument(
+        "--no-draw", dest="draw", action="store_false",
+        help="do not draw GP studies' configurations on this host (another worker's does)",
+    )  # fmt: skip
     worker.set_defaults(func=cmd_worker)
 
     mig = sub.add_parser("migrate", help="the service's migrations and Optuna's schema")

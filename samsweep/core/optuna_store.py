@@ -227,24 +227,30 @@ def search_space(spec: StudySpec) -> dict[str, BaseDistribution]:
     return out
 
 
-def make_sampler(sampler: SamplerSpec, index: int) -> optuna.samplers.BaseSampler:
+def make_sampler(sampler: SamplerSpec, index: int, attempt: int = 0) -> optuna.samplers.BaseSampler:
     """The sampler that draws configuration `index`: seeded from the spec's seed and the
     index (a sampler is made per draw, and one seeded alike each time would repeat
     itself), so the draws are reproducible given the same order of results. TPE's
     constant liar counts the configurations still running as bad ones, so workers in
-    parallel are not all sent near the same point."""
-    seed = None if sampler.seed is None else (sampler.seed * 1_000_003 + index) % 2**32
+    parallel are not all sent near the same point. GP (Gaussian-process Bayesian
+    optimization) draws its first 10 configurations at random, as Optuna's GPSampler
+    does; it loads torch, so only worker/drawer.py makes one."""
+    seed = None
+    if sampler.seed is not None:  # a redraw (`attempt`: the last was a duplicate) varies it
+        seed = (sampler.seed * 1_000_003 + index + attempt * 7_919_017) % 2**32
     if sampler.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if sampler.name == "tpe":
         with warnings.catch_warnings():  # constant_liar is stable, still flagged experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if sampler.name == "gp":  # needs torch: only the workers' drawer makes it (never the API)
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     raise ValueError(f"no sampler {sampler.name!r} draws configurations")
 
 
 def suggest(
-    url: str, study_name: str, spec: StudySpec, index: int, baseline: bool
+    url: str, study_name: str, spec: StudySpec, index: int, baseline: bool, attempt: int = 0
 ) -> tuple[dict[str, Any], int, int]:
     """Ask the study's sampler for configuration `index` (a baseline one: ρ = 0, else
     SAM's), seeing every result recorded so far. Returns its params (TrialParams without
@@ -252,7 +258,7 @@ def suggest(
     configuration's first seed."""
     storage = get_storage(url)
     study = optuna.load_study(study_name=study_name, storage=storage,
-                              sampler=make_sampler(spec.sampler, index))  # fmt: skip
+                              sampler=make_sampler(spec.sampler, index, attempt))  # fmt: skip
     trial = study.ask()
     space = search_space(spec)
 

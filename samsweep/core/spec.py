@@ -367,7 +367,7 @@ class SharpnessSpec(_Strict):
     hessian_iters: int = Field(20, ge=1, le=1000)
 
 
-SAMPLERS = ("grid", "random", "tpe")
+SAMPLERS = ("grid", "random", "tpe", "gp")
 
 
 class SamplerSpec(_Strict):
@@ -375,7 +375,7 @@ class SamplerSpec(_Strict):
     `n_trials` configurations drawn by one of Optuna's samplers, each asked when a worker
     frees a slot, so it sees the results in by then (docs/spec.md "Search")."""
 
-    name: Literal["grid", "random", "tpe"] = "grid"
+    name: Literal["grid", "random", "tpe", "gp"] = "grid"
     n_trials: int | None = Field(
         None, ge=1, le=10_000, description="configurations to run (each once per seed)"
     )
@@ -472,12 +472,12 @@ class StudySpec(_Strict):
         if not sampler.searches:
             if ranges:
                 raise ValueError(
-                    f"{ranges[0]} is a range: a range needs a sampler (random or tpe) to draw "
+                    f"{ranges[0]} is a range: a range needs a sampler (random, tpe or gp) to draw "
                     "from it; the grid takes lists"
                 )
             if sampler.n_trials is not None or sampler.seed is not None:
                 raise ValueError("the grid runs every cell and draws nothing: n_trials and "
-                                 "seed are for a sampler (random or tpe)")  # fmt: skip
+                                 "seed are for a sampler (random, tpe or gp)")  # fmt: skip
         elif sampler.n_trials is None:
             raise ValueError(f"{sampler.name} needs n_trials: how many configurations to run")
         return sampler

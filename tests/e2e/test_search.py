@@ -88,3 +88,34 @@ def test_a_killed_worker_loses_no_configuration(server_deployment, tmp_path):
     trials = httpx.get(f"{api}/studies/{sid}/trials").json()["trials"]
     assert len({t["params"]["rho"] for t in trials}) == 3 and len(trials) == 3
     assert sorted(t["attempts"] for t in trials) == [1, 1, 2]  # the killed one ran again
+
+
+# docs/spec.md "Search": GP with two real workers: its configurations are drawn beside the
+# workers (worker/drawer.py), and the API process never loads torch (its memory maps
+# no torch library: docs/DESIGN.md §6)
+def test_gp_runs_with_the_api_never_loading_torch(deployment):
+    from pathlib import Path
+
+    d = deployment
+    api = d.start_api()
+    api_pid = d.procs[-1].pid
+    d.start_worker("worker-1")
+    d.start_worker("worker-2")
+    spec = digits_spec(rho=(0.0,), batch_size=(32,), epochs=1, seeds=(0, 1))
+    spec["search"]["rho"] = {"low": 0.01, "high": 0.5, "log": True}
+    spec["train"]["lr"] = {"low": 0.005, "high": 0.2, "log": True}
+    spec["sampler"] = {"name": "gp", "n_trials": 4, "seed": 0}
+    created = httpx.post(f"{api}/studies", json=spec)
+    assert created.status_code == 201 and created.json()["n_trials"] == 8, created.text
+    sid = created.json()["id"]
+    detail = wait_study(api, sid, timeout=300, d=d)
+    assert detail["status"] == "complete" and detail["counts"]["COMPLETE"] == 8, detail
+    trials = httpx.get(f"{api}/studies/{sid}/trials").json()["trials"]
+    configs: dict[tuple, list[int]] = {}
+    for t in trials:
+        p = dict(t["params"])
+        configs.setdefault(tuple(sorted(p.items() - {("seed", p["seed"])})), []).append(p["seed"])
+        assert 0.005 <= p["lr"] <= 0.2 and (p["rho"] == 0 or 0.01 <= p["rho"] <= 0.5), p
+    assert len(configs) == 4 and all(sorted(s) == [0, 1] for s in configs.values()), configs
+    maps = Path(f"/proc/{api_pid}/maps").read_text()
+    assert "torch" not in maps, [line for line in maps.splitlines() if "torch" in line][:3]
