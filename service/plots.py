@@ -16,6 +16,16 @@ Each plot takes the report (samsweep.core.report.Report) and/or the trials as ty
   colour says ρ and the marker the batch size.
 - ``curves``: per-epoch train, validation and test accuracy of trials on one figure;
   the trials of the best cell (by the study's objective) unless one trial is asked for.
+- ``history``: the optimization history: each complete trial's objective in the order
+  the trials were numbered (drawn, for a sampler's study), SAM and the baseline apart,
+  with the best so far of each as a step line; pruned trials counted in the title.
+- ``importance``: which searched params matter for SAM's objective: Optuna's own
+  ``optuna.importance.get_param_importances`` (PED-ANOVA) over the complete SAM trials
+  (ρ is a SAM trial's param only), as bars.
+
+In a sampler's study (continuous ρ) the ``rho`` plot is a scatter: one point per
+complete SAM trial at its own ρ, coloured by batch size, the tuned baseline's mean as a
+dashed line.
 
 Every figure is bounded in what it draws, whatever the grid: more groups than
 `MAX_GROUPS` (ρ and gap plots), panels or cells than the heatmap can show, or too many
@@ -33,6 +43,7 @@ separate processes (service/render.py).
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -56,7 +67,7 @@ from samsweep.core.report import (  # noqa: E402
 from samsweep.core.spec import sam_setting  # noqa: E402
 from samsweep.core.states import TrialState  # noqa: E402
 
-KINDS = ("rho", "gap", "heatmap", "sharpness", "curves")
+KINDS = ("rho", "gap", "heatmap", "sharpness", "curves", "history", "importance")
 FORMATS = {"svg": "image/svg+xml", "png": "image/png"}
 PNG_DPI = 200  # for papers
 NO_TRIALS = "no complete trials yet"
@@ -102,14 +113,21 @@ def render(
         fig = Figure(figsize=(6.4, 4.2), layout="constrained")
         if kind == "curves":
             _curves(fig, report, trials, objective, trial)
+        elif kind == "history":
+            _history(fig, trials, objective)
         elif not any(t.state == TrialState.COMPLETE for t in trials):
             _message(fig, NO_TRIALS)
         elif (reason := too_large(kind, report, trials)) is not None:
             _message(fig, reason)
         else:
-            {"rho": _rho, "gap": _gap, "heatmap": _heatmap, "sharpness": _sharpness}[kind](
-                fig, report, trials
-            )
+            draw = {
+                "rho": _rho_scatter if report.sampler != "grid" else _rho,
+                "gap": _gap,
+                "heatmap": _heatmap,
+                "sharpness": _sharpness,
+                "importance": _importance,
+            }
+            draw[kind](fig, report, trials)  # fmt: skip
         out = io.BytesIO()
         metadata = {"Date": None} if fmt == "svg" else {}
         fig.savefig(out, format=fmt, dpi=PNG_DPI if fmt == "png" else None, metadata=metadata)
@@ -369,3 +387,116 @@ def _curves(
     ax.set_title(title, fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="lower right", fontsize=8)
+
+
+def _history(fig: Figure, trials: Sequence[TrialRecord], objective: str) -> None:
+    done = sorted(
+        (t for t in trials
+         if t.state == TrialState.COMPLETE and (t.metrics or {}).get(objective) is not None),
+        key=lambda t: t.number,
+    )  # fmt: skip
+    if not done:
+        _message(fig, NO_TRIALS)
+        return
+    ax = fig.add_subplot()
+    for name, baseline, color in (("SAM", False, COLORS[1]), ("baseline", True, COLORS[0])):
+        mine = [t for t in done if (t.params.rho == 0) == baseline]
+        if not mine:
+            continue
+        xs = [t.number for t in _thin_list(mine)]
+        ys = [float((t.metrics or {})[objective]) for t in _thin_list(mine)]
+        ax.scatter(xs, ys, color=color, s=16, alpha=0.7, label=f"{name} trials")
+        best = list(itertools.accumulate(ys, max))
+        ax.step(xs, best, where="post", color=color, linewidth=1.4, label=f"{name}: best so far")
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    ax.set_xlabel("trial number (the order trials were drawn)")
+    ax.set_ylabel(objective)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    extra = f"; {pruned} pruned" if pruned else ""
+    ax.set_title(f"Optimization history ({len(done)} complete trials{extra})")
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def _thin_list(items: list[TrialRecord]) -> list[TrialRecord]:
+    return [t for t, _ in _thin([(t, None) for t in items])]
+
+
+MIN_IMPORTANCE_TRIALS = 4
+
+
+def importances(trials: Sequence[TrialRecord], objective: str) -> dict[str, float]:
+    """Optuna's param importances (its default evaluator, PED-ANOVA) over the complete SAM
+    trials: each searched param that takes more than one value, by its importance.
+    Empty below MIN_IMPORTANCE_TRIALS such trials or without a param that varies."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.params.rho > 0
+            and (t.metrics or {}).get(objective) is not None]  # fmt: skip
+    if len(done) < MIN_IMPORTANCE_TRIALS:
+        return {}
+    names = [n for n in ("rho", "lr", "weight_decay", "batch_size", "base_optimizer",
+                         "sam_variant", "m", "sam_start", "sam_every")]  # fmt: skip
+    values = {n: [getattr(t.params, n) for t in done] for n in names}
+    varied = [n for n in names if len(set(values[n])) > 1 and None not in values[n]]
+    if not varied:
+        return {}
+    dists: dict[str, Any] = {}
+    for n in varied:
+        vs = values[n]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in vs)
+        if numeric:
+            low, high = float(min(vs)), float(max(vs))
+            dists[n] = FloatDistribution(low, high, log=low > 0 and high / low >= 10)
+        else:
+            dists[n] = CategoricalDistribution(tuple(sorted(set(map(str, vs)))))
+    study = optuna.create_study(direction="maximize")
+    for i, t in enumerate(done):
+        params = {n: (float(values[n][i]) if isinstance(dists[n], FloatDistribution)
+                      else str(values[n][i])) for n in varied}  # fmt: skip
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dists, value=float((t.metrics or {})[objective])
+        ))  # fmt: skip
+    return optuna.importance.get_param_importances(study)
+
+
+def _importance(fig: Figure, report: Report, trials: Sequence[TrialRecord]) -> None:
+    found = importances(trials, report.objective)
+    if not found:
+        _message(fig, f"param importances need {MIN_IMPORTANCE_TRIALS} complete SAM trials\n"
+                      "whose searched params vary")  # fmt: skip
+        return
+    ax = fig.add_subplot()
+    names = list(found)[::-1]  # the most important at the top
+    ax.barh(names, [found[n] for n in names], color=COLORS[1])
+    ax.set_xlabel(f"importance for {report.objective} (Optuna, PED-ANOVA)")
+    ax.set_xlim(0, 1)
+    ax.set_title("Param importances over the complete SAM trials")
+
+
+def _rho_scatter(fig: Figure, report: Report, trials: Sequence[TrialRecord]) -> None:
+    """A sampler's study: every complete SAM trial at its own ρ, by batch size."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE
+            and (t.metrics or {}).get("test_accuracy") is not None]  # fmt: skip
+    ax = fig.add_subplot()
+    sizes = sorted({t.params.batch_size for t in done})
+    for i, bs in enumerate(sizes):
+        color = COLORS[i % len(COLORS)]
+        sam = [t for t in done if t.params.batch_size == bs and t.params.rho > 0]
+        if sam:
+            ax.scatter([t.params.rho for t in sam],
+                       [(t.metrics or {})["test_accuracy"] for t in sam],
+                       color=color, s=22, alpha=0.8, edgecolors="black", linewidths=0.3,
+                       label=f"batch {bs}")  # fmt: skip
+        for g in report.groups:
+            base = g.baseline_row()
+            mean = base.metrics["test_accuracy"].mean if base else None
+            if g.batch_size == bs and mean is not None:
+                ax.axhline(mean, color=color, linestyle="--", linewidth=1.1)
+                break
+    ax.set_xscale("log")
+    ax.set_xlabel("ρ (log scale); dashed: the tuned baseline's mean")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Test accuracy vs ρ, one point per complete SAM trial")
+    if sizes:
+        ax.legend(loc="best", fontsize=8)

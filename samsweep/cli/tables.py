@@ -217,21 +217,27 @@ def _done(row: Row) -> str:
 
 
 def group_table(report: Report, g: Group) -> Table:
+    """The group's rows; in a sampler's study each row is a configuration, with its lr and
+    weight decay, and the tuned baseline is marked selected too."""
     t = _table(g.title)
     t.add_column("rho", justify="right")
+    settings = [n for n in ("lr", "weight_decay") if any(getattr(r, n) is not None for r in g.rows)]
+    for name in settings:
+        t.add_column("lr" if name == "lr" else "wd", justify="right")
     t.add_column("")
     t.add_column("seeds", justify="right")
     cols = _columns(report)
     for _, header in cols:
         t.add_column(header, justify="right")
     for row in g.rows:
-        mark = "baseline" if row.baseline else ("selected" if row.rho == g.selected_rho else "")
+        mark = ("baseline" if row.baseline else "") + (" selected" if row.selected else "")
         t.add_row(
-            f"{row.rho:g}",
-            mark,
+            f"{row.rho:.3g}",
+            *(f"{getattr(row, n):.3g}" for n in settings),
+            mark.strip(),
             _done(row),
             *(stat_text(metric, row.metrics[metric]) for metric, _ in cols),
-            style="bold" if mark == "selected" else None,
+            style="bold" if row.selected else None,
         )
     return t
 

@@ -212,6 +212,7 @@ class LargeBatch(BaseModel):
 
 class Report(BaseModel):
     objective: str
+    sampler: str = Field("grid", description="grid, or the sampler that drew the study")
     selection_metric: str
     selected_on_test: bool = Field(description="rho was selected on the test set")
     comparison: str = Field(
@@ -316,6 +317,7 @@ def build_report(spec: StudySpec, trials: Iterable[TrialRecord]) -> Report:
         g.gain = _with_compute(g.gain, g.sam_row(), g.baseline_row())
     return Report(
         objective=spec.objective,
+        sampler=spec.sampler.name,
         selection_metric=select_on,
         selected_on_test=select_on == "test_accuracy",
         comparison="equal compute" if spec.train.baseline_epochs == "double" else "equal epochs",

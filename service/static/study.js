@@ -54,10 +54,15 @@
       head.appendChild(el("th", g.title, { colspan: "11" }));
       body.appendChild(head);
       for (const row of g.rows) {
-        const selected = !row.baseline && row.rho === g.selected_rho;
-        const tr = el("tr", null, { class: selected ? "selected" : row.baseline ? "baseline" : "" });
+        const selected = row.selected;  // a sampler's study: the tuned baseline too
+        const tr = el("tr", null, { class: selected && !row.baseline ? "selected" : row.baseline ? "baseline" : "" });
         tr.dataset.rho = String(row.rho);
-        const rho = row.baseline ? "0 (baseline)" : `${row.rho}${selected ? " ★" : ""}`;
+        // a sampler's configuration: its own lr and weight decay beside ρ
+        const g3 = (x) => Number(x).toPrecision(3);
+        const setting = [row.lr != null ? `lr ${g3(row.lr)}` : "", row.weight_decay != null ? `wd ${g3(row.weight_decay)}` : ""]
+          .filter(Boolean).join(", ");
+        const shown = setting ? g3(row.rho) : row.rho;  // a drawn ρ is continuous
+        const rho = (row.baseline ? "0 (baseline)" : shown) + (setting ? ` (${setting})` : "") + (selected ? " ★" : "");
         tr.appendChild(el("td", rho));
         tr.appendChild(el("td", row.seeds.length));
         for (const m of ["train_accuracy", "test_accuracy", "val_accuracy", "gap", "sharpness", "hessian_max_eig"]) {

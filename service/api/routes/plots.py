@@ -19,7 +19,7 @@ from service.render import Renderer
 
 router = APIRouter(prefix="/studies", tags=["plots"])
 
-Kind = Literal["rho", "gap", "heatmap", "sharpness", "curves"]
+Kind = Literal["rho", "gap", "heatmap", "sharpness", "curves", "history", "importance"]
 assert set(Kind.__args__) == set(plots.KINDS)  # type: ignore[attr-defined]
 
 
