@@ -35,8 +35,14 @@ def searched_study(n: int = 12) -> tuple[StudySpec, list[TrialRecord]]:
             p = TrialParams(rho=rho, batch_size=32, base_optimizer="sgd",
                             sam_variant=None if baseline else "sam", lr=lr, seed=seed)  # fmt: skip
             acc = 0.95 - 0.3 * abs(lr - 0.05) - 0.002 * rho + 0.003 * seed
-            metrics = {"test_accuracy": acc, "val_accuracy": acc, "train_accuracy": acc + 0.02,
-                       "gap": 0.02, "passes": 100 if baseline else 200, "wall_seconds": 1.0}
+            metrics = {
+                "test_accuracy": acc,
+                "val_accuracy": acc,
+                "train_accuracy": acc + 0.02,
+                "gap": 0.02,
+                "passes": 100 if baseline else 200,
+                "wall_seconds": 1.0,
+            }
             state = TrialState.PRUNED if number == 5 else TrialState.COMPLETE
             records.append(TrialRecord(p, state, None if state == TrialState.PRUNED else metrics,
                                        number=number))  # fmt: skip
