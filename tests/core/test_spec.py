@@ -139,7 +139,7 @@ def test_a_sampler_study_counts_configurations_times_seeds_and_builds_no_grid():
     [
         ({"sampler": {"name": "grid"}}, "sampler", "a range needs a sampler"),
         ({"sampler": {"name": "tpe"}}, "sampler", "needs n_trials"),
-        ({"sampler": {"name": "gp", "n_trials": 4}}, "sampler.name", "Input should be"),
+        ({"sampler": {"name": "cmaes", "n_trials": 4}}, "sampler.name", "Input should be"),
         ({"sampler": {"name": "tpe", "n_trials": 0}}, "sampler.n_trials", "greater than"),
         ({"search_rho": {"low": 0.5, "high": 0.1}}, "search.rho", "must be below high"),
         ({"search_rho": {"low": 0.0, "high": 0.1, "log": True}}, "search.rho", "low > 0"),
