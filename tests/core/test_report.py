@@ -29,12 +29,17 @@ def trained():
     raw["dataset"]["val_fraction"] = 0.2
     raw["objective"] = "val_accuracy"
     spec = StudySpec.model_validate(raw)
+    return spec, train_all(spec)
+
+
+def train_all(spec: StudySpec) -> list[TrialRecord]:
+    """Every trial of the grid, trained for real through the worker's mapping."""
     records = []
     for params in spec.trials():
         result = trainer.fit(trial_config(spec, params))
         metrics = {k: v for k, v in result.to_dict().items() if k != "history"}
         records.append(TrialRecord(params, TrialState.COMPLETE, metrics))
-    return spec, records
+    return records
 
 
 def values(records, rho, batch, metric):
@@ -232,11 +237,7 @@ def test_cheaper_sam_groups_and_the_gain_per_compute_at_equal_compute():
     raw["search"]["sam_start"] = [0.0, 0.5]
     raw["train"]["baseline_epochs"] = "double"
     spec = StudySpec.model_validate(raw)
-    records = []
-    for params in spec.trials():
-        result = trainer.fit(trial_config(spec, params))
-        metrics = {k: v for k, v in result.to_dict().items() if k != "history"}
-        records.append(TrialRecord(params, TrialState.COMPLETE, metrics))
+    records = train_all(spec)
     report = build_report(spec, records)
     assert report.comparison == "equal compute"
     assert [g.title for g in report.groups] == ["sgd, batch 64, sam", "sgd, batch 64, sam from 50%"]

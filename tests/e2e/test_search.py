@@ -15,17 +15,15 @@ from tests.support.http import wait_study
 from tests.support.specs import digits_spec
 
 
-# docs/spec.md "Search": TPE, n_trials 4, two seeds, two workers
-def test_tpe_runs_exactly_n_trials_configurations_per_seed(deployment):
-    d = deployment
-    api = d.start_api()
-    d.start_worker("worker-1")
-    d.start_worker("worker-2")
-    spec = digits_spec(rho=(0.0,), batch_size=(32,), epochs=2, seeds=(0, 1))
+def run_searched(d, api: str, sampler: str, epochs: int) -> tuple[str, list[dict], dict]:
+    """A sampler's study over a ρ range and an lr range, n_trials 4, two seeds, run to
+    its end: its id, its trials, and its configurations (params -> seeds), each checked:
+    exactly 4, each once per seed, every value inside its range."""
+    spec = digits_spec(rho=(0.0,), batch_size=(32,), epochs=epochs, seeds=(0, 1))
     spec["search"]["rho"] = {"low": 0.01, "high": 0.5, "log": True}
     spec["train"]["lr"] = {"low": 0.005, "high": 0.2, "log": True}
     spec["dataset"]["val_fraction"] = 0.2
-    spec["sampler"] = {"name": "tpe", "n_trials": 4, "seed": 0}
+    spec["sampler"] = {"name": sampler, "n_trials": 4, "seed": 0}
     created = httpx.post(f"{api}/studies", json=spec)
     assert created.status_code == 201 and created.json()["n_trials"] == 8, created.text
     sid = created.json()["id"]
@@ -37,8 +35,18 @@ def test_tpe_runs_exactly_n_trials_configurations_per_seed(deployment):
         p = dict(t["params"])
         configs.setdefault(tuple(sorted(p.items() - {("seed", p["seed"])})), []).append(p["seed"])
         assert 0.005 <= p["lr"] <= 0.2 and (p["rho"] == 0 or 0.01 <= p["rho"] <= 0.5), p
-        assert t["attempts"] == 1, t
     assert len(configs) == 4 and all(sorted(s) == [0, 1] for s in configs.values()), configs
+    return sid, trials, configs
+
+
+# docs/spec.md "Search": TPE, n_trials 4, two seeds, two workers
+def test_tpe_runs_exactly_n_trials_configurations_per_seed(deployment):
+    d = deployment
+    api = d.start_api()
+    d.start_worker("worker-1")
+    d.start_worker("worker-2")
+    sid, trials, configs = run_searched(d, api, "tpe", epochs=2)
+    assert all(t["attempts"] == 1 for t in trials), trials
     assert sum(dict(c)["rho"] == 0 for c in configs) == 2  # the baseline's half, tuned too
 
     name = httpx.get(f"{api}/studies/{sid}").json()["optuna_study_name"]
@@ -101,21 +109,6 @@ def test_gp_runs_with_the_api_never_loading_torch(deployment):
     api_pid = d.procs[-1].pid
     d.start_worker("worker-1")
     d.start_worker("worker-2")
-    spec = digits_spec(rho=(0.0,), batch_size=(32,), epochs=1, seeds=(0, 1))
-    spec["search"]["rho"] = {"low": 0.01, "high": 0.5, "log": True}
-    spec["train"]["lr"] = {"low": 0.005, "high": 0.2, "log": True}
-    spec["sampler"] = {"name": "gp", "n_trials": 4, "seed": 0}
-    created = httpx.post(f"{api}/studies", json=spec)
-    assert created.status_code == 201 and created.json()["n_trials"] == 8, created.text
-    sid = created.json()["id"]
-    detail = wait_study(api, sid, timeout=300, d=d)
-    assert detail["status"] == "complete" and detail["counts"]["COMPLETE"] == 8, detail
-    trials = httpx.get(f"{api}/studies/{sid}/trials").json()["trials"]
-    configs: dict[tuple, list[int]] = {}
-    for t in trials:
-        p = dict(t["params"])
-        configs.setdefault(tuple(sorted(p.items() - {("seed", p["seed"])})), []).append(p["seed"])
-        assert 0.005 <= p["lr"] <= 0.2 and (p["rho"] == 0 or 0.01 <= p["rho"] <= 0.5), p
-    assert len(configs) == 4 and all(sorted(s) == [0, 1] for s in configs.values()), configs
+    run_searched(d, api, "gp", epochs=1)
     maps = Path(f"/proc/{api_pid}/maps").read_text()
     assert "torch" not in maps, [line for line in maps.splitlines() if "torch" in line][:3]

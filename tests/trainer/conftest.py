@@ -23,6 +23,24 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def forwards(monkeypatch) -> list[bool]:
+    """Every forward pass of the model fit() builds, by its training mode: sum() of it is
+    the number of training-mode forwards (the passes a run spent)."""
+    import trainer.loop as loop
+    from trainer.models import build_model
+
+    seen: list[bool] = []
+
+    def counted(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        model.register_forward_hook(lambda mod, inp, out: seen.append(mod.training))
+        return model
+
+    monkeypatch.setattr(loop, "build_model", counted)
+    return seen
+
+
 def write_fake_cifar100(directory: Path, n_train: int = 96, n_test: int = 40) -> Path:
     """A tiny CIFAR-100 in the official python format, in ``directory/cifar-100-python``.
 

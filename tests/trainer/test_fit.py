@@ -282,17 +282,7 @@ def test_a_batch_larger_than_the_training_set_fails_naming_both():
 
 # docs/report.md "The report": compute is forward+backward passes (SAM two per step, base one)
 @pytest.mark.parametrize("rho,per_step", [(0.0, 1), (0.05, 2)])
-def test_passes_count_the_training_forwards(monkeypatch, rho: float, per_step: int) -> None:
-    import trainer.loop as loop
-
-    forwards: list[bool] = []
-
-    def counted(*args, **kwargs):
-        model = build_model(*args, **kwargs)
-        model.register_forward_hook(lambda mod, inp, out: forwards.append(mod.training))
-        return model
-
-    monkeypatch.setattr(loop, "build_model", counted)
+def test_passes_count_the_training_forwards(forwards, rho: float, per_step: int) -> None:
     config = TrialConfig(
         dataset=DatasetConfig(name="synthetic"),  # 512 examples: 4 steps of 128 per epoch
         train=TrainConfig(epochs=2),

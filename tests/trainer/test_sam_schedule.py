@@ -47,18 +47,7 @@ def test_the_mixed_step_at_every_step_is_exactly_sam() -> None:
 
 
 @pytest.mark.parametrize("sam_start,sam_every", [(0.5, 1), (0.0, 3), (0.25, 2)])
-def test_passes_count_the_sam_steps_that_ran(monkeypatch, sam_start, sam_every) -> None:
-    import trainer.loop as loop
-    from trainer.models import build_model
-
-    forwards: list[bool] = []
-
-    def counted(*args, **kwargs):
-        model = build_model(*args, **kwargs)
-        model.register_forward_hook(lambda mod, inp, out: forwards.append(mod.training))
-        return model
-
-    monkeypatch.setattr(loop, "build_model", counted)
+def test_passes_count_the_sam_steps_that_ran(forwards, sam_start, sam_every) -> None:
     config = dataclasses.replace(
         BASE, sam_start=sam_start, sam_every=sam_every, sharpness=SharpnessConfig(samples=0)
     )
