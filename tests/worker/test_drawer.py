@@ -79,3 +79,26 @@ def test_other_samplers_are_not_the_drawers(settings, name):  # noqa: F811
     with sessions() as s:
         insert_study(s, settings, searched(name=name, n=2))
         assert waiting(s) == []
+
+
+# docs/faults.md: a GP draw that fails after Optuna's ask commits nothing, and the next
+# round draws the configuration again
+def test_a_draw_that_fails_midway_leaves_nothing_and_is_drawn_again(settings, monkeypatch):  # noqa: F811
+    from samsweep.core import optuna_store
+
+    sessions = session_factory(settings.resolved_database_url)
+    with sessions() as s:
+        study, _ = insert_study(s, settings, searched(name="gp", n=2))
+    real = optuna_store.tag
+
+    def dies(*args, **kwargs):  # after the ask and the rows' flush, before the commit
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(optuna_store, "tag", dies)
+    with pytest.raises(ConnectionError):
+        draw_next(sessions, settings, study.id)
+    with sessions() as s:
+        assert s.scalars(select(Trial.id).where(Trial.study_id == study.id)).all() == []
+        assert waiting(s) == [study.id]
+    monkeypatch.setattr(optuna_store, "tag", real)
+    assert len(draw_next(sessions, settings, study.id)) == 2
