@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from samsweep.cli.data import add_commands as add_data_commands
 from samsweep.cli.processes import (
     UP_STOP_GRACE,
     WORKER_STOP_GRACE,
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     ou.set_defaults(func=cmd_optuna_url)
 
     add_commands(sub)  # studies, status, ..., cancel, submit, extend, retry, delete
+    add_data_commands(sub)  # data fetch
     return p
 
 

@@ -309,3 +309,21 @@ def test_a_defect_is_one_line_and_exit_70(monkeypatch, capsys):
     code, err = in_process(capsys, "submit", str(path))
     assert code == 70 and "internal error: RuntimeError: boom" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+# docs/deploy.md "Datasets": the official archives are checked against the MD5 sums their page
+# publishes; any other digest is refused
+def test_the_official_archive_is_checked_against_its_published_md5(tmp_path):
+    import hashlib
+
+    from samsweep.cli.data import ARCHIVES, Refused, _verify
+
+    official = ARCHIVES["cifar10"]
+    assert official.algorithm == "md5" and official.url.startswith("https://www.cs.toronto.edu/")
+    part = tmp_path / "a.part"
+    part.write_bytes(b"some bytes")
+    from dataclasses import replace
+
+    _verify(part, replace(official, digest=hashlib.md5(b"some bytes").hexdigest()))
+    with pytest.raises(Refused, match="not the published c58f3010"):
+        _verify(part, official)
