@@ -59,8 +59,9 @@ def fetch(name: str, to: Path, url: str | None = None, sha256: str | None = None
           progress: bool = True, timeout: float = 60.0) -> Path:  # fmt: skip
     """Download, check and unpack dataset `name` into `to`; the directory it unpacked."""
     known = ARCHIVES[name]
-    archive = Archive(url or known.url, sha256 or known.digest,
-                      "sha256" if sha256 else known.algorithm, known.top, known.max_bytes)  # fmt: skip
+    algorithm = "sha256" if sha256 else known.algorithm
+    archive = Archive(url or known.url, sha256 or known.digest, algorithm, known.top,
+                      known.max_bytes)  # fmt: skip
     if url and not sha256:
         raise Refused("--url needs --sha256: a mirror's archive is checked against it")
     target = to / archive.top
