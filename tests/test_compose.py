@@ -63,12 +63,13 @@ def test_services_and_dependencies(compose):
     assert "8000/health" in " ".join(s["api"]["healthcheck"]["test"])
 
 
-# docs/deploy.md "Production": worker `--concurrency 1`, one NVIDIA GPU reserved
-def test_worker_gets_one_gpu_and_one_slot(compose):
+# docs/deploy.md "Production": every NVIDIA GPU reserved, one slot per GPU (the worker's default)
+def test_worker_gets_every_gpu_and_a_slot_each(compose):
     w = compose["services"]["worker"]
     (device,) = w["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and device["count"] == 1 and "gpu" in device["capabilities"]
-    assert w["command"][-2:] == ["--concurrency", "1"]
+    assert device["driver"] == "nvidia" and device["count"] == "all"
+    assert "gpu" in device["capabilities"]
+    assert w["command"] == ["samsweep", "worker"]  # --gpus all, a slot each: worker/slots.py
     assert w["environment"]["SAMSWEEP_DEVICE"] == "cuda"
 
 

@@ -25,6 +25,7 @@ from worker.heartbeat import Heartbeat
 from worker.outcome import Outcome, public_error, public_text
 from worker.recorder import Stop, TrialRecorder
 from worker.retry import DATABASE_DOWN, with_db_retry
+from worker.slots import threads_for_this_slot
 from worker.trial_config import trial_config
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,9 @@ def _train(c: Claim, settings: Settings, recorder: TrialRecorder) -> Outcome:
     ckpt = checkpoint_path(settings, c)
     device = settings.device
     try:  # the set-up too: a dataset refused here fails the Optuna trial as well
-        device = resolve_device(settings.device, settings.torch_threads)
+        threads = threads_for_this_slot(settings.torch_threads)
+        device = resolve_device(settings.device, threads)
+        log.info("trial %s: training on %s, %d CPU thread(s)", c.trial_id, device, threads)
         config = trial_config(
             c.spec, c.params, data_dir=settings.data_dir, device=device, checkpoint_path=ckpt
         )

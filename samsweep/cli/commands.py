@@ -60,7 +60,16 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.app import app
     from worker.drawer import Drawer
+    from worker.slots import PlanError, plan, visible_gpus
 
+    try:  # the slots: one per visible GPU (counted without torch), or one on the CPU
+        slots = plan(args.gpus, args.concurrency, visible_gpus(), get_settings().slots_per_gpu)
+    except PlanError as e:
+        print(f"samsweep: {e}", file=sys.stderr)
+        return 2
+    os.environ.update(slots.env())  # the pool's processes pin themselves (worker/slots.py)
+    print(f"samsweep worker: {slots.slots} slot(s) on "
+          f"{'GPU ' + ', '.join(slots.gpus) if slots.gpus else 'the CPU'}", flush=True)  # fmt: skip
     if args.draw:  # GP's configurations: drawn beside the workers, never in the API
         Drawer(get_settings()).start()
     if args.parent_pid:
@@ -68,7 +77,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     argv = [
         "worker",
         f"--loglevel={args.loglevel}",
-        f"--concurrency={args.concurrency}",
+        f"--concurrency={slots.slots}",
         f"--queues={get_settings().queue}",
         f"--pool={args.pool}",
         f"--hostname=samsweep-{os.getpid()}@%h",
@@ -200,7 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_api)
 
     worker = sub.add_parser("worker", help="a Celery worker that trains trials")
-    worker.add_argument("--concurrency", type=int, default=1, help="slots; one per GPU")
+    worker.add_argument(
+        "--concurrency", type=int, default=None,
+        help="slots (default: one per GPU of --gpus times SAMSWEEP_SLOTS_PER_GPU; 1 on the CPU)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--gpus", default="all", help="all (default), none, or ids as CUDA_VISIBLE_DEVICES takes "
+        "them: 0,2; each slot's process sees only its GPU",
+    )  # fmt: skip
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by `samsweep up`

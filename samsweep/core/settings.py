@@ -31,7 +31,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="root every dataset.path resolves under")
     max_grid_trials: int = Field(2000, ge=1, description="largest grid x seeds accepted")
     device: str = Field("auto", description="worker's torch device: auto | cpu | cuda[:N]")
-    torch_threads: int = Field(0, ge=0, description="CPU threads per trial; 0 = torch's default")
+    torch_threads: int = Field(
+        0, ge=0, description="CPU threads per trial; 0 = the host's cores split between the slots"
+    )
+    slots_per_gpu: int = Field(1, ge=1, le=64, description="a worker's trials on each GPU")
     db_retry_seconds: float = Field(
         300.0, gt=0, description="workers retry database writes this long before giving up"
     )
