@@ -17,6 +17,6 @@ app = make_celery(get_settings(), include=["worker.tasks"])
 @worker_process_init.connect
 def _pin_to_the_slots_gpu(**_: object) -> None:
     """Each pool process sees only its slot's GPU, set before torch is imported."""
-    from billiard.process import current_process
+    from billiard.process import current_process  # type: ignore[import-untyped]
 
     pin(getattr(current_process(), "index", 0) or 0)
