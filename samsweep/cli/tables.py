@@ -253,7 +253,8 @@ def gain_line(g: Group) -> str:
         f" {gain.n_pairs} seed{'s' if gain.n_pairs != 1 else ''}): {100 * gain.mean:+.2f} pp"
     )
     if gain.ci_low is None or gain.ci_high is None:
-        line = head + " (one pair: no interval)"
+        why = "one pair" if gain.n_pairs < 2 else "every pair differs alike"
+        line = head + f" ({why}: no interval)"
     else:
         verdict = "excludes zero" if gain.excludes_zero else "includes zero: not significant"
         line = f"{head}, 95% CI [{100 * gain.ci_low:+.2f}, {100 * gain.ci_high:+.2f}]: {verdict}"

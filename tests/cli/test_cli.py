@@ -327,3 +327,20 @@ def test_the_official_archive_is_checked_against_its_published_md5(tmp_path):
     _verify(part, replace(official, digest=hashlib.md5(b"some bytes").hexdigest()))
     with pytest.raises(Refused, match="not the published c58f3010"):
         _verify(part, official)
+
+
+# docs/cli.md "Existing studies, from the terminal": a gain without an interval says why (one
+# pair, or every pair moved by the same step, as accuracies in steps of 1/N often do)
+def test_a_gain_without_an_interval_says_why():
+    from samsweep.cli.tables import gain_line
+    from samsweep.core.report import Gain, Group
+
+    def line(n: int) -> str:
+        gain = Gain(mean=0.01, std=None if n == 1 else 0.0, n_pairs=n, seeds=list(range(n)),
+                    ci_low=None, ci_high=None, excludes_zero=None)  # fmt: skip
+        group = Group(base_optimizer="sgd", batch_size=32, sam_variant="sam", m=None,
+                      rows=[], selected_rho=0.05, gain=gain)  # fmt: skip
+        return gain_line(group)
+
+    assert line(1).endswith("+1.00 pp (one pair: no interval)")
+    assert line(2).endswith("+1.00 pp (every pair differs alike: no interval)")
