@@ -330,7 +330,7 @@ def best_lines(best: Best) -> list[str]:
         counts = ", ".join(f"{v} {k.lower()}" for k, v in best.counts.items() if v)
         out.append(f"no complete trial yet ({counts})")
     else:
-        kind = c.cell.method
+        kind = method(c.model_dump())  # with its lr and weight decay where they vary
         m = c.metrics
         out.append(
             f"best cell by mean {best.objective} over {c.n} seed{'s' if c.n != 1 else ''}:"

@@ -185,6 +185,8 @@ class BestCell(_Wire):
     m: int | None
     lr: float | None = Field(None, description="where train.lr is a grid axis")
     weight_decay: float | None = Field(None, description="where train.weight_decay is an axis")
+    sam_start: float | None = Field(None, description="SAM late, where it is an axis")
+    sam_every: int | None = Field(None, description="SAM every k-th step, where it is an axis")
     n: int = Field(description="complete trials (seeds) the mean is over")
     seeds: list[int]
     objective: Stat = Field(description="the study's objective, mean ± std over seeds")

@@ -344,3 +344,21 @@ def test_a_gain_without_an_interval_says_why():
 
     assert line(1).endswith("+1.00 pp (one pair: no interval)")
     assert line(2).endswith("+1.00 pp (every pair differs alike: no interval)")
+
+
+# docs/cli.md: the best cell names its learning rate and weight decay where the grid varies
+# them (the CIFAR grid's best line read "rho 0" and left out its lr)
+def test_the_best_cell_names_its_train_setting():
+    from samsweep.cli.tables import best_lines
+    from samsweep.core.wire import Best
+
+    stat = {"mean": 0.5, "std": 0.01, "n": 2}
+    best = Best.model_validate({
+        "study_id": "s", "objective": "val_accuracy", "selected_on_test": False,
+        "status": "complete", "counts": {"COMPLETE": 2}, "complete": True, "best": None,
+        "cell": {"base_optimizer": "sgd", "batch_size": 32, "rho": 0.0, "sam_variant": None,
+                 "m": None, "lr": 0.02, "n": 2, "seeds": [0, 1], "objective": stat,
+                 "metrics": {k: stat for k in ("test_accuracy", "train_accuracy", "gap")}},
+    })  # fmt: skip
+    (line,) = best_lines(best)
+    assert "sgd batch 32 rho 0, lr 0.02:" in line, line
