@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
 from samsweep.core.db import Study, Trial, curves_for, utcnow
@@ -275,15 +275,17 @@ def best_means(session: Session, study_ids: list[str]) -> dict[str, float]:
     query: the mean of a cell's complete trials' values, the best per study. A trial's
     value is its objective metric and its cell_key its cell, so this is the report's
     best cell's mean, to the last bits of floating-point summation
-    (tests/service/test_reads.py); studies without a complete trial are absent."""
+    (tests/service/test_reads.py); studies without a complete trial are absent, and so
+    are cells with a pruned trial, as in the report."""
+    complete = (Trial.state == TrialState.COMPLETE) & Trial.value.is_not(None)
     cells = session.execute(
-        select(Trial.study_id, func.avg(Trial.value))
+        select(Trial.study_id, func.avg(case((complete, Trial.value))))
         .where(
-            Trial.study_id.in_(study_ids),
-            Trial.state == TrialState.COMPLETE,
-            Trial.value.is_not(None),
+            Trial.study_id.in_(study_ids), Trial.state.in_([TrialState.COMPLETE, TrialState.PRUNED])
         )
         .group_by(Trial.study_id, Trial.cell_key)
+        # a cell with a pruned trial is never the best (samsweep.core.report._select)
+        .having(func.count().filter(Trial.state == TrialState.PRUNED) == 0)
     ).all()
     best: dict[str, float] = {}
     for sid, mean in cells:

@@ -3,7 +3,8 @@
 # (search-tpe.yaml), one after the other through samsweep's own path (API, embedded broker, two
 # CPU workers of one thread each). Writes what `samsweep run` prints to RESULTS-<study>.txt and
 # every trial (GET /studies/{id}/trials) to trials-<study>.json.
-# Usage: experiments/cifar10-subset/search.sh   (from the repository root, after make setup)
+# Usage: experiments/cifar10-subset/search.sh [STUDY...]   (default: search-grid search-tpe;
+# from the repository root, after make setup)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -14,7 +15,9 @@ port=${PORT:-8766}
 up=$!
 trap 'kill $up 2>/dev/null; wait $up 2>/dev/null' EXIT
 for _ in $(seq 120); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
-for study in search-grid search-tpe; do
+studies=("$@")
+[ ${#studies[@]} -gt 0 ] || studies=(search-grid search-tpe)
+for study in "${studies[@]}"; do
   echo "== $study ($(date -u +%FT%TZ), $(nproc) cores, torch $("$root/.venv/bin/python" -c 'import torch; print(torch.__version__)'))" \
     | tee "$here/RESULTS-$study.txt"
   start=$(date +%s)

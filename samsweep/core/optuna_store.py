@@ -431,6 +431,14 @@ def group_of(params: dict[str, Any]) -> tuple[Any, ...]:
             setting if sam else "baseline")  # fmt: skip
 
 
+def pruning_group(trial: optuna.trial.FrozenTrial) -> tuple[Any, ...]:
+    """The trials a trial is judged against: its group (`group_of`) and its seed. The same
+    seed is the same initialization and data order, so the comparison is paired (as the
+    report's gain is): a configuration is never cut for one unlucky seed against another
+    configuration's lucky one."""
+    return (*group_of(trial.params), trial.user_attrs.get("seed"))
+
+
 class _GroupStorage:
     """A view of a storage whose studies hold only the trials of one pruning group: what
     the pruner reads through `study.get_trials` (Hyperband's bracket studies included)."""
@@ -440,7 +448,7 @@ class _GroupStorage:
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True, states: Any = None) -> Any:
         trials = self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)
-        return [t for t in trials if group_of(t.params) == self._group]
+        return [t for t in trials if pruning_group(t) == self._group]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._storage, name)
@@ -448,14 +456,14 @@ class _GroupStorage:
 
 def should_prune(url: str, study_name: str, spec: StudySpec, trial_id: int, epochs: int) -> bool:
     """Whether the spec's pruner stops Optuna trial `trial_id` at its last reported epoch,
-    judged against the finished trials of its group."""
+    judged against the finished trials of its group and seed (`pruning_group`)."""
     if not spec.pruner.prunes:
         return False
     storage = get_storage(url)
     trial = storage.get_trial(trial_id)
     if trial.last_step is None:
         return False
-    view = cast(optuna.storages.BaseStorage, _GroupStorage(storage, group_of(trial.params)))
+    view = cast(optuna.storages.BaseStorage, _GroupStorage(storage, pruning_group(trial)))
     study = optuna.load_study(study_name=study_name, storage=view)
     return bool(make_pruner(spec, epochs).prune(study, trial))
 

@@ -463,9 +463,11 @@ def _select(
     keys: list[str], rows: dict[str, Row], metric: str, baseline: bool = False
 ) -> str | None:
     """The cell with the highest mean selection metric (ties: the smaller rho; for
-    baselines, the first)."""
+    baselines, the first). A cell with a pruned trial is never selected: its pruner judged
+    it hopeless, and the mean of the seeds it kept would be the lucky ones'."""
     scored = [(rows[k].metrics[metric].mean, 0.0 if baseline else -rows[k].rho, -i, k)
-              for i, k in enumerate(keys) if k in rows]  # fmt: skip
+              for i, k in enumerate(keys) if k in rows
+              and not rows[k].counts.get(TrialState.PRUNED)]  # fmt: skip
     scored = [s for s in scored if s[0] is not None]
     return max(scored)[3] if scored else None
 
@@ -517,11 +519,14 @@ def _large_batch(groups: list[Group]) -> list[LargeBatch]:
 def best_cell(report: Report, metric: str) -> tuple[Group, Row] | None:
     """The grid cell (baseline or SAM) with the highest mean `metric` over seeds; ties go
     to the earlier row (the smaller rho, the smaller batch size). The one definition of
-    the best cell: /best, the curves plot and the index select with it."""
+    the best cell: /best, the curves plot and the index select with it. A cell with a
+    pruned trial is not a candidate (`_select`)."""
     best: tuple[float, Group, Row] | None = None
     for g in report.groups:
         for row in g.rows:
             mean = row.metrics[metric].mean
+            if row.counts.get(TrialState.PRUNED):
+                continue
             if mean is not None and (best is None or mean > best[0]):
                 best = (mean, g, row)
     return None if best is None else (best[1], best[2])

@@ -59,15 +59,15 @@ BAD = [0.1] * EPOCHS
 def test_a_trial_below_its_groups_median_is_pruned_from_the_grace_epoch_on(url):
     s = spec()
     optuna_store.create_optuna_study(url, "s", "id", s)
-    for seed in (0, 1):
-        run(url, s, point(seed=seed), GOOD, seed)
+    for i in (0, 1):  # two configurations' seed 0 (the pruner pairs by seed)
+        run(url, s, point(), GOOD, i)
     grace = s.pruner.grace(EPOCHS, 0.0)
     assert grace == 5  # half the epochs
-    early = run(url, s, point(seed=2), BAD[: grace - 1], 2, complete=False)
+    early = run(url, s, point(), BAD[: grace - 1], 2, complete=False)
     assert not optuna_store.should_prune(url, "s", s, early, EPOCHS)
-    bad = run(url, s, point(seed=3), BAD[:grace], 3, complete=False)
+    bad = run(url, s, point(), BAD[:grace], 3, complete=False)
     assert optuna_store.should_prune(url, "s", s, bad, EPOCHS)
-    good = run(url, s, point(seed=4), GOOD[:grace], 4, complete=False)
+    good = run(url, s, point(), GOOD[:grace], 4, complete=False)
     assert not optuna_store.should_prune(url, "s", s, good, EPOCHS)
 
 
@@ -80,8 +80,8 @@ def test_a_trial_below_its_groups_median_is_pruned_from_the_grace_epoch_on(url):
 def test_a_trial_is_judged_only_within_its_group(url, name, other):
     s = spec({"name": name, "startup_trials": 2, "min_epochs": 2})
     optuna_store.create_optuna_study(url, "s", "id", s)
-    for seed in range(6):
-        run(url, s, point(seed=seed), GOOD, seed)
+    for i in range(6):  # six configurations' seed 0, as `other` (the pruner pairs by seed)
+        run(url, s, point(), GOOD, i)
     same_group = other.rho == 0.2  # another rho: the same batch size, optimizer and SAM
     slow = run(url, s, other, [], 10, complete=False)
     decisions = []  # Hyperband decides at its rungs only: ask at every epoch
@@ -131,3 +131,38 @@ def test_a_pruner_without_held_out_data_or_with_a_bad_setting_is_refused(change,
         StudySpec.model_validate(raw)
     text = str(e.value)
     assert message in text or message.replace(".", "\n  ", 1) in text
+
+
+# docs/spec.md "Pruning": a trial is judged against the same seed's trials of its group (the
+# same initialization and data order: a paired comparison), never another seed's
+def test_a_trial_is_judged_only_against_its_own_seed(url):
+    s = spec()
+    optuna_store.create_optuna_study(url, "s", "id", s)
+    for i in range(3):  # seed 0 of three good configurations
+        run(url, s, point(seed=0), GOOD, i)
+    other_seed = run(url, s, point(seed=1), BAD[:6], 10, complete=False)
+    assert not optuna_store.should_prune(url, "s", s, other_seed, EPOCHS)  # nothing to pair
+    same_seed = run(url, s, point(seed=0), BAD[:6], 11, complete=False)
+    assert optuna_store.should_prune(url, "s", s, same_seed, EPOCHS)
+
+
+# docs/report.md "Pruned trials": a configuration with a pruned seed is never selected, nor the
+# best cell: the mean of the seeds the pruner left would be the lucky ones'
+def test_a_configuration_with_a_pruned_seed_is_never_selected():
+    from samsweep.core.report import TrialRecord, best_cell, build_report
+    from samsweep.core.states import TrialState
+
+    s = spec()
+    records = []
+    for n, p in enumerate(t for t in s.trials() if t.batch_size == 16):
+        lucky = p.rho == 0.05 and p.sam_start is None
+        state = TrialState.PRUNED if lucky and p.seed == 0 else TrialState.COMPLETE
+        value = 0.99 if lucky else 0.5 + 0.1 * p.rho
+        metrics = {k: value for k in ("val_accuracy", "test_accuracy", "train_accuracy")}
+        records.append(TrialRecord(p, state, None if state == TrialState.PRUNED else metrics,
+                                   number=n))  # fmt: skip
+    report = build_report(s, records)
+    plain = next(g for g in report.groups if g.sam_start is None)
+    assert plain.selected_rho is None  # its one SAM cell lost a seed to the pruner
+    _, row = best_cell(report, "val_accuracy")
+    assert not row.counts.get("PRUNED") and row.metrics["val_accuracy"].mean < 0.99
