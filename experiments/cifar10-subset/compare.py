@@ -4,7 +4,8 @@ the full grid (search-grid.yaml) against TPE with the median pruner over the sam
 batches, and the trials' own seconds), the configuration selected by mean validation
 accuracy over seeds (baseline and SAM alike), and its test accuracy, mean ± std.
 
-Run: .venv/bin/python experiments/cifar10-subset/compare.py
+Run: .venv/bin/python experiments/cifar10-subset/compare.py [STUDY...]
+(default: search-grid search-tpe; the earlier TPE runs are search-tpe-run1, -run2)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -71,22 +73,21 @@ def summary(study: str) -> dict:
     }
 
 
-def main() -> None:
-    rows = [summary("search-grid"), summary("search-tpe")]
-    print(f"{'study':<12} {'configs':>7} {'trials':>6} {'pruned':>6} {'passes':>9} "
+def main(studies: list[str]) -> None:
+    rows = [summary(s) for s in studies or ["search-grid", "search-tpe"]]
+    print(f"{'study':<16} {'configs':>7} {'trials':>6} {'pruned':>6} {'passes':>9} "
           f"{'CPU h':>6}  selected (by mean val over 2 seeds)          test %")  # fmt: skip
     for r in rows:
         sel = r["selected"]
         name = f"rho {sel['rho']:.3g}, lr {sel['lr']:.3g}"
-        print(f"{r['study']:<12} {r['configurations']:>7} {r['trials']:>6} {r['pruned']:>6} "
+        print(f"{r['study']:<16} {r['configurations']:>7} {r['trials']:>6} {r['pruned']:>6} "
               f"{r['passes']:>9} {r['cpu_hours']:>6.2f}  {name:<22} val {100 * r['val']:5.2f}%"
               f"   {100 * r['test_mean']:5.2f} ± {100 * r['test_std']:.2f}")  # fmt: skip
-    grid, tpe = rows
-    print(
-        f"TPE + pruning spent {tpe['passes'] / grid['passes']:.0%} of the grid's passes "
-        f"({tpe['cpu_hours'] / grid['cpu_hours']:.0%} of its CPU time)"
-    )
+    grid = rows[0]
+    for tpe in rows[1:]:
+        print(f"{tpe['study']} spent {tpe['passes'] / grid['passes']:.0%} of the grid's passes "
+              f"({tpe['cpu_hours'] / grid['cpu_hours']:.0%} of its CPU time)")  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
