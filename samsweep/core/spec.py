@@ -388,8 +388,9 @@ class SamplerSpec(_Strict):
 
 class PrunerSpec(_Strict):
     """Stopping hopeless trials early (docs/spec.md "Pruning"): each epoch's validation
-    accuracy is compared only with trials of the same batch size, base optimizer and SAM
-    setting, and never before `min_epochs` (SAM's benefit shows late in training)."""
+    accuracy is compared only with trials of the same batch size, base optimizer, SAM
+    setting and seed, and never before `min_epochs` (SAM's benefit shows late in
+    training)."""
 
     name: Literal["none", "median", "hyperband"] = "none"
     min_epochs: int | None = Field(
@@ -397,8 +398,8 @@ class PrunerSpec(_Strict):
         "the warm-up plus half the epochs (rounded up)"
     )  # fmt: skip
     startup_trials: int = Field(
-        5, ge=1, le=10_000, description="median: finished trials of the same group before "
-        "any of that group is pruned"
+        5, ge=1, le=10_000, description="median: finished trials of the same group and seed "
+        "before any of them is pruned"
     )  # fmt: skip
 
     @property
