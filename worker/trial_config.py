@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from samsweep.core.admission import contained_dataset_dir
-from samsweep.core.spec import TRAIN_AXES, StudySpec, TrialParams
+from samsweep.core.spec import SCHEDULE_DEFAULTS, TRAIN_AXES, StudySpec, TrialParams
 from trainer import DatasetConfig, ModelConfig, SharpnessConfig, TrainConfig, TrialConfig
 
 
@@ -33,7 +33,9 @@ def trial_config(
         path = str(contained_dataset_dir(data_dir, spec.dataset.name, spec.dataset.path))
     point = params.model_dump(exclude=set(TRAIN_AXES))
     # None is plain SAM's schedule (and the baseline's): from step 0, every step
-    point.update(sam_start=params.sam_start or 0.0, sam_every=params.sam_every or 1)
+    point.update(
+        {n: plain if point[n] is None else point[n] for n, plain in SCHEDULE_DEFAULTS.items()}
+    )
     # a train setting that is a grid axis (a list in the spec) takes this trial's value
     train = {**spec.train.model_dump(), **dict(params.cell.settings)}
     return TrialConfig(

@@ -32,6 +32,7 @@ from samsweep.core.spec import (
     RHO_MAX,
     SAM_EVERY_MAX,
     SCHEDULE_AXES,
+    SCHEDULE_DEFAULTS,
     TRAIN_AXES,
     WEIGHT_DECAY_MAX,
     Range,
@@ -127,8 +128,6 @@ def grant_read_only(db_url: str, role: str, password: str) -> None:
 # The grid axes are Optuna params. The seed is not a hyperparameter (optuna-dashboard's
 # importance would rank it beside batch size): it is a user attribute.
 AXES = ("rho", "batch_size", "base_optimizer", "sam_variant", "m")
-# SAM late and every k when they are plain SAM (a trial then carries None for them)
-SCHEDULE_DEFAULTS: dict[str, float | int] = {"sam_start": 0.0, "sam_every": 1}
 # How a study's axes are recorded, kept on the Optuna study (user attribute): 2 = the
 # ranges any spec allows, so a study that grows (PATCH) keeps one distribution per param
 # (Optuna refuses a categorical whose choices change: "does not support dynamic value

@@ -90,9 +90,11 @@ def _unique(values: list[Any]) -> list[Any]:
 T = TypeVar("T")
 # The train settings that may be grid axes (a list in the spec); a trial carries its value.
 TRAIN_AXES = ("lr", "weight_decay")
-# SAM's schedule within a run (search axes of SAM trials): carried only where it is not
-# plain SAM (sam_start 0, sam_every 1), so such trials keep their params and cell keys.
-SCHEDULE_AXES = ("sam_start", "sam_every")
+# SAM's schedule within a run (search axes of SAM trials) and its plain-SAM values: a
+# trial carries them only where they differ (None otherwise), so plain SAM trials keep
+# their params and cell keys.
+SCHEDULE_DEFAULTS: dict[str, float | int] = {"sam_start": 0.0, "sam_every": 1}
+SCHEDULE_AXES = tuple(SCHEDULE_DEFAULTS)
 # A train setting given as a list: a grid axis, each value once.
 Axis = Annotated[list[T], Field(min_length=1, max_length=MAX_AXIS), AfterValidator(_unique)]
 
@@ -652,12 +654,12 @@ def sam_schedule(sam_start: float | None, sam_every: int | None) -> str:
 def sam_start_value(start: float) -> float | None:
     """A trial's sam_start as it carries it: None for 0 (SAM throughout), so plain SAM
     cells keep the params and keys they always had."""
-    return start or None
+    return None if start == SCHEDULE_DEFAULTS["sam_start"] else start
 
 
 def sam_every_value(every: int) -> int | None:
     """A trial's sam_every as it carries it: None for 1 (every step is SAM's)."""
-    return every if every > 1 else None
+    return None if every == SCHEDULE_DEFAULTS["sam_every"] else every
 
 
 def train_setting(lr: float | None, weight_decay: float | None) -> str:
