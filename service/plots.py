@@ -64,7 +64,7 @@ from samsweep.core.report import (  # noqa: E402
     best_cell,
     complete_trials,
 )
-from samsweep.core.spec import sam_setting  # noqa: E402
+from samsweep.core.spec import TrialParams, sam_setting  # noqa: E402
 from samsweep.core.states import TrialState  # noqa: E402
 
 KINDS = ("rho", "gap", "heatmap", "sharpness", "curves", "history", "importance")
@@ -403,8 +403,8 @@ def _history(fig: Figure, trials: Sequence[TrialRecord], objective: str) -> None
         mine = [t for t in done if (t.params.rho == 0) == baseline]
         if not mine:
             continue
-        xs = [t.number for t in _thin_list(mine)]
-        ys = [float((t.metrics or {})[objective]) for t in _thin_list(mine)]
+        xs, ys = zip(*_thin([(t.number, float((t.metrics or {})[objective])) for t in mine]),
+                     strict=True)  # fmt: skip
         ax.scatter(xs, ys, color=color, s=16, alpha=0.7, label=f"{name} trials")
         best = list(itertools.accumulate(ys, max))
         ax.step(xs, best, where="post", color=color, linewidth=1.4, label=f"{name}: best so far")
@@ -415,10 +415,6 @@ def _history(fig: Figure, trials: Sequence[TrialRecord], objective: str) -> None
     extra = f"; {pruned} pruned" if pruned else ""
     ax.set_title(f"Optimization history ({len(done)} complete trials{extra})")
     ax.legend(loc="lower right", fontsize=8)
-
-
-def _thin_list(items: list[TrialRecord]) -> list[TrialRecord]:
-    return [t for t, _ in _thin([(t, None) for t in items])]
 
 
 MIN_IMPORTANCE_TRIALS = 4
@@ -435,8 +431,7 @@ def importances(trials: Sequence[TrialRecord], objective: str) -> dict[str, floa
             and (t.metrics or {}).get(objective) is not None]  # fmt: skip
     if len(done) < MIN_IMPORTANCE_TRIALS:
         return {}
-    names = [n for n in ("rho", "lr", "weight_decay", "batch_size", "base_optimizer",
-                         "sam_variant", "m", "sam_start", "sam_every")]  # fmt: skip
+    names = [n for n in TrialParams.model_fields if n != "seed"]  # every searched param
     values = {n: [getattr(t.params, n) for t in done] for n in names}
     varied = [n for n in names if len(set(values[n])) > 1 and None not in values[n]]
     if not varied:

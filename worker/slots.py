@@ -62,11 +62,10 @@ def plan(gpus: str, concurrency: int | None, visible: list[str], per_gpu: int = 
         if unknown:
             raise PlanError(f"--gpus {gpus}: no GPU {', '.join(unknown)} on this host "
                             f"(visible: {', '.join(visible) or 'none'})")  # fmt: skip
-    per_slot = [g for g in chosen for _ in range(per_gpu)]
-    slots = concurrency or len(per_slot) or 1
     if concurrency is not None and concurrency < 1:
         raise PlanError("--concurrency must be at least 1")
-    return Plan(per_slot, slots)
+    per_slot = [g for g in chosen for _ in range(per_gpu)]
+    return Plan(per_slot, concurrency or len(per_slot) or 1)
 
 
 def slot_gpu(index: int, env: dict[str, str] | None = None) -> str | None:

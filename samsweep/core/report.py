@@ -95,6 +95,12 @@ class Row(BaseModel):
     errors: list[str] = Field(description="reasons of failed or infeasible trials")
     metrics: dict[str, Stat] = Field(description=f"each of {', '.join(METRICS)}")
 
+    @property
+    def pruned(self) -> bool:
+        """A seed of it was pruned: never selected, nor the best cell (the seeds left would
+        be the lucky ones)."""
+        return bool(self.counts.get(TrialState.PRUNED))
+
 
 class Gain(BaseModel):
     """SAM at the selected rho minus the baseline, test accuracy, paired by seed."""
@@ -467,7 +473,7 @@ def _select(
     it hopeless, and the mean of the seeds it kept would be the lucky ones'."""
     scored = [(rows[k].metrics[metric].mean, 0.0 if baseline else -rows[k].rho, -i, k)
               for i, k in enumerate(keys) if k in rows
-              and not rows[k].counts.get(TrialState.PRUNED)]  # fmt: skip
+              and not rows[k].pruned]  # fmt: skip
     scored = [s for s in scored if s[0] is not None]
     return max(scored)[3] if scored else None
 
@@ -525,7 +531,7 @@ def best_cell(report: Report, metric: str) -> tuple[Group, Row] | None:
     for g in report.groups:
         for row in g.rows:
             mean = row.metrics[metric].mean
-            if row.counts.get(TrialState.PRUNED):
+            if row.pruned:
                 continue
             if mean is not None and (best is None or mean > best[0]):
                 best = (mean, g, row)
