@@ -6,15 +6,8 @@
 # Usage: experiments/cifar10-subset/search.sh [STUDY...]   (default: search-grid search-tpe;
 # from the repository root, after make setup)
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-state=$(mktemp -d)
-export SAMSWEEP_STATE_DIR=$state SAMSWEEP_DATA_DIR=$root/../shared/data SAMSWEEP_TORCH_THREADS=1
 port=${PORT:-8766}
-"$root/.venv/bin/samsweep" up --port "$port" --concurrency 2 >"$state/up.log" 2>&1 &
-up=$!
-trap 'kill $up 2>/dev/null; wait $up 2>/dev/null' EXIT
-for _ in $(seq 120); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
+source "$(dirname "$0")/serve.sh"  # the server: $here, $root, $state
 studies=("$@")
 [ ${#studies[@]} -gt 0 ] || studies=(search-grid search-tpe)
 for study in "${studies[@]}"; do
