@@ -54,8 +54,10 @@ test: lint test-quick
 	bash scripts/browser.sh
 	$(PY) -m pytest -q -m e2e $(PYTEST_ARGS) $(NONE_SELECTED_IS_OK)
 
+# The training fast path (benchmarks/fast_path.py): writes benchmarks/results/<device>-<date>.json.
+# The same command on a GPU host measures the CUDA path (the full matrix, a real 50 000-image epoch).
 bench: setup
-	$(PY) benchmarks/sam_step.py
+	$(PY) -m benchmarks.fast_path
 
 # The API's door and read load on a real uvicorn, and the per-epoch write (PostgreSQL and
 # Redis as for the tests; the load benchmark needs wrk: apt-get install wrk).

@@ -46,7 +46,7 @@ from functools import partial
 
 import torch
 
-from trainer.config import DatasetConfig, ModelConfig, TrialConfig
+from trainer.config import DatasetConfig, ModelConfig, TrainConfig, TrialConfig
 from trainer.models import build_model
 from trainer.sam import SAM
 from trainer.steps import StepOptions, base_step, build_base_optimizer, sam_step
@@ -94,20 +94,27 @@ class OptimizerTimer:
         return wrapper
 
 
-def make_steps(name: str, channels: int, size: int, device: torch.device):
-    """(base step, SAM step, SAM's optimizer timer), same init for both models."""
-    config = TrialConfig(
-        dataset=DatasetConfig(name="synthetic"),
-        model=ModelConfig(name=name),
-        rho=0.05,
-        device=str(device),
-    )
+def make_steps(
+    name: str,
+    channels: int,
+    size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    compile: bool = False,
+):
+    """(base step, SAM step, SAM's optimizer timer), same init for both models, each as
+    the trainer runs it on ``device`` (build_step's options: fused optimizer and NHWC on
+    CUDA, autocast for bf16, the compiled module with ``compile``)."""
+    config = step_config(name, device, precision, compile)
     steps = []
     for _ in range(2):
         torch.manual_seed(0)
         model = build_model(name, channels, 10, size).to(device).train()
+        if config.uses_channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         options = StepOptions.for_model(model, config)  # what build_step would use
-        steps.append((model, build_base_optimizer(model, config), options))
+        net = torch.compile(model) if compile else model
+        steps.append((net, build_base_optimizer(model, config), options))
     (base_model, base_opt, base_options), (sam_model, sam_opt, sam_options) = steps
     sam = SAM(sam_opt, rho=config.rho)
     timer = OptimizerTimer(sam, device)
@@ -116,6 +123,24 @@ def make_steps(name: str, channels: int, size: int, device: torch.device):
         partial(sam_step, sam_model, sam, sam_options),
         timer,
     )
+
+
+def step_config(name: str, device: torch.device, precision: str, compile: bool) -> TrialConfig:
+    return TrialConfig(
+        dataset=DatasetConfig(name="synthetic"),
+        model=ModelConfig(name=name),
+        train=TrainConfig(precision=precision, compile=compile),
+        rho=0.05,
+        device=str(device),
+    )
+
+
+def batch(channels: int, size: int, n: int, config: TrialConfig) -> tuple[torch.Tensor, ...]:
+    """A random batch (the cost does not depend on the data), laid out as the trainer would."""
+    x = torch.randn(n, channels, size, size, device=config.device)
+    if config.uses_channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, 10, (n,), device=config.device)
 
 
 def run_block(step, x, y, repeat: int, device: torch.device) -> float:
@@ -136,11 +161,16 @@ def share_block(sam, timer: OptimizerTimer, x, y, repeat: int, device: torch.dev
     return timer.total / (per_step * repeat)
 
 
-def bench_case(case: tuple[str, int, int, int], rounds: int, device: torch.device) -> dict:
-    name, channels, size, batch = case
-    base, sam, timer = make_steps(name, channels, size, device)
-    x = torch.randn(batch, channels, size, size, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
+def bench_case(
+    case: tuple[str, int, int, int],
+    rounds: int,
+    device: torch.device,
+    precision: str = "fp32",
+    compile: bool = False,
+) -> dict:
+    name, channels, size, n = case
+    base, sam, timer = make_steps(name, channels, size, device, precision, compile)
+    x, y = batch(channels, size, n, step_config(name, device, precision, compile))
     for step in (base, sam):
         run_block(step, x, y, WARMUP_STEPS, device)
     repeat = max(1, round(BLOCK_SECONDS / run_block(base, x, y, 1, device)))
@@ -161,7 +191,9 @@ def bench_case(case: tuple[str, int, int, int], rounds: int, device: torch.devic
     return {
         "model": name,
         "input": f"{channels}x{size}x{size}",
-        "batch": batch,
+        "batch": n,
+        "precision": precision,
+        "compile": compile,
         "base_ms": base_ms,
         "sam_ms": sam_ms,
         "ratio": statistics.median(ratios),

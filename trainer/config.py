@@ -63,6 +63,9 @@ class TrainConfig:
     # "double": a base-optimizer run (rho = 0) trains 2 x epochs, SAM's compute (two
     # passes a step) for the equal-compute comparison of the SAM literature
     baseline_epochs: str = "same"
+    # torch.compile the training step's forward/backward (evaluation and the sharpness
+    # measurement stay eager); the same numbers up to floating-point reassociation
+    compile: bool = False
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def load_dataset(
     """The dataset ``name`` prepared for one trial (see the module docstring)."""
     if not 0.0 <= label_noise < 1.0:
         raise ValueError(f"label_noise must be in [0, 1), got {label_noise}")
-    prepared = _prepare(name, _path_key(name, path), val_fraction, str(torch.device(device)))
+    prepared = _prepare(name, _path_key(name, path), val_fraction, device_key(device))
     clean = prepared.train_y
     noisy = None
     if label_noise > 0:
@@ -144,6 +144,21 @@ def train_size(name: str, path: str | None = None, val_fraction: float = 0.0) ->
     """Number of training examples a trial trains on (after the validation split)."""
     n = len(_load_raw(name, _path_key(name, path)).train_y)
     return n - val_count(n, val_fraction)
+
+
+def clear_cache() -> None:
+    """Drop the prepared (uploaded) datasets: a process that shares its GPU with others
+    frees the device memory between trials; the raw arrays stay cached in host memory."""
+    _prepare.cache_clear()
+
+
+def device_key(device: str | torch.device) -> str:
+    """One name per device: "cuda" is the current CUDA device, so "cuda" and "cuda:0"
+    share one cached upload instead of holding two copies of the dataset."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
 
 
 def _path_key(name: str, path: str | None) -> str | None:

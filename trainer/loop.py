@@ -223,6 +223,10 @@ def fit(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResu
 def _setup(config: TrialConfig) -> _Run:
     """Data, model, optimizer, schedule, generators: everything seeded, nothing run."""
     shuffle = seed_everything(config.seed)
+    if config.device.startswith("cuda"):
+        # cuDNN picks the fastest convolution algorithm per shape; a trial's batches
+        # have two shapes (full and the epoch's last), so it searches twice
+        torch.backends.cudnn.benchmark = True
     data = load_dataset(
         config.dataset.name,
         config.dataset.path,

@@ -331,6 +331,9 @@ class TrainSpec(_Strict):
     baseline_epochs: Literal["same", "double"] = Field(
         "same", description="double: the baseline (rho = 0) trains 2 x epochs, SAM's compute"
     )
+    compile: bool = Field(
+        False, description="torch.compile the training step (evaluation stays eager)"
+    )
 
     _lr_number_or_axis = field_validator("lr", mode="before")(_number_or_axis(LearningRate).func)
     _wd_number_or_axis = field_validator("weight_decay", mode="before")(
