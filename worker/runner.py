@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +24,7 @@ from worker.claim import Claim, claim, finish, write_claimed
 from worker.device import is_out_of_memory, resolve_device
 from worker.heartbeat import Heartbeat
 from worker.outcome import Outcome, public_error, public_text
+from worker.packing import CudaProbe, Ledger, Packer, memory_key
 from worker.recorder import Stop, TrialRecorder
 from worker.retry import DATABASE_DOWN, with_db_retry
 from worker.slots import threads_for_this_slot
@@ -104,6 +106,36 @@ def _run_claimed(c: Claim, settings: Settings, sessions: sessionmaker[Session]) 
         heartbeat.stopped.set()
 
 
+def packer_for(settings: Settings, device: str) -> Packer | None:
+    """This slot's share of its GPU when several slots share one (worker/packing.py)."""
+    if not device.startswith("cuda") or settings.slots_per_gpu == 1:
+        return None
+    ledger = Ledger(settings.state_dir / "gpus", os.environ.get("CUDA_VISIBLE_DEVICES", "0"))
+    return Packer(ledger, CudaProbe(), settings.slots_per_gpu, settings.gpu_slots)
+
+
+def _fit(
+    config: trainer.TrialConfig, c: Claim, recorder: TrialRecorder, packer: Packer | None
+) -> trainer.TrialResult:
+    """Train, alone on the device or packed beside other slots' trials: a trial that runs
+    out of memory while sharing its GPU is re-run alone from its last checkpoint."""
+    if packer is None:
+        return trainer.fit(config, on_epoch=recorder.on_epoch)
+    packer.admit(memory_key(config), c.trial_id)
+    try:
+        try:
+            return trainer.fit(config, on_epoch=packer.watching(recorder.on_epoch))
+        except Exception as e:
+            if not (is_out_of_memory(e) and packer.sharing):
+                raise
+            log.warning("trial %s ran out of memory beside other trials: re-run alone", c.trial_id)
+        # out of the except block: the failed run's frames (and their tensors) are gone
+        packer.rerun_alone(c.trial_id)
+        return trainer.fit(config, on_epoch=packer.watching(recorder.on_epoch))
+    finally:
+        packer.release()
+
+
 def _train(c: Claim, settings: Settings, recorder: TrialRecorder) -> Outcome:
     ckpt = checkpoint_path(settings, c)
     device = settings.device
@@ -114,7 +146,7 @@ def _train(c: Claim, settings: Settings, recorder: TrialRecorder) -> Outcome:
         config = trial_config(
             c.spec, c.params, data_dir=settings.data_dir, device=device, checkpoint_path=ckpt
         )
-        result = trainer.fit(config, on_epoch=recorder.on_epoch)
+        result = _fit(config, c, recorder, packer_for(settings, device))
     except Stop as e:
         if e.outcome is Outcome.DELETED:  # the API removed the study's checkpoints already,
             remove_checkpoint(ckpt)  # perhaps before this epoch's was written

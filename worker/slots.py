@@ -84,6 +84,14 @@ def pin(index: int) -> str | None:
     return gpu
 
 
+def mps_active(env: dict[str, str] | None = None) -> bool:
+    """Whether NVIDIA's Multi-Process Service runs for this worker: its control pipe in
+    `CUDA_MPS_PIPE_DIRECTORY` (default /tmp/nvidia-mps), where CUDA's clients look for it."""
+    pipes = (os.environ if env is None else env).get("CUDA_MPS_PIPE_DIRECTORY")
+    pipe = os.path.join(pipes or "/tmp/nvidia-mps", "control")
+    return os.path.exists(pipe)
+
+
 def cpu_threads(slots: int, cores: int | None = None) -> int:
     """Threads for one slot's trial on the CPU: the host's cores split between the slots
     (two slots on two cores each taking both run several times slower than one)."""

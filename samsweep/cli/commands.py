@@ -60,16 +60,18 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.app import app
     from worker.drawer import Drawer
-    from worker.slots import PlanError, plan, visible_gpus
+    from worker.slots import PlanError, mps_active, plan, visible_gpus
 
     try:  # the slots: one per visible GPU (counted without torch), or one on the CPU
-        slots = plan(args.gpus, args.concurrency, visible_gpus(), get_settings().slots_per_gpu)
+        slots = plan(args.gpus, args.concurrency, visible_gpus(), get_settings().gpu_slots)
     except PlanError as e:
         print(f"samsweep: {e}", file=sys.stderr)
         return 2
     os.environ.update(slots.env())  # the pool's processes pin themselves (worker/slots.py)
     print(f"samsweep worker: {slots.slots} slot(s) on "
           f"{'GPU ' + ', '.join(slots.gpus) if slots.gpus else 'the CPU'}", flush=True)  # fmt: skip
+    if slots.gpus:  # processes sharing a GPU run their kernels at once only under MPS
+        print(f"samsweep worker: CUDA MPS: {'on' if mps_active() else 'off'}", flush=True)
     if args.draw:  # GP's configurations: drawn beside the workers, never in the API
         Drawer(get_settings()).start()
     if args.parent_pid:
@@ -106,8 +108,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         "-m",
         "samsweep.cli",
         "worker",
-        f"--concurrency={args.concurrency}",
         f"--parent-pid={os.getpid()}",
+        # the worker's own default otherwise: one slot per GPU (SAMSWEEP_SLOTS_PER_GPU each)
+        *([f"--concurrency={args.concurrency}"] if args.concurrency else []),
     ]
     # uvicorn shuts down on SIGTERM, then re-raises it into the handler that was there
     # before it started. With the default handler that kills this process before the
@@ -190,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--state-dir", type=Path, help="where the embedded default keeps its files")
-    up.add_argument("--concurrency", type=int, default=1, help="trials trained at once")
+    up.add_argument(
+        "--concurrency", type=int, default=None,
+        help="trials trained at once (default: the worker's, one slot per GPU; 1 on the CPU)",
+    )  # fmt: skip
     up.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by `samsweep run`
     up.set_defaults(func=cmd_up)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,7 +34,18 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="CPU threads per trial; 0 = the host's cores split between the slots"
     )
-    slots_per_gpu: int = Field(1, ge=1, le=64, description="a worker's trials on each GPU")
+    slots_per_gpu: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        1,
+        description="a worker's trials on each GPU: N, or auto (packed by measured memory, "
+        "up to max_slots_per_gpu)",
+    )
+    max_slots_per_gpu: int = Field(4, ge=1, le=64, description="auto packing's slots per GPU")
+
+    @property
+    def gpu_slots(self) -> int:
+        """Slots per GPU: slots_per_gpu, or max_slots_per_gpu when packing by memory."""
+        return self.max_slots_per_gpu if self.slots_per_gpu == "auto" else self.slots_per_gpu
+
     db_retry_seconds: float = Field(
         300.0, gt=0, description="workers retry database writes this long before giving up"
     )

@@ -42,9 +42,12 @@ and only its declared volumes:
   `service_healthy` (the service's own healthcheck, run here with its container port
   mapped to where it listens; the local server's readiness for a provided service)
   and `service_completed_successfully` (exit status 0) are waited for.
-- GPUs: a service that reserves an nvidia device gets SAMSWEEP_DEVICE=cpu and
-  SAMSWEEP_TORCH_THREADS=1 (no GPU here). This is the only compose value overridden;
-  test speed-ups (`extra_env`) are added only where the service sets nothing.
+- GPUs: the emulated host has `gpus` fake NVIDIA GPUs (default 2). A service that
+  reserves nvidia devices sees the ones it reserved (`count: all`, or `count: N`) as
+  Docker's NVIDIA runtime shows them: through an `nvidia-smi` on its PATH that lists
+  them (`nvidia-smi -L`). No GPU computes here, so it gets SAMSWEEP_DEVICE=cpu and
+  SAMSWEEP_TORCH_THREADS=1: the only compose values overridden; test speed-ups
+  (`extra_env`) are added only where the service sets nothing.
 - not emulated: restart policies (a test restarts a service by calling `start`),
   networks (every service reaches every other by its name, as on Compose's one
   default network), resource limits, the volumes of provided services (the local
@@ -500,8 +503,10 @@ class Emulation:
         admin_redis: str,
         extra_env: dict[str, str] | None = None,
         raw: dict[str, Any] | None = None,
+        gpus: int = 2,
     ):
         self.project_dir = project_dir or compose_file.parent
+        self.gpus = gpus
         self.workdir = workdir
         self.extra_env = dict(extra_env or {})
         raw = raw if raw is not None else yaml.safe_load(compose_file.read_text())
@@ -629,14 +634,30 @@ class Emulation:
                 mounts.append(Mount(self.volumes[source], PurePosixPath(target), ro, source))
         return mounts
 
-    def _gpu(self, service: _Service) -> bool:
+    def _gpu(self, service: _Service) -> int:
+        """How many of the host's GPUs the service reserves (0: none)."""
         deploy = service.spec.get("deploy") or {}
         if set(deploy) - {"resources"} or set(deploy.get("resources", {})) - {"reservations"}:
             raise EmulationError(f"{service.name}: only deploy.resources.reservations is emulated")
         devices = deploy.get("resources", {}).get("reservations", {}).get("devices", [])
-        return any(
-            d.get("driver") == "nvidia" or "gpu" in d.get("capabilities", []) for d in devices
-        )
+        reserved = 0
+        for d in devices:
+            if d.get("driver") == "nvidia" or "gpu" in d.get("capabilities", []):
+                if "device_ids" in d:
+                    raise EmulationError(f"{service.name}: device_ids are not emulated")
+                count = d.get("count", "all")  # Docker's default for a device request
+                reserved += self.gpus if count == "all" else min(int(count), self.gpus)
+        return min(reserved, self.gpus)
+
+    def _fake_nvidia_smi(self, c: Container, gpus: int) -> str:
+        """A directory holding an `nvidia-smi` that lists the container's GPUs."""
+        bin_dir = c.root / ".fake-nvidia"
+        bin_dir.mkdir(exist_ok=True)
+        lines = "\n".join(f"GPU {i}: Emulated GPU (UUID: GPU-emulated-{i})" for i in range(gpus))
+        script = bin_dir / "nvidia-smi"
+        script.write_text(f"#!/bin/sh\nprintf '{lines}\\n'\n")
+        script.chmod(0o755)
+        return str(bin_dir)
 
     # --- rewriting values ------------------------------------------------------------
     def _rewrite_urls(self, value: str) -> str:
@@ -690,7 +711,8 @@ class Emulation:
         compose_env = {k: self._rewrite(v, c) for k, v in _environment(service.spec).items()}
         env.update(compose_env)
         env.update({k: v for k, v in self.extra_env.items() if k not in compose_env})
-        if self._gpu(service):  # no GPU here: the reserved device becomes one CPU thread
+        if gpus := self._gpu(service):  # listed by nvidia-smi, computed on one CPU thread
+            env["PATH"] = f"{self._fake_nvidia_smi(c, gpus)}:{env['PATH']}"
             env.update(SAMSWEEP_DEVICE="cpu", SAMSWEEP_TORCH_THREADS="1")
         c.env = env
         Path(env["HOME"]).mkdir(parents=True, exist_ok=True)

@@ -60,3 +60,10 @@ def test_the_cpu_cores_are_split_between_slots(monkeypatch):
     monkeypatch.setenv(slots.SLOTS, "2")
     assert slots.threads_for_this_slot(0) == cpu_threads(2)
     assert slots.threads_for_this_slot(3) == 3  # SAMSWEEP_TORCH_THREADS wins
+
+
+# docs/deploy.md "CUDA MPS": the worker says whether MPS runs, from its control pipe
+def test_mps_is_on_where_its_control_pipe_is(tmp_path):
+    assert not slots.mps_active({"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path)})
+    (tmp_path / "control").touch()
+    assert slots.mps_active({"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path)})

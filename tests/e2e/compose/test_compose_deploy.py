@@ -7,8 +7,9 @@ postgres and redis images as a fresh database and a dedicated index of the local
 servers, published ports where compose would publish them.
 
 Two things differ from a GPU host, on top of the file, and nothing else does:
-- no GPU here: the worker, which reserves an nvidia device, gets SAMSWEEP_DEVICE=cpu
-  and SAMSWEEP_TORCH_THREADS=1 in place of SAMSWEEP_DEVICE=cuda;
+- no GPU here: the emulated host has two fake GPUs, which the worker (reserving
+  `count: all`) sees through an `nvidia-smi` that lists them, and trains on the CPU:
+  SAMSWEEP_DEVICE=cpu and SAMSWEEP_TORCH_THREADS=1 in place of SAMSWEEP_DEVICE=cuda;
 - speed-ups, added only where the file sets nothing: a heartbeat and a sweep every
   second, a trial lost after 4 s without a heartbeat (SPEEDUPS).
 
@@ -142,6 +143,11 @@ def test_compose_up_trains_cifar_resumes_a_killed_worker_and_keeps_the_dashboard
     t = time.monotonic()
     for trial in wait_complete(api, first, emu, timeout=420):
         assert trial["metrics"]["epochs"] == 1 and trial["metrics"]["device"] == "cpu"
+    # `count: all` reserved the host's two (emulated) GPUs: one slot each, each slot's
+    # process pinned to its own (docs/deploy.md "Slots")
+    log = emu.current("worker").log_path.read_text()
+    assert "2 slot(s) on GPU 0, 1" in log, log[-3000:]
+    assert "pinned to GPU 0" in log and "pinned to GPU 1" in log, log[-3000:]
     timings["CIFAR study, 2 trials x 1 epoch"] = time.monotonic() - t
 
     # A worker container killed mid-trial; a new container of the service (a fresh
