@@ -34,10 +34,10 @@ from trainer import sharpness
 from trainer.augment import Augment, build_augment
 from trainer.checkpoint import (
     VERSION,
+    CheckpointWriter,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
-    save_checkpoint,
 )
 from trainer.config import DivergedError, EpochCallback, EpochMetrics, TrialConfig, TrialResult
 from trainer.data import Dataset, DatasetError, load_dataset
@@ -188,15 +188,37 @@ class _Run:
 def fit(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResult:
     """Train one trial; call ``on_epoch`` after every epoch and let it raise.
 
-    With ``config.checkpoint_path``, a checkpoint is written after every epoch
-    (before ``on_epoch``, so an epoch whose callback raises is not trained again),
-    and a run finding one at the start resumes from it. The file is left in place:
-    the caller decides when a trial is done with it.
+    With ``config.checkpoint_path``, a checkpoint of every epoch is taken before
+    ``on_epoch`` and written in the background while the next epoch trains; fit waits
+    for the write before it returns or raises (so an epoch whose callback raises is
+    not trained again). A process killed meanwhile leaves the epoch before on disk,
+    and the next run trains that one epoch again (the worker's recorder replaces its
+    record). A run finding a checkpoint at the start resumes from it. The file is
+    left in place: the caller decides when a trial is done with it.
     """
     config.validate()
     started = time.perf_counter()
     run = _setup(config)
     resumed_from = _resume(run, config.checkpoint_path) if config.checkpoint_path else None
+    writer = CheckpointWriter()
+    try:
+        _train_epochs(run, config, started, writer, on_epoch)
+        result = _final_result(run, started, resumed_from)  # overlaps the last write
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error in flight is the one to raise
+            writer.wait()  # the last epoch's checkpoint is on disk however fit ends
+        raise
+    writer.wait()
+    return result
+
+
+def _train_epochs(
+    run: _Run,
+    config: TrialConfig,
+    started: float,
+    writer: CheckpointWriter,
+    on_epoch: EpochCallback | None,
+) -> None:
     for epoch in range(len(run.history) + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
         train_loss, train_acc = train_epoch(
@@ -213,11 +235,10 @@ def fit(config: TrialConfig, on_epoch: EpochCallback | None = None) -> TrialResu
         metrics = _epoch_metrics(run, epoch, train_loss, train_acc)
         metrics.seconds = time.perf_counter() - epoch_start
         run.history.append(metrics)
-        if config.checkpoint_path:
-            save_checkpoint(config.checkpoint_path, _checkpoint(run, started))
+        if config.checkpoint_path:  # written while the next epoch trains
+            writer.save(config.checkpoint_path, _checkpoint(run, started))
         if on_epoch is not None:
             on_epoch(metrics)  # may raise to cancel: propagate unchanged
-    return _final_result(run, started, resumed_from)
 
 
 def _setup(config: TrialConfig) -> _Run:

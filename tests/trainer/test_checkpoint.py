@@ -154,3 +154,38 @@ def test_checkpoint_contents_and_atomic_write(tmp_path: Path, monkeypatch) -> No
         fit(config)  # resumes, trains epoch 2, fails to save it
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["c.pt"]
+
+
+# trainer/checkpoint.py CheckpointWriter: the checkpoint is written by a background thread
+# while the next epoch trains, from a copy (the resumed-run test above fails if the copy
+# aliased the live weights), and fit returns only once the last one is on disk
+def test_checkpoints_are_written_while_the_next_epoch_trains(
+    tmp_path: Path, monkeypatch, forwards
+) -> None:
+    import threading
+    import time
+
+    import trainer.checkpoint as checkpoint
+
+    real_save, writes = checkpoint.save_checkpoint, []
+
+    def slow_save(path, state) -> None:
+        seen = len(forwards)
+        deadline = time.monotonic() + 30
+        while len(forwards) == seen and time.monotonic() < deadline and state["epoch"] < 3:
+            time.sleep(0.01)  # until the training thread runs a forward of the next epoch
+        writes.append((state["epoch"], threading.current_thread().name, len(forwards) > seen))
+        real_save(path, state)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", slow_save)
+    path = tmp_path / "c.pt"
+    config = TrialConfig(
+        dataset=DatasetConfig(name="synthetic"),
+        train=TrainConfig(epochs=3),
+        sharpness=SharpnessConfig(samples=0),
+        checkpoint_path=str(path),
+    )
+    result = fit(config)
+    assert [(e, name) for e, name, _ in writes] == [(e, "checkpoint-writer") for e in (1, 2, 3)]
+    assert all(trained for epoch, _, trained in writes if epoch < 3)  # the next epoch ran
+    assert load_checkpoint(path, config)["epoch"] == 3 and result.epochs == 3
