@@ -24,17 +24,22 @@ are drawn beside the workers (it needs torch: worker/drawer.py) and sent from he
 
 The API calls it after a create and every SAMSWEEP_DISPATCH_SECONDS (service/sweeper.py).
 One round at a time per deployment: a PostgreSQL advisory lock held for the round's
-transaction (another API replica skips the round; the lock dies with a killed one), and
-on SQLite a lock per process (the embedded default runs one API). A trial is marked sent
-after the broker took it: a round that dies mid-send leaves the rest unmarked, and the
-next round sends them again, which the worker's claim absorbs if the first message lives.
+transaction (another API process or replica skips the round; the lock dies with a killed
+one), and on SQLite an exclusive flock on a file beside the database, held for the round.
+The periodic rounds run in the deployment's one leading API process (service/leader.py).
+A trial is marked sent after the broker took it: a round that dies mid-send leaves the
+rest unmarked, and the next round sends them again, which the worker's claim absorbs if
+the first message lives.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import heapq
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -48,6 +53,7 @@ from samsweep.core.draws import DRAWN_BY_WORKERS, budgets
 from samsweep.core.queue import enqueue_trial
 from samsweep.core.settings import Settings
 from samsweep.core.states import TrialState
+from service.leader import lock_file
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +182,24 @@ def _with_queued(session: Session, unsent: ColumnElement[bool]) -> list[Candidat
     return [Candidate(*row) for row in rows]
 
 
-def _take_round(session: Session) -> bool:
-    """This deployment's one dispatch round, for the current transaction (PostgreSQL);
-    False if another API process holds it."""
-    if session.get_bind().dialect.name != "postgresql":
-        return True
-    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ROUND_LOCK}))
+@contextlib.contextmanager
+def _take_round(session: Session, settings: Settings) -> Iterator[bool]:
+    """This deployment's one dispatch round: True while this process holds it, False if
+    another API process does. PostgreSQL: an advisory lock for the current transaction;
+    SQLite: an exclusive flock on a file beside the database, for the block."""
+    if session.get_bind().dialect.name == "postgresql":
+        yield bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ROUND_LOCK}))
+        return
+    with open(lock_file(settings, "dispatch.lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def dispatch(session: Session, celery: Celery, settings: Settings) -> int:
@@ -192,51 +210,59 @@ def dispatch(session: Session, celery: Celery, settings: Settings) -> int:
     if not _round.acquire(blocking=False):
         return 0
     try:
-        if not _take_round(session):
-            session.rollback()
-            return 0
-        size, in_flight = window(session, settings)
-        places = size - in_flight
-        picks = choose(candidates(session), places) if places > 0 else []
-        if not picks:
-            session.rollback()
-            return 0
-        ids: list[tuple[str, int]] = []
-        wanted: dict[str, int] = {}
-        for study_id in picks:
-            wanted[study_id] = wanted.get(study_id, 0) + 1
-        found = {s: iter(next_trials(session, settings, s, n)) for s, n in wanted.items()}
-        for study_id in picks:  # in the order chosen: the broker delivers in that order
-            trial_id = next(found[study_id], None)
-            if trial_id is not None:
-                ids.append((study_id, trial_id))
-        sent: list[tuple[str, int]] = []
-        try:
-            with celery.producer_or_acquire() as producer:
-                for study_id, trial_id in ids:
-                    enqueue_trial(celery, settings.queue, trial_id, producer=producer)
-                    sent.append((study_id, trial_id))
-        except Exception as e:  # broker unreachable: the unsent stay unmarked
-            log.warning("could not send %d trial(s): %s", len(ids) - len(sent), e)
-        now = utcnow()
-        if sent:
-            session.execute(
-                update(Trial)
-                .where(Trial.id.in_([t for _, t in sent]), Trial.enqueued_at.is_(None))
-                .values(enqueued_at=now),
-                execution_options={"synchronize_session": False},
-            )
-            session.execute(
-                update(Study).where(Study.id.in_({s for s, _ in sent})).values(dispatched_at=now),
-                execution_options={"synchronize_session": False},
-            )
-        session.commit()
-        return len(sent)
+        with _take_round(session, settings) as ours:
+            return _dispatch_round(session, celery, settings) if ours else _skip(session)
     except Exception:
         session.rollback()
         raise
     finally:
         _round.release()
+
+
+def _skip(session: Session) -> int:
+    session.rollback()
+    return 0
+
+
+def _dispatch_round(session: Session, celery: Celery, settings: Settings) -> int:
+    """The round itself, with the round's lock held."""
+    size, in_flight = window(session, settings)
+    places = size - in_flight
+    picks = choose(candidates(session), places) if places > 0 else []
+    if not picks:
+        session.rollback()
+        return 0
+    ids: list[tuple[str, int]] = []
+    wanted: dict[str, int] = {}
+    for study_id in picks:
+        wanted[study_id] = wanted.get(study_id, 0) + 1
+    found = {s: iter(next_trials(session, settings, s, n)) for s, n in wanted.items()}
+    for study_id in picks:  # in the order chosen: the broker delivers in that order
+        trial_id = next(found[study_id], None)
+        if trial_id is not None:
+            ids.append((study_id, trial_id))
+    sent: list[tuple[str, int]] = []
+    try:
+        with celery.producer_or_acquire() as producer:
+            for study_id, trial_id in ids:
+                enqueue_trial(celery, settings.queue, trial_id, producer=producer)
+                sent.append((study_id, trial_id))
+    except Exception as e:  # broker unreachable: the unsent stay unmarked
+        log.warning("could not send %d trial(s): %s", len(ids) - len(sent), e)
+    now = utcnow()
+    if sent:
+        session.execute(
+            update(Trial)
+            .where(Trial.id.in_([t for _, t in sent]), Trial.enqueued_at.is_(None))
+            .values(enqueued_at=now),
+            execution_options={"synchronize_session": False},
+        )
+        session.execute(
+            update(Study).where(Study.id.in_({s for s, _ in sent})).values(dispatched_at=now),
+            execution_options={"synchronize_session": False},
+        )
+    session.commit()
+    return len(sent)
 
 
 def dispatch_now(db: sessionmaker[Session], celery: Celery, settings: Settings) -> None:

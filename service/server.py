@@ -20,7 +20,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from samsweep.core.settings import Settings
+from samsweep.core.settings import Settings, get_settings
 
 KEEP_ALIVE_SECONDS = 5
 # On SIGTERM, requests in flight get this long to finish; then the server stops anyway
@@ -29,8 +29,16 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 class GuardedH11Protocol(H11Protocol):
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
+    """Its timeouts come from the settings (SAMSWEEP_HEADER_TIMEOUT_SECONDS, ...): uvicorn
+    imports the class by name in each of its worker processes (`--workers N`)."""
+
+    @property
+    def header_timeout(self) -> float:
+        return get_settings().header_timeout_seconds
+
+    @property
+    def body_timeout(self) -> float:
+        return get_settings().body_timeout_seconds
 
     _deadline: asyncio.TimerHandle | None = None
     _waiting_for: object = None  # h11.IDLE (headers) or h11.SEND_BODY (body)
@@ -80,17 +88,10 @@ class GuardedH11Protocol(H11Protocol):
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn.run's keyword arguments for the API under these settings."""
-    protocol = type(
-        "GuardedH11Protocol",
-        (GuardedH11Protocol,),
-        {
-            "header_timeout": settings.header_timeout_seconds,
-            "body_timeout": settings.body_timeout_seconds,
-        },
-    )
+    """uvicorn.run's keyword arguments for the API under these settings (the protocol's
+    timeouts: get_settings(), the same settings in every process)."""
     return {
-        "http": protocol,
+        "http": "service.server:GuardedH11Protocol",
         "limit_concurrency": settings.max_connections,
         "timeout_keep_alive": KEEP_ALIVE_SECONDS,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,

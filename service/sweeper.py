@@ -27,6 +27,7 @@ from samsweep.core.queue import broker_identity, waiting_trial_ids
 from samsweep.core.settings import Settings
 from samsweep.core.states import TrialState
 from service.dispatch import dispatch
+from service.leader import Leadership
 
 log = logging.getLogger(__name__)
 BROKER_IDENTITY = "broker_identity"
@@ -211,19 +212,26 @@ class Failures:
 
 def sweep_forever(settings: Settings, celery: Celery, stop: threading.Event) -> None:
     """The sweep every SAMSWEEP_SWEEP_SECONDS, a dispatch round every
-    SAMSWEEP_DISPATCH_SECONDS in between (one cheap count while the window is full)."""
+    SAMSWEEP_DISPATCH_SECONDS in between (one cheap count while the window is full), in
+    the one API process of the deployment that leads (service/leader.py)."""
     sessions = session_factory(settings.resolved_database_url)
     next_sweep = time.monotonic() + settings.sweep_seconds
     failures = Failures()
-    while not stop.wait(settings.dispatch_seconds):
-        try:
-            with sessions() as session:
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + settings.sweep_seconds
-                    sweep_once(session, celery, settings)
-                else:
-                    dispatch(session, celery, settings)
-        except Exception as e:  # the database may be down for a while: next round
-            failures.failed(e)
-        else:
-            failures.succeeded()
+    leadership = Leadership(settings)
+    try:
+        while not stop.wait(settings.dispatch_seconds):
+            try:
+                if not leadership.hold():  # another API process sweeps and dispatches
+                    continue
+                with sessions() as session:
+                    if time.monotonic() >= next_sweep:
+                        next_sweep = time.monotonic() + settings.sweep_seconds
+                        sweep_once(session, celery, settings)
+                    else:
+                        dispatch(session, celery, settings)
+            except Exception as e:  # the database may be down for a while: next round
+                failures.failed(e)
+            else:
+                failures.succeeded()
+    finally:
+        leadership.release()

@@ -47,11 +47,14 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from service.server import uvicorn_options
 
+    workers = args.workers or len(os.sched_getaffinity(0))
+    print(f"samsweep api: {workers} process(es) on {args.host}:{args.port}", flush=True)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
+        workers=workers,
         **uvicorn_options(get_settings()),
     )
     return 0
@@ -212,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="the HTTP API (uvicorn)")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument(
+        "--workers", type=int, default=None,
+        help="API processes behind the one port (default: the host's cores); one of them "
+        "sweeps and dispatches",
+    )  # fmt: skip
     api.set_defaults(func=cmd_api)
 
     worker = sub.add_parser("worker", help="a Celery worker that trains trials")

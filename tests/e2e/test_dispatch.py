@@ -130,8 +130,8 @@ def test_a_replica_killed_mid_study_does_not_stall_the_other(server_deployment):
     d = server_deployment
     ports = free_port(), free_port()
     apis = [f"http://127.0.0.1:{p}" for p in ports]
-    first = d.spawn("api-1", "api", "--port", str(ports[0]))
-    second = d.spawn("api-2", "api", "--port", str(ports[1]))
+    first = d.spawn("api-1", "api", "--port", str(ports[0]), "--workers", "1")
+    second = d.spawn("api-2", "api", "--port", str(ports[1]), "--workers", "1")
     wait_healthy(apis[0], first)
     wait_healthy(apis[1], second)
     spec = digits_spec(rho=(0.0, 0.05), batch_size=(16, 32), seeds=(0, 1))

@@ -50,9 +50,11 @@ class Deployment:
         self.procs.append(proc)
         return proc
 
-    def start_api(self) -> str:
+    def start_api(self, workers: int = 1) -> str:
+        """`samsweep api` on a free port: one process unless asked (the default is the
+        host's cores; tests/e2e/service/test_api_processes.py runs several)."""
         port = free_port()
-        proc = self.spawn("api", "api", "--port", str(port))
+        proc = self.spawn("api", "api", "--port", str(port), "--workers", str(workers))
         self.api_url = f"http://127.0.0.1:{port}"
         wait_healthy(self.api_url, proc)
         return self.api_url

@@ -1,0 +1,111 @@
+"""One sweeper and one dispatch loop per deployment, however many API processes serve it
+(`samsweep api --workers N`, several replicas): the process that holds the deployment's
+leader lock runs them, the others serve requests only and try the lock again each round.
+
+On PostgreSQL the lock is a session advisory lock held by a connection of its own: it
+dies with a killed process, or with the connection when the database restarts, and
+another process takes it within a round. On SQLite it is an exclusive `flock` on a file
+beside the database, which the kernel releases when the process dies.
+
+A create's own dispatch round (service/dispatch.py `dispatch_now`) runs in whichever
+process answered it; rounds exclude each other by their own lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.pool import NullPool
+
+from samsweep.core.settings import Settings
+
+# uvicorn's server log (its name is historical: INFO lines go there too), which uvicorn
+# sets up in each of its processes: who leads shows in the API's log
+log = logging.getLogger("uvicorn.error")
+
+LEADER_LOCK = 0x5A3_1EAD  # pg_try_advisory_lock's key (any constant of this deployment)
+
+
+def lock_file(settings: Settings, name: str) -> Path:
+    """A lock file of the embedded (SQLite) deployment, beside its database."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return settings.state_dir.resolve() / name
+
+
+class Leadership:
+    """Whether this process leads the deployment's sweeper and dispatcher."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.url = settings.resolved_database_url
+        self.postgres = self.url.startswith("postgresql")
+        self._conn: Connection | None = None
+        self._file: IO[str] | None = None
+
+    @property
+    def leads(self) -> bool:
+        return self._conn is not None or self._file is not None
+
+    def hold(self) -> bool:
+        """True while this process leads: takes the lock when it is free, and checks
+        that a lock it holds is still held (its connection alive)."""
+        if self.postgres:
+            if self._conn is not None:
+                try:
+                    self._conn.execute(text("SELECT 1")).scalar()
+                    self._conn.commit()
+                    return True
+                except Exception as e:  # the connection, and with it the lock, is gone
+                    log.warning("this API process lost the leader lock: %s", e)
+                    self.release()
+            return self._take_postgres()
+        if self._file is not None:
+            return True
+        return self._take_file()
+
+    def _take_postgres(self) -> bool:
+        engine = create_engine(self.url, poolclass=NullPool)
+        try:
+            conn = engine.connect()
+        except Exception:
+            engine.dispose()
+            raise
+        try:
+            lock = text("SELECT pg_try_advisory_lock(:k)")
+            got = bool(conn.execute(lock, {"k": LEADER_LOCK}).scalar())
+            conn.commit()  # the lock is the session's: it outlives the transaction
+        except Exception:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return False
+        self._conn = conn
+        log.info("this API process (pid %d) leads the sweeper and dispatcher", os.getpid())
+        return True
+
+    def _take_file(self) -> bool:
+        f = open(lock_file(self.settings, "leader.lock"), "a+")  # noqa: SIM115 (held open)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return False
+        self._file = f
+        log.info("this API process (pid %d) leads the sweeper and dispatcher", os.getpid())
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the flock
+            self._file = None
