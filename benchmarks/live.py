@@ -44,7 +44,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def live_api(**settings: str) -> Iterator[LiveApi]:
+def live_api(workers: int = 1, **settings: str) -> Iterator[LiveApi]:
     name = f"samsweep_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -67,7 +67,8 @@ def live_api(**settings: str) -> Iterator[LiveApi]:
     log_path = tmp / "api.log"
     with open(log_path, "wb") as log:
         api = subprocess.Popen(
-            [*cli, "api", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+            [*cli, "api", "--port", str(port), "--workers", str(workers)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -2,6 +2,7 @@
 generator, `apt-get install wrk`), on a 1000-trial study with recorded results.
 
     python -m benchmarks.load [--seconds 10] [--clients 1,10,100,500] [--compare 1,100]
+                              [--workers 1,N] [--reads study,best,...]
 
 For each number of concurrent clients (wrk's open connections, each with one request
 in flight at all times) and each read — the study (`GET /studies/{id}`), its best cell
@@ -10,6 +11,9 @@ page with every epoch's curves (`curves=true`) and the ρ plot (`/plots/rho`, SV
 prints requests/s, p50 and p99 latency, and errors (non-2xx answers, socket errors,
 timeouts). After the runs it checks the API's log: no request waited out the pool
 (`QueuePool limit`) and the sweeper never failed.
+
+`--workers` runs every row once per number of API processes (`samsweep api --workers`;
+default 1 and the host's cores), each on a fresh API and database, in the same run.
 
 `--compare` then runs /best, /report and the plot again on a second API in the same run
 with SAMSWEEP_CACHE_BYTES=0, which recomputes each answer per request as the API did
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import shutil
@@ -39,6 +44,7 @@ from sqlalchemy import create_engine, text
 from benchmarks.live import LiveApi, grid_spec, live_api
 
 EPOCHS = 20  # per-epoch curves on every trial, as a real study has
+READS = ("study", "best", "report", "trials", "curves", "plot")
 
 
 def _unit(value: str) -> float:
@@ -122,25 +128,32 @@ def main() -> int:
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--clients", default="1,10,100,500")
     p.add_argument("--compare", default="1,100", help="clients for the cache-off runs ('' none)")
+    cores = len(os.sched_getaffinity(0))
+    p.add_argument("--workers", default=f"1,{cores}", help="API processes, one run each")
+    p.add_argument("--reads", default=",".join(READS), help=f"of {', '.join(READS)}")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         print("benchmarks.load needs wrk: apt-get install wrk", file=sys.stderr)
         return 2
     header = f"{'clients':>7} {'read':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
     new: dict[tuple[int, str], dict] = {}
-    with live_api() as api:
-        reads = _study(api, announce=True)
-        print(header)
-        for clients in map(int, args.clients.split(",")):
-            for read, url in reads.items():
-                new[clients, read] = m = wrk(url, clients, args.seconds)
-                print(_row(clients, read, m), flush=True)
-                drain(api.url)
-        log_text = api.log_path.read_text()
-        print(
-            f"pool timeouts: {log_text.count('QueuePool limit')}; "
-            f"sweeper failures: {log_text.count('sweep failed')}"
-        )
+    chosen = args.reads.split(",")
+    for workers in map(int, args.workers.split(",")):
+        with live_api(workers=workers) as api:
+            reads = {k: v for k, v in _study(api, announce=True).items() if k in chosen}
+            print(f"\n{workers} API process(es)\n{header}")
+            for clients in map(int, args.clients.split(",")):
+                for read, url in reads.items():
+                    m = wrk(url, clients, args.seconds)
+                    if workers == 1:
+                        new[clients, read] = m
+                    print(_row(clients, read, m), flush=True)
+                    drain(api.url)
+            log_text = api.log_path.read_text()
+            print(
+                f"pool timeouts: {log_text.count('QueuePool limit')}; "
+                f"sweeper failures: {log_text.count('sweep failed')}"
+            )
     if not args.compare:
         return 0
     print("\nthe same reads recomputed per request (SAMSWEEP_CACHE_BYTES=0), and new/old req/s")
@@ -168,7 +181,7 @@ def _study(api: LiveApi, announce: bool) -> dict[str, str]:
     if announce:
         print(f"{created['n_trials']}-trial study created in {create_ms:.0f} ms (POST /studies)")
     base = f"{api.url}/studies/{sid}"
-    reads = {
+    reads = {  # READS
         "study": base,
         "best": f"{base}/best",
         "report": f"{base}/report",
