@@ -15,15 +15,17 @@ from pydantic.json_schema import models_json_schema
 from swagger_ui_bundle import swagger_ui_path
 
 from samsweep import __version__
+from samsweep.core.db import engine_for
 from samsweep.core.queue import make_celery
 from samsweep.core.settings import Settings, get_settings
 from samsweep.core.spec import StudyPatch, StudySpec
 from service import errors
-from service.api.routes import health, pages
+from service.api.routes import health, metrics, pages
 from service.api.routes import plots as plots_routes
 from service.api.routes import studies as studies_routes
 from service.cache import VersionedCache
 from service.limits import BodySizeLimit
+from service.metrics import RequestMetrics
 from service.render import Renderer
 from service.static_files import OnlyFiles
 from service.sweeper import sweep_forever
@@ -65,10 +67,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    pool = engine_for(settings.resolved_database_url).pool
+    app.add_middleware(RequestMetrics, pool_in_use=pool.checkedout)  # type: ignore[attr-defined]
     app.include_router(studies_routes.router)
     app.include_router(plots_routes.router)
     app.include_router(pages.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     # The pages' script and style, from the package (service/static): nothing from a CDN.
     app.mount("/static", StaticFiles(packages=[("service", "static")]), name="static")
     _offline_docs(app)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -49,14 +51,24 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     workers = args.workers or len(os.sched_getaffinity(0))
     print(f"samsweep api: {workers} process(es) on {args.host}:{args.port}", flush=True)
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=workers,
-        **uvicorn_options(get_settings()),
-    )
+    metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # /metrics sums the processes' series from here (service/metrics.py); fresh each
+        # start, set before any process imports prometheus_client
+        metrics_dir = tempfile.mkdtemp(prefix="samsweep-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=workers,
+            **uvicorn_options(get_settings()),
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
