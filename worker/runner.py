@@ -20,6 +20,7 @@ from samsweep.core import optuna_store
 from samsweep.core.db import session_factory
 from samsweep.core.settings import Settings
 from samsweep.core.states import TrialState
+from worker import metrics
 from worker.claim import Claim, claim, finish, write_claimed
 from worker.device import is_out_of_memory, resolve_device
 from worker.heartbeat import Heartbeat
@@ -115,23 +116,26 @@ def packer_for(settings: Settings, device: str) -> Packer | None:
 
 
 def _fit(
-    config: trainer.TrialConfig, c: Claim, recorder: TrialRecorder, packer: Packer | None
+    config: trainer.TrialConfig,
+    c: Claim,
+    on_epoch: trainer.EpochCallback,
+    packer: Packer | None,
 ) -> trainer.TrialResult:
     """Train, alone on the device or packed beside other slots' trials: a trial that runs
     out of memory while sharing its GPU is re-run alone from its last checkpoint."""
     if packer is None:
-        return trainer.fit(config, on_epoch=recorder.on_epoch)
+        return trainer.fit(config, on_epoch=on_epoch)
     packer.admit(memory_key(config), c.trial_id)
     try:
         try:
-            return trainer.fit(config, on_epoch=packer.watching(recorder.on_epoch))
+            return trainer.fit(config, on_epoch=packer.watching(on_epoch))
         except Exception as e:
             if not (is_out_of_memory(e) and packer.sharing):
                 raise
             log.warning("trial %s ran out of memory beside other trials: re-run alone", c.trial_id)
         # out of the except block: the failed run's frames (and their tensors) are gone
         packer.rerun_alone(c.trial_id)
-        return trainer.fit(config, on_epoch=packer.watching(recorder.on_epoch))
+        return trainer.fit(config, on_epoch=packer.watching(on_epoch))
     finally:
         packer.release()
 
@@ -146,7 +150,9 @@ def _train(c: Claim, settings: Settings, recorder: TrialRecorder) -> Outcome:
         config = trial_config(
             c.spec, c.params, data_dir=settings.data_dir, device=device, checkpoint_path=ckpt
         )
-        result = _fit(config, c, recorder, packer_for(settings, device))
+        with metrics.busy():
+            on_epoch = metrics.counting_epochs(recorder.on_epoch)
+            result = _fit(config, c, on_epoch, packer_for(settings, device))
     except Stop as e:
         if e.outcome is Outcome.DELETED:  # the API removed the study's checkpoints already,
             remove_checkpoint(ckpt)  # perhaps before this epoch's was written

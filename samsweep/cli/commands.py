@@ -73,6 +73,18 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    metrics_dir = None
+    if args.metrics_port:  # before anything loads prometheus_client (worker/metrics.py)
+        metrics_dir = tempfile.mkdtemp(prefix="samsweep-worker-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        return _run_worker(args, metrics_dir)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_worker(args: argparse.Namespace, metrics_dir: str | None) -> int:
     from worker.app import app
     from worker.drawer import Drawer
     from worker.slots import PlanError, mps_active, plan, visible_gpus
@@ -89,6 +101,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"samsweep worker: CUDA MPS: {'on' if mps_active() else 'off'}", flush=True)
     if args.draw:  # GP's configurations: drawn beside the workers, never in the API
         Drawer(get_settings()).start()
+    if metrics_dir is not None:
+        from worker.metrics import serve
+
+        serve(args.metrics_port, args.metrics_host, slots.slots, metrics_dir)
+        print(f"samsweep worker: metrics on {args.metrics_host}:{args.metrics_port}", flush=True)
     if args.parent_pid:
         stop_after_parent(args.parent_pid, WORKER_STOP_GRACE)
     argv = [
@@ -245,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument(
+        "--metrics-port", type=int, default=None,
+        help="serve the worker's Prometheus metrics on this port (default: none)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of the metrics port (loopback)"
+    )
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by `samsweep up`
     worker.add_argument(
         "--no-draw", dest="draw", action="store_false",
