@@ -35,6 +35,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from samsweep.core.db import Study, Trial
+from samsweep.core.pids import alive
 from samsweep.core.settings import Settings
 from samsweep.core.states import TrialState
 
@@ -162,7 +163,7 @@ def exposition(sessions: sessionmaker[Session], settings: Settings) -> bytes:
         return generate_latest(state) + generate_latest(LOCAL)
     for name in os.listdir(directory):  # a killed process's gauges stop counting
         pid = _pid_of(name)
-        if pid is not None and not _alive(pid):
+        if pid is not None and not alive(pid):
             multiprocess.mark_process_dead(pid, directory)
     processes = CollectorRegistry(auto_describe=False)
     multiprocess.MultiProcessCollector(processes, directory)
@@ -173,13 +174,3 @@ def _pid_of(name: str) -> int | None:
     stem = name.rsplit(".", 1)[0]
     tail = stem.rsplit("_", 1)[-1]
     return int(tail) if tail.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from samsweep.core.pids import alive
+
 log = logging.getLogger(__name__)
 
 MIB = 2**20
@@ -117,16 +119,6 @@ class CudaProbe:
         self.torch.cuda.empty_cache()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Ledger:
     """One GPU's holds and queue, and the host's learned peaks, in ``directory``."""
 
@@ -143,8 +135,8 @@ class Ledger:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 state = _read(self.path, {"holds": [], "queue": []})
-                state["holds"] = [h for h in state["holds"] if _alive(h["pid"])]
-                state["queue"] = [p for p in state["queue"] if _alive(p)]
+                state["holds"] = [h for h in state["holds"] if alive(h["pid"])]
+                state["queue"] = [p for p in state["queue"] if alive(p)]
                 state["peaks"] = _read(self.peaks_path, {})
                 yield state
                 _write(self.peaks_path, state.pop("peaks"))

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.trainer.test_steps import DropoutNet
 from trainer import DatasetConfig, EpochMetrics, SharpnessConfig, TrainConfig, TrialConfig, fit
 from trainer.models import build_model
 from trainer.sam import global_norm
@@ -76,18 +77,6 @@ def test_on_cuda_the_weights_are_restored_bitwise_before_the_fused_base_step() -
     base.step = spy  # type: ignore[method-assign]
     step(torch.randn(32, 3, 32, 32, device="cuda"), torch.randint(0, 10, (32,), device="cuda"))
     assert all(torch.equal(a, b) for a, b in zip(seen[0], before, strict=True))
-
-
-class DropoutNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.drop, self.fc2 = nn.Linear(8, 64), nn.Dropout(0.5), nn.Linear(64, 3)
-        self.masks: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.drop(self.fc1(x))
-        self.masks.append(h.detach() == 0)
-        return self.fc2(h)
 
 
 # docs/DESIGN.md §1: dropout sees the same mask in both passes (CUDA's generator rewound)

@@ -56,7 +56,7 @@ class FakeProbe:
 def live(monkeypatch) -> set[int]:
     """The pids the ledger takes for running processes (fake slots have fake pids)."""
     alive: set[int] = set()
-    monkeypatch.setattr(packing, "_alive", lambda pid: pid in alive)
+    monkeypatch.setattr(packing, "alive", lambda pid: pid in alive)
     return alive
 
 
