@@ -93,7 +93,7 @@ class GpuCollector(Collector):
 def nvml() -> Any | None:
     """NVIDIA's management library, initialized, or None (not installed, no driver)."""
     try:
-        import pynvml  # type: ignore[import-not-found]  # from nvidia-ml-py
+        import pynvml  # type: ignore[import-untyped,unused-ignore]  # nvidia-ml-py: no stubs
 
         pynvml.nvmlInit()
     except Exception:
