@@ -58,8 +58,8 @@ def live_api(workers: int = 1, **settings: str) -> Iterator[LiveApi]:
         SAMSWEEP_BROKER_URL=REDIS,
         SAMSWEEP_QUEUE=queue,
         SAMSWEEP_STATE_DIR=str(tmp),
-        SAMSWEEP_SWEEP_SECONDS="1",
-        **{f"SAMSWEEP_{k.upper()}": v for k, v in settings.items()},
+        **{"SAMSWEEP_SWEEP_SECONDS": "1"}
+        | {f"SAMSWEEP_{k.upper()}": v for k, v in settings.items()},  # settings win
     )
     cli = [sys.executable, "-m", "samsweep.cli"]
     subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)

@@ -90,12 +90,17 @@ def drain(api_url: str, timeout: float = 120) -> None:
         time.sleep(0.5)
 
 
-def _populate(db_url: str) -> None:
-    """Results on every trial, as after a finished study (the reads then carry them)."""
+def _populate(db_url: str, study: str | None = None, leave: int = 0) -> None:
+    """Results on every trial (of `study`, but its last `leave` trials), as after a
+    finished study (the reads then carry them)."""
     rng = random.Random(0)
     engine = create_engine(db_url)
     with engine.begin() as conn:
-        ids = [i for (i,) in conn.execute(text("SELECT id FROM samsweep_trials"))]
+        query = "SELECT id FROM samsweep_trials"
+        if study is not None:
+            query += " WHERE study_id = :s"
+        ids = [i for (i,) in conn.execute(text(query + " ORDER BY id"), {"s": study})]
+        ids = ids[: len(ids) - leave]
         rows, epochs = [], []
         for i in ids:
             acc = rng.uniform(0.8, 0.99)
