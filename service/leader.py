@@ -45,50 +45,40 @@ class Leadership:
         self.settings = settings
         self.url = settings.resolved_database_url
         self.postgres = self.url.startswith("postgresql")
-        self._conn: Connection | None = None
+        self._conn: Connection | None = None  # PostgreSQL: the session that holds the lock
+        self._leading = False
         self._file: IO[str] | None = None
-
-    @property
-    def leads(self) -> bool:
-        return self._conn is not None or self._file is not None
 
     def hold(self) -> bool:
         """True while this process leads: takes the lock when it is free, and checks
         that a lock it holds is still held (its connection alive)."""
         if self.postgres:
-            if self._conn is not None:
-                try:
-                    self._conn.execute(text("SELECT 1")).scalar()
-                    self._conn.commit()
-                    return True
-                except Exception as e:  # the connection, and with it the lock, is gone
+            try:
+                return self._hold_postgres()
+            except Exception as e:  # the connection, and with it any lock, is gone
+                if self._leading:
                     log.warning("this API process lost the leader lock: %s", e)
-                    self.release()
-            return self._take_postgres()
+                self.release()
+                raise
         if self._file is not None:
             return True
         return self._take_file()
 
-    def _take_postgres(self) -> bool:
-        engine = create_engine(self.url, poolclass=NullPool)
-        try:
-            conn = engine.connect()
-        except Exception:
-            engine.dispose()
-            raise
-        try:
+    def _hold_postgres(self) -> bool:
+        """On the one connection this process keeps for it (a process that does not lead
+        asks again each round on the same connection, never a new one)."""
+        if self._conn is None:
+            self._conn = create_engine(self.url, poolclass=NullPool).connect()
+        if self._leading:
+            self._conn.execute(text("SELECT 1")).scalar()
+        else:
             lock = text("SELECT pg_try_advisory_lock(:k)")
-            got = bool(conn.execute(lock, {"k": LEADER_LOCK}).scalar())
-            conn.commit()  # the lock is the session's: it outlives the transaction
-        except Exception:
-            conn.close()
-            raise
-        if not got:
-            conn.close()
-            return False
-        self._conn = conn
-        log.info("this API process (pid %d) leads the sweeper and dispatcher", os.getpid())
-        return True
+            self._leading = bool(self._conn.execute(lock, {"k": LEADER_LOCK}).scalar())
+            if self._leading:
+                log.info("this API process (pid %d) leads the sweeper and dispatcher",
+                         os.getpid())  # fmt: skip
+        self._conn.commit()  # the lock is the session's: it outlives the transaction
+        return self._leading
 
     def _take_file(self) -> bool:
         f = open(lock_file(self.settings, "leader.lock"), "a+")  # noqa: SIM115 (held open)
@@ -106,6 +96,7 @@ class Leadership:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+        self._leading = False
         if self._file is not None:
             self._file.close()  # closing the descriptor releases the flock
             self._file = None
